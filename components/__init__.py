@@ -1,0 +1,1 @@
+"""Model components: one module per family; each variant registers next to its definition."""

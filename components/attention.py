@@ -1,0 +1,134 @@
+"""Causal self-attention: none, single-head, multi-head, multi-query and grouped-query.
+
+Every variant is causal, has attention dropout, residual (output) dropout and an output projection,
+and takes ``impl``: ``sdpa`` (torch's fused scaled_dot_product_attention) or ``naive`` (the explicit
+matmul -> causal mask -> softmax -> dropout -> matmul path). Both compute the same function.
+Positional encodings that act inside attention reach it through ``positional.rotate`` and
+``positional.attention_bias``; the attention never knows which encoding it has.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from registry import ATTENTION
+
+Impl = Literal["sdpa", "naive"]
+
+
+def sdpa_attention(q, k, v, bias: torch.Tensor | None, dropout_p: float) -> torch.Tensor:
+    """q: (B, H, T, hd); k, v: (B, KV, T, hd) with H % KV == 0; bias: (H, T, T) or None."""
+    grouped = q.shape[1] != k.shape[1]
+    if bias is None:  # the fastest path: the kernel builds the causal mask itself
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=grouped)
+    T = q.shape[2]
+    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
+    mask = bias.masked_fill(future, float("-inf"))                            # (H, T, T)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=grouped)
+
+
+def naive_attention(q, k, v, bias: torch.Tensor | None, dropout_p: float) -> torch.Tensor:
+    """The explicit path, step by step (same shapes as sdpa_attention)."""
+    B, H, T, hd = q.shape
+    if k.shape[1] != H:  # share each key/value head among H // KV query heads
+        k = k.repeat_interleave(H // k.shape[1], dim=1)                       # (B, H, T, hd)
+        v = v.repeat_interleave(H // v.shape[1], dim=1)                       # (B, H, T, hd)
+    scores = (q @ k.transpose(-2, -1)) * hd ** -0.5                           # (B, H, T, T)
+    if bias is not None:
+        scores = scores + bias
+    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
+    weights = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+    weights = F.dropout(weights, p=dropout_p, training=dropout_p > 0)
+    return weights @ v                                                        # (B, H, T, hd)
+
+
+KERNELS = {"sdpa": sdpa_attention, "naive": naive_attention}
+
+
+class CausalSelfAttention(nn.Module):
+    """Shared machinery: n_heads query heads over n_kv_heads key/value heads of head_dim each."""
+
+    mixes_tokens = True  # a block adds this sub-layer
+
+    def __init__(self, *, d_model: int, n_heads: int, n_kv_heads: int, dropout: float, impl: Impl) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, d_model // n_heads
+        # One fused projection for q, k and v: for multi_head this is GPT-2's c_attn layout [q | k | v].
+        self.qkv = nn.Linear(d_model, (n_heads + 2 * n_kv_heads) * self.head_dim)
+        self.proj = nn.Linear(n_heads * self.head_dim, d_model)
+        self.proj.residual_projection = True  # GPT-2 init scales it by 1/sqrt(2 * n_layers)
+        self.dropout = dropout
+        self.resid_dropout = nn.Dropout(dropout)
+        self.kernel = KERNELS[impl]
+
+    def forward(self, x: torch.Tensor, positional: nn.Module) -> torch.Tensor:
+        B, T, _ = x.shape
+        sizes = [self.n_heads * self.head_dim] + [self.n_kv_heads * self.head_dim] * 2
+        q, k, v = self.qkv(x).split(sizes, dim=-1)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)        # (B, n_heads, T, head_dim)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)     # (B, n_kv_heads, T, head_dim)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)     # (B, n_kv_heads, T, head_dim)
+        q, k = positional.rotate(q, k)
+        y = self.kernel(q, k, v, positional.attention_bias(q), self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)     # (B, T, n_heads * head_dim)
+        return self.resid_dropout(self.proj(y))
+
+    def flops_per_token(self, context_length: int) -> int:
+        """Scores and weighted sum, forward and backward: 2 matmuls x 2 FLOPs x 3 passes, per head dim."""
+        return 12 * self.n_heads * self.head_dim * context_length
+
+
+@ATTENTION.register("none")
+class NoAttention(nn.Module):
+    """No attention sub-layer: each position sees only itself (the tutorial's first step: embedding + positions + MLP)."""
+
+    mixes_tokens = False  # blocks leave the attention sub-layer (and its norm) out
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    def flops_per_token(self, context_length: int) -> int:
+        return 0
+
+
+@ATTENTION.register("single_head")
+class SingleHead(CausalSelfAttention):
+    """One attention head as wide as the model (the tutorial's masked self-attention)."""
+
+    def __init__(self, *, d_model: int, dropout: float, impl: Impl = "sdpa") -> None:
+        super().__init__(d_model=d_model, n_heads=1, n_kv_heads=1, dropout=dropout, impl=impl)
+
+
+@ATTENTION.register("multi_head")
+class MultiHead(CausalSelfAttention):
+    """n_heads heads, each with its own queries, keys and values (Vaswani et al. 2017; GPT-2)."""
+
+    def __init__(self, *, d_model: int, n_heads: int, dropout: float, impl: Impl = "sdpa") -> None:
+        super().__init__(d_model=d_model, n_heads=n_heads, n_kv_heads=n_heads, dropout=dropout, impl=impl)
+
+
+@ATTENTION.register("multi_query")
+class MultiQuery(CausalSelfAttention):
+    """n_heads query heads sharing one key/value head (Shazeer 2019, "Fast Transformer Decoding")."""
+
+    def __init__(self, *, d_model: int, n_heads: int, dropout: float, impl: Impl = "sdpa") -> None:
+        super().__init__(d_model=d_model, n_heads=n_heads, n_kv_heads=1, dropout=dropout, impl=impl)
+
+
+@ATTENTION.register("grouped_query")
+class GroupedQuery(CausalSelfAttention):
+    """n_heads query heads in n_kv_heads groups, each group sharing a key/value head (Ainslie et al. 2023, GQA)."""
+
+    def __init__(self, *, d_model: int, n_heads: int, dropout: float, impl: Impl = "sdpa",
+                 n_kv_heads: int = 2) -> None:
+        super().__init__(d_model=d_model, n_heads=n_heads, n_kv_heads=n_kv_heads, dropout=dropout, impl=impl)
+
+    @classmethod
+    def check_dims(cls, dims: dict, options: dict) -> list[str]:
+        n_heads, n_kv = dims["n_heads"], options["n_kv_heads"]
+        if n_kv < 1 or n_heads % n_kv:
+            return [f"n_kv_heads = {n_kv} must be a positive divisor of n_heads = {n_heads}"]
+        return []

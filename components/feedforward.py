@@ -1,0 +1,62 @@
+"""Position-wise feed-forward sub-layers (the block's MLP)."""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from registry import FEEDFORWARD
+
+
+class TwoLayerMLP(nn.Module):
+    """Linear(d -> mult*d) -> activation -> Linear(mult*d -> d) -> dropout."""
+
+    def __init__(self, *, d_model: int, dropout: float, mult: float, activation: nn.Module) -> None:
+        super().__init__()
+        hidden = int(mult * d_model)
+        self.up = nn.Linear(d_model, hidden)
+        self.activation = activation
+        self.down = nn.Linear(hidden, d_model)
+        self.down.residual_projection = True  # GPT-2 init scales it by 1/sqrt(2 * n_layers)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.down(self.activation(self.up(x))))
+
+
+@FEEDFORWARD.register("gelu_mlp")
+class GeluMLP(TwoLayerMLP):
+    """Two-layer MLP with GELU, 4x wide (Hendrycks & Gimpel 2016; the tutorial's and GPT-2's)."""
+
+    def __init__(self, *, d_model: int, dropout: float, mult: float = 4.0,
+                 approximate: Literal["tanh", "none"] = "tanh") -> None:
+        # GPT-2 used the tanh approximation ("gelu_new"); "none" is the exact erf form.
+        super().__init__(d_model=d_model, dropout=dropout, mult=mult, activation=nn.GELU(approximate=approximate))
+
+
+@FEEDFORWARD.register("relu_mlp")
+class ReluMLP(TwoLayerMLP):
+    """Two-layer MLP with ReLU, 4x wide (Vaswani et al. 2017)."""
+
+    def __init__(self, *, d_model: int, dropout: float, mult: float = 4.0) -> None:
+        super().__init__(d_model=d_model, dropout=dropout, mult=mult, activation=nn.ReLU())
+
+
+@FEEDFORWARD.register("swiglu")
+class SwiGLU(nn.Module):
+    """Gated MLP: (Swish(x W) * x V) W2 (Shazeer 2020, "GLU Variants Improve Transformer")."""
+
+    def __init__(self, *, d_model: int, dropout: float, mult: float = 8 / 3) -> None:
+        super().__init__()
+        # 8/3 x wide keeps the parameter count of a 4x two-layer MLP (three matrices instead of two).
+        hidden = int(mult * d_model)
+        self.gate_and_up = nn.Linear(d_model, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, d_model, bias=False)
+        self.down.residual_projection = True
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_and_up(x).chunk(2, dim=-1)                       # (B, T, hidden) each
+        return self.dropout(self.down(F.silu(gate) * up))

@@ -1,0 +1,1 @@
+"""Experiment machinery: spec, data, training, runner, search, benchmarks."""

@@ -1,0 +1,212 @@
+"""Named, interchangeable parts: one `Registry` per component family.
+
+A variant is a class that registers itself with a decorator right above its definition. Its
+constructor takes keyword arguments only:
+
+* required ones (no default) are the *shared sizes* the backbone hands to every variant of the
+  family (``d_model``, ``n_heads``, ``context_length`` …);
+* ones with a default are the variant's *options*, settable from a spec as
+  ``{name: rope, base: 10000}``; their annotations are checked before anything is built.
+
+``python -m registry`` prints the whole catalogue.
+"""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+import types
+import typing
+from typing import Any, Callable, Literal
+
+
+class SpecError(ValueError):
+    """A problem with what the user asked for, worded for the user: no traceback needed."""
+
+    def __init__(self, problems: str | list[str]):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__(format_problems(self.problems))
+
+
+def format_problems(problems: list[str]) -> str:
+    if len(problems) == 1:
+        return problems[0]
+    return f"{len(problems)} problems: " + "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
+
+
+def close_matches(word: str, choices: list[str]) -> str:
+    """' — did you mean 'x'?' or '' when nothing is close."""
+    found = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
+    return f" — did you mean '{found[0]}'?" if found else ""
+
+
+def type_problem(value: Any, annotation: Any) -> str | None:
+    """Why `value` does not fit `annotation` (int, float, bool, str, Literal, unions), or None."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        return None if value in choices else "one of " + ", ".join(repr(c) for c in choices)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if any(type_problem(value, a) is None for a in options):
+            return None
+        return " or ".join(type_problem(None, a) or "None" for a in options if a is not type(None))
+    if annotation is type(None):
+        return None if value is None else "None"
+    if annotation is bool:
+        return None if isinstance(value, bool) else "true or false"
+    if annotation is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if annotation is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return None if ok else "a number"
+    if annotation is str:
+        return None if isinstance(value, str) else "a string"
+    return None  # other annotations are not checked
+
+
+class Registry:
+    """The variants of one component family, by name."""
+
+    def __init__(self, family: str):
+        self.family = family
+        self._classes: dict[str, type] = {}
+        self._aliases: dict[str, str] = {}
+
+    # -- registration -------------------------------------------------------------------------
+    def register(self, name: str, *, aliases: tuple[str, ...] = ()) -> Callable[[type], type]:
+        def decorate(cls: type) -> type:
+            for key in (name, *aliases):
+                if key in self._classes or key in self._aliases:
+                    owner = self._classes.get(key) or self._classes[self._aliases[key]]
+                    raise ValueError(
+                        f"{self.family} '{key}' is already registered (by {owner.__module__}."
+                        f"{owner.__qualname__}); pick another name for {cls.__qualname__}")
+            self._classes[name] = cls
+            self._aliases.update({alias: name for alias in aliases})
+            cls.registered_name = name
+            return cls
+        return decorate
+
+    # -- lookup -------------------------------------------------------------------------------
+    def names(self, pattern: str = "*") -> list[str]:
+        return sorted(n for n in self._classes if fnmatch.fnmatchcase(n, pattern))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._classes or name in self._aliases
+
+    def get(self, name: str, path: str | None = None) -> type:
+        key = self._aliases.get(name, name) if isinstance(name, str) else None
+        if key not in self._classes:
+            raise SpecError(self.unknown(name, path))
+        return self._classes[key]
+
+    def unknown(self, name: Any, path: str | None) -> str:
+        where = f" at {path}" if path else ""
+        hint = close_matches(name, list(self)) or " —"
+        return f"unknown {self.family} {name!r}{where}{hint} registered: {', '.join(self.names())}"
+
+    def __iter__(self):
+        return iter(self.names())
+
+    def options(self, name: str) -> dict[str, inspect.Parameter]:
+        """The variant's options (keyword arguments with defaults), annotations resolved."""
+        cls = self.get(name)
+        hints = typing.get_type_hints(cls.__init__)
+        return {p.name: p.replace(annotation=hints.get(p.name, Any))
+                for p in inspect.signature(cls.__init__).parameters.values()
+                if p.default is not inspect.Parameter.empty and p.name != "self"}
+
+    def describe(self, name: str) -> str:
+        """'name — first docstring line [options: a=1, b='x']'."""
+        cls = self.get(name)
+        doc = (inspect.getdoc(cls) or "").splitlines()
+        line = f"{name} — {doc[0] if doc else '(no description)'}"
+        opts = ", ".join(f"{k}={p.default!r}" for k, p in self.options(name).items())
+        return line + (f"  [options: {opts}]" if opts else "")
+
+    # -- building -----------------------------------------------------------------------------
+    @staticmethod
+    def split(spec: Any) -> tuple[Any, dict[str, Any]]:
+        """'rope' -> ('rope', {}); {name: rope, base: 10} -> ('rope', {'base': 10})."""
+        if isinstance(spec, dict):
+            options = dict(spec)
+            return options.pop("name", None), options
+        return spec, {}
+
+    def check(self, spec: Any, path: str | None = None, dims: dict[str, Any] | None = None) -> list[str]:
+        """Every problem with `spec` (a name or {name: ..., option: ...}); [] when it is fine.
+
+        A variant may define ``check_dims(dims, options) -> list[str]`` for cross-field rules
+        (say ``n_heads % n_kv_heads``); it runs when `dims` is given.
+        """
+        where = path or self.family
+        name, given = self.split(spec)
+        if name is None:
+            return [f"{where} needs a 'name' (one of: {', '.join(self.names())})"]
+        if name not in self:
+            return [self.unknown(name, where)]
+        allowed = self.options(name)
+        problems = []
+        for key, value in given.items():
+            if key not in allowed:
+                valid = ", ".join(allowed) or "none"
+                hint = close_matches(key, list(allowed)) or " —"
+                problems.append(f"unknown option {key!r} for {self.family} '{name}' at {where}{hint}"
+                                f" valid options: {valid}")
+            elif (want := type_problem(value, allowed[key].annotation)) is not None:
+                problems.append(f"{where}.{key} = {value!r} for {self.family} '{name}' must be {want}")
+        cls = self.get(name)
+        if not problems and dims is not None and hasattr(cls, "check_dims"):
+            options = {k: p.default for k, p in allowed.items()} | given
+            problems += [f"{where}: {p}" for p in cls.check_dims(dims, options)]
+        return problems
+
+    def build(self, spec: Any, dims: dict[str, Any] | None = None, path: str | None = None) -> Any:
+        """An instance of the variant `spec` names, given the shared sizes it asks for from `dims`."""
+        dims = dims or {}
+        problems = self.check(spec, path, dims)
+        if problems:
+            raise SpecError(problems)
+        name, options = self.split(spec)
+        cls = self.get(name)
+        params = inspect.signature(cls.__init__).parameters
+        shared = {k: dims[k] for k, p in params.items()
+                  if k in dims and p.default is inspect.Parameter.empty}
+        missing = [k for k, p in params.items() if k != "self" and p.default is inspect.Parameter.empty
+                   and p.kind is p.KEYWORD_ONLY and k not in shared]
+        if missing:
+            raise TypeError(f"{self.family} '{name}' needs {', '.join(missing)}, which the caller did not pass")
+        return cls(**shared, **options)
+
+
+POSITIONAL = Registry("positional")
+ATTENTION = Registry("attention")
+NORM = Registry("norm")
+BLOCK = Registry("block")
+FEEDFORWARD = Registry("feedforward")
+HEAD = Registry("head")
+TOKENIZER = Registry("tokenizer")
+CORPUS = Registry("corpus")
+
+FAMILIES = {r.family: r for r in (POSITIONAL, ATTENTION, NORM, BLOCK, FEEDFORWARD, HEAD, TOKENIZER, CORPUS)}
+
+
+def load_all() -> dict[str, Registry]:
+    """Import every module that registers variants, so each registry is complete."""
+    import components.model  # noqa: F401  (registers every model part)
+    import components.tokenizer  # noqa: F401
+    import experiments.data  # noqa: F401  (registers the corpora)
+    return FAMILIES
+
+
+def catalogue() -> str:
+    lines = []
+    for family, registry in load_all().items():
+        lines.append(f"{family}:")
+        lines += [f"  {registry.describe(name)}" for name in registry.names()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(catalogue())
