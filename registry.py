@@ -162,6 +162,12 @@ class Registry:
             problems += [f"{where}: {p}" for p in cls.check_dims(dims, options)]
         return problems
 
+    def canonical(self, spec: Any) -> dict[str, Any]:
+        """{name: <registered name>, every option: its value}: one form for every way of writing a choice."""
+        name, given = self.split(spec)
+        cls = self.get(name)
+        return {"name": cls.registered_name} | {k: p.default for k, p in self.options(name).items()} | given
+
     def build(self, spec: Any, dims: dict[str, Any] | None = None, path: str | None = None) -> Any:
         """An instance of the variant `spec` names, given the shared sizes it asks for from `dims`."""
         dims = dims or {}
@@ -209,4 +215,6 @@ def catalogue() -> str:
 
 
 if __name__ == "__main__":
-    print(catalogue())
+    import registry  # the variants register into the imported module, not into this __main__ copy
+
+    print(registry.catalogue())

@@ -52,12 +52,15 @@ class NoPositional(Positional):
 class Sinusoidal(Positional):
     """Fixed sin/cos table added to the embeddings (Vaswani et al. 2017, "Attention Is All You Need")."""
 
-    def __init__(self, *, context_length: int, d_model: int) -> None:
+    def __init__(self, *, context_length: int, d_model: int, scale_embeddings: bool = True) -> None:
         super().__init__()
+        # The paper multiplies the embeddings by sqrt(d_model) (sec. 3.4): with GPT-2's N(0, 0.02)
+        # init, unscaled tokens would be ~50x smaller than the unit-sized table and drown in it.
+        self.embedding_scale = math.sqrt(d_model) if scale_embeddings else 1.0
         self.register_buffer("table", sinusoid_table(context_length, d_model), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.table[: x.shape[1]]
+        return x * self.embedding_scale + self.table[: x.shape[1]]
 
 
 @POSITIONAL.register("learned")

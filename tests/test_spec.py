@@ -1,0 +1,76 @@
+"""Spec loading, validation and expansion (no training here)."""
+import pytest
+import yaml
+
+from experiments.spec import label, parse_spec
+from registry import SpecError
+
+BASE = {"experiment": "t", "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "context_length": 16},
+        "train": {"steps": 5, "warmup": 1}}
+
+
+def spec(**extra):
+    return parse_spec({**BASE, **extra})
+
+
+def test_defaults_fill_every_field():
+    run = spec().runs[0]
+    assert run.model["block"] == {"name": "pre"} and run.model["attention"] == {"name": "multi_head", "impl": "sdpa"}
+    assert run.train["min_lr"] == pytest.approx(0.1 * run.train["lr"])
+    assert run.train["checkpoint_every"] == run.train["eval_every"]
+    assert run.variant == "baseline" and run.seed == 0
+
+
+def test_grid_times_variants_times_seeds():
+    s = spec(seeds=[0, 1], grid={"model.block": ["post", "pre"]},
+             variants={"baseline": {}, "wide": {"model.d_model": 64}})
+    assert len(s.runs) == 2 * 2 * 2
+    assert [r.seed for r in s.runs] == [0] * 4 + [1] * 4  # every variant's seed 0 first
+    labels = {r.variant for r in s.runs}
+    assert labels == {"baseline, block=post", "baseline, block=pre", "wide, block=post", "wide, block=pre"}
+    assert s.axes == ["model.block"] and s.baseline == "baseline"
+    assert len({r.run_id for r in s.runs}) == 8
+
+
+def test_run_id_is_stable_and_ignores_spelling_and_execution_details():
+    a = spec(model={**BASE["model"], "positional": "rope"}).runs[0]
+    b = spec(model={**BASE["model"], "positional": {"name": "rope", "base": 10000.0}},
+             train={**BASE["train"], "device": "cpu", "compile": True}).runs[0]
+    assert a.run_id == b.run_id
+    c = spec(model={**BASE["model"], "positional": {"name": "rope", "base": 500.0}}).runs[0]
+    assert c.run_id != a.run_id
+    d = spec(model={**BASE["model"], "positional": "rope"}).runs[0]
+    d.bind_corpus("abc")
+    assert d.run_id != a.run_id  # the corpus content is part of what a run computes
+
+
+def test_preset_is_overridden_by_explicit_fields():
+    run = parse_spec({"experiment": "p", "model": {"preset": "seed-final", "n_layers": 2}}).runs[0]
+    assert run.model["d_model"] == 512 and run.model["n_layers"] == 2
+    assert run.model["positional"]["name"] == "sinusoidal" and run.model["block"] == {"name": "post"}
+
+
+def test_dotted_option_keys_promote_a_bare_component_name():
+    s = spec(grid={"model.attention.impl": ["sdpa", "naive"]})
+    assert [r.model["attention"] for r in s.runs] == [{"name": "multi_head", "impl": "sdpa"},
+                                                     {"name": "multi_head", "impl": "naive"}]
+    assert s.runs[1].variant == "attention.impl=naive"
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(SpecError) as err:
+        parse_spec({"experiment": "x/y", "train": {"stpes": 3, "lr": 0}, "model": {"norm": "layrnorm"},
+                    "grid": {"model.blok": ["pre"]}})
+    problems = err.value.problems
+    assert len(problems) == 5, problems
+    assert any("did you mean 'steps'" in p for p in problems)
+    assert any("did you mean 'layernorm'" in p for p in problems)
+
+
+def test_component_labels():
+    assert label({"name": "rope", "base": 500}) == "rope(base=500)" and label(4) == "4"
+
+
+def test_yaml_round_trip_of_a_run():
+    run = spec().runs[0]
+    assert yaml.safe_load(yaml.safe_dump(run.to_dict())) == run.to_dict()
