@@ -22,7 +22,7 @@ from experiments import files
 from experiments.spec import RunSpec, Spec, label, load_spec
 from registry import SpecError, format_problems
 
-FINISHED = ("done", "diverged")
+FINISHED = ("done", "diverged", "pruned")
 RUN_COLUMNS = ["run_id", "variant", "seed", "status", "params", "flops_per_token", "tokens_seen",
                "final_train_loss", "final_val_loss", "final_val_bpb", "best_val_loss", "best_val_bpb",
                "tokens_per_s", "wall_s", "tokenizer", "corpus"]
@@ -167,8 +167,9 @@ class Runner:
         self.force, self.show_progress = force, show_progress
         self.commit = code_version()
 
-    def execute(self, run: RunSpec) -> tuple[str, dict[str, Any] | None]:
-        """Train `run` unless it is finished or another process holds it; (outcome, summary)."""
+    def execute(self, run: RunSpec, on_eval=None) -> tuple[str, dict[str, Any] | None]:
+        """Train `run` unless it is finished or another process holds it; (outcome, summary).
+        `on_eval(metrics_row)` is called at every evaluation and may raise train.Stopped."""
         run_dir = self.exp_dir / "runs" / run.run_id
         lock = files.RunLock(run_dir)
         if not lock.acquire():
@@ -181,7 +182,7 @@ class Runner:
                     return "skipped", summary
             if self.force:
                 self.force_clean(run_dir)
-            summary = self.train(run, run_dir)
+            summary = self.train(run, run_dir, on_eval)
             return summary["status"], summary
         finally:
             lock.release()
@@ -191,7 +192,7 @@ class Runner:
         for name in RUN_OUTPUTS:
             (run_dir / name).unlink(missing_ok=True)
 
-    def train(self, run: RunSpec, run_dir: Path) -> dict[str, Any]:
+    def train(self, run: RunSpec, run_dir: Path, on_eval=None) -> dict[str, Any]:
         import torch
 
         from experiments.train import Trainer, resolve_device
@@ -203,7 +204,7 @@ class Runner:
         device = resolve_device(self.device_override or run.train["device"])
         (run_dir / "summary.json").unlink(missing_ok=True)  # a failed attempt's summary is stale now
         try:
-            summary = Trainer(run, ds, run_dir, device, show_progress=self.show_progress).fit()
+            summary = Trainer(run, ds, run_dir, device, show_progress=self.show_progress, on_eval=on_eval).fit()
             (run_dir / "error.txt").unlink(missing_ok=True)
         except Exception as err:  # one broken run must not stop the others
             files.write_text(run_dir / "error.txt", traceback.format_exc())

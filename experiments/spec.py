@@ -163,6 +163,19 @@ class Spec:
     axes: list[str]
     variants: list[str]
     search: dict[str, Any] | None = None
+    base: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # the spec's own sections
+
+    def runs_for(self, overrides: dict[str, Any], variant: str, axes: dict[str, Any] | None = None) -> list[RunSpec]:
+        """One run per seed of the base spec with dotted `overrides` applied (a search trial, say)."""
+        problems = [p for k in overrides if (p := key_problem(str(k), self.base, variant))]
+        if problems:
+            raise SpecError(problems)
+        runs, problems = expand(self.experiment, self.seeds, self.base, {}, {variant: overrides})
+        if problems:
+            raise SpecError(dedupe(problems))
+        for run in runs:
+            run.axes = dict(axes if axes is not None else overrides)
+        return runs
 
     @property
     def baseline(self) -> str | None:
@@ -247,7 +260,7 @@ def parse_spec(raw: Any) -> Spec:
     if problems:
         raise SpecError(problems)
     axes = [str(k) for k in grid]
-    return Spec(experiment, seeds, raw, runs, axes, [str(v) for v in variants], search)
+    return Spec(experiment, seeds, raw, runs, axes, [str(v) for v in variants], search, base)
 
 
 def section(raw: dict, name: str, problems: list[str]) -> dict[str, Any]:

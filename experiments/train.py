@@ -12,7 +12,7 @@ import platform
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -99,12 +99,22 @@ class Diverged(Exception):
     pass
 
 
+class Stopped(Exception):
+    """Raised by an on_eval callback to end a run early with a status of its own (a pruned trial)."""
+
+    def __init__(self, status: str, reason: str):
+        super().__init__(reason)
+        self.status = status
+
+
 class Trainer:
     """Trains `run` on `dataset`, writing metrics.csv, checkpoint.pt, samples.txt into `run_dir`."""
 
-    def __init__(self, run: RunSpec, dataset, run_dir: Path, device: torch.device, show_progress: bool = False):
+    def __init__(self, run: RunSpec, dataset, run_dir: Path, device: torch.device, show_progress: bool = False,
+                 on_eval: Callable[[dict[str, float]], None] | None = None):
         from experiments.data import Batches
 
+        self.on_eval = on_eval  # sees each metrics row; may raise Stopped (e.g. Optuna pruning)
         self.run, self.dataset, self.dir, self.device = run, dataset, run_dir, device
         self.train_cfg = run.train
         self.show_progress = show_progress
@@ -117,7 +127,10 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         ctx = run.model["context_length"]
-        self.batches = Batches(dataset, context_length=ctx, batch_size=run.train["batch_size"],
+        # One global batch per step, split into grad_accum micro-batches: the data a step sees does
+        # not depend on how it is accumulated.
+        self.accum = run.train["grad_accum"]
+        self.batches = Batches(dataset, context_length=ctx, batch_size=run.train["batch_size"] * self.accum,
                                seed=run.seed, device=str(device))
         self.eval_sets = {split: self.batches.eval_batches(split, run.train["eval_batches"]) for split in ("train", "val")}
         self.tokens_per_step = run.train["batch_size"] * run.train["grad_accum"] * ctx
@@ -154,9 +167,10 @@ class Trainer:
         for split, batches in self.eval_sets.items():
             total = torch.zeros((), device=self.device)
             for x, y in batches:
-                with autocast(self.device, self.dtype):
-                    total += self.step_model(x, y)[1].float()
-            losses[split] = (total / len(batches)).item()
+                for xm, ym in zip(x.chunk(self.accum), y.chunk(self.accum)):
+                    with autocast(self.device, self.dtype):
+                        total += self.step_model(xm, ym)[1].float()
+            losses[split] = (total / (len(batches) * self.accum)).item()
         self.model.train()
         return losses
 
@@ -169,6 +183,8 @@ class Trainer:
         files.write_csv(self.dir / "metrics.csv", self.metrics, METRIC_COLUMNS)
         if not all(math.isfinite(row[k]) for k in ("train_loss", "val_loss")):
             raise Diverged(f"loss is not finite at step {self.step}")
+        if self.on_eval is not None:
+            self.on_eval(row)
         return row
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -177,11 +193,11 @@ class Trainer:
         lr = lr_at(self.step, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        accum, total = cfg["grad_accum"], torch.zeros((), device=self.device)
-        for micro in range(accum):
-            x, y = self.batches.batch("train", self.step * accum + micro)
+        accum, total = self.accum, torch.zeros((), device=self.device)
+        x, y = self.batches.batch("train", self.step)                          # (batch_size * accum, T)
+        for xm, ym in zip(x.chunk(accum), y.chunk(accum)):                     # (batch_size, T) each
             with autocast(self.device, self.dtype):
-                _, loss = self.step_model(x, y)
+                _, loss = self.step_model(xm, ym)
             (loss / accum).backward()  # mean over the global batch, whatever the accumulation
             total += loss.detach()
         if cfg["grad_clip"] > 0:
@@ -224,6 +240,8 @@ class Trainer:
                     self.save_checkpoint()
         except Diverged as err:
             status, error = "diverged", str(err)
+        except Stopped as err:
+            status, error = err.status, str(err)
         finally:
             bar.close()
         self.wall_seconds = time.perf_counter() - start_wall
@@ -269,8 +287,9 @@ def load_model(run_dir: Path, device: str = "cpu"):
     """(model, tokenizer, run spec) of a trained run, from its checkpoint."""
     import yaml
 
-    from registry import TOKENIZER
+    from registry import TOKENIZER, load_all
 
+    load_all()  # the tokenizer registry fills on import of components.tokenizer
     spec = yaml.safe_load((run_dir / "spec.yaml").read_text(encoding="utf-8"))
     tokenizer = TOKENIZER.build(files.read_json(run_dir / "tokenizer.json"), {"text": ""})
     model = GPT(ModelConfig(vocab_size=tokenizer.vocab_size, **spec["model"]))

@@ -1,9 +1,14 @@
 """Shared fixtures."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# Tiny models run fastest on one thread, and two busy threads on a shared 2-core machine can be 30x
+# slower than one; subprocesses the tests start inherit this too.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture

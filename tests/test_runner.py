@@ -1,0 +1,228 @@
+"""The runner end to end on tiny models: results layout, skip/resume, locks, failures, exact resume."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from experiments import run as runner
+from experiments.train import Trainer
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_MODEL = {"d_model": 32, "n_layers": 1, "n_heads": 2, "context_length": 16}
+TINY_TRAIN = {"steps": 20, "batch_size": 4, "lr": 3e-3, "warmup": 2, "eval_every": 10, "eval_batches": 2}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_cache(tmp_path_factory):
+    """One token cache for the module (tokenizing once is enough), also seen by subprocesses."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LAB_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+def write_spec(path: Path, **sections) -> Path:
+    spec = {"experiment": "t", "seeds": [0], "data": {"corpus": "embedded", "tokenizer": "char"},
+            "model": dict(TINY_MODEL), "train": dict(TINY_TRAIN), "sample": {"tokens": 20}}
+    for key, value in sections.items():
+        spec[key] = {**spec[key], **value} if isinstance(value, dict) and key in ("model", "train", "data", "sample") else value
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def run_main(spec: Path, results: Path, *extra: str) -> int:
+    return runner.main([str(spec), "--results", str(results), "--no-report", *extra])
+
+
+def test_results_layout(tmp_path, capsys):
+    spec = write_spec(tmp_path / "s.yaml", seeds=[0, 1], grid={"model.block": ["post", "pre"]})
+    assert run_main(spec, tmp_path / "r") == 0
+    exp = tmp_path / "r" / "t"
+    rows = read_csv(exp / "runs.csv")
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"done"}
+    assert list(rows[0])[:4] == ["run_id", "variant", "model.block", "seed"]
+    assert {r["model.block"] for r in rows} == {"post", "pre"}
+    for row in rows:
+        run_dir = exp / "runs" / row["run_id"]
+        for name in ("spec.yaml", "tokenizer.json", "metrics.csv", "summary.json", "samples.txt", "checkpoint.pt"):
+            assert (run_dir / name).exists(), name
+        metrics = read_csv(run_dir / "metrics.csv")
+        assert list(metrics[0]) == ["step", "tokens", "lr", "train_loss", "val_loss", "val_bpb", "elapsed_s"]
+        assert [int(m["step"]) for m in metrics] == [0, 10, 20]
+        assert int(metrics[-1]["tokens"]) == 20 * 4 * 16
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["final_val_loss"] == pytest.approx(float(metrics[-1]["val_loss"]))
+        assert summary["final_val_loss"] < float(metrics[0]["val_loss"])  # it learned something
+        for key in ("params", "flops_per_token", "tokens_per_s", "wall_s", "torch", "python", "device",
+                    "git_commit", "corpus_sha256"):
+            assert summary[key] not in (None, ""), key
+        assert yaml.safe_load((run_dir / "spec.yaml").read_text())["seed"] == int(row["seed"])
+    plan = json.loads((exp / "experiment.json").read_text())
+    assert plan["axes"] == ["model.block"] and len(plan["runs"]) == 4
+    assert (exp / "spec.yaml").read_text() == spec.read_text()
+
+
+def test_second_invocation_trains_nothing_and_force_retrains(tmp_path, capsys):
+    spec = write_spec(tmp_path / "s.yaml")
+    assert run_main(spec, tmp_path / "r") == 0
+    capsys.readouterr()
+    assert run_main(spec, tmp_path / "r") == 0
+    assert "0 trained, 1 already done" in capsys.readouterr().out
+    assert run_main(spec, tmp_path / "r", "--force") == 0
+    assert "1 trained, 0 already done" in capsys.readouterr().out
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
+    spec = write_spec(tmp_path / "s.yaml", grid={"model.n_layers": [1, 2]})
+    assert run_main(spec, tmp_path / "r", "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "n_layers=1" in out and "n_layers=2" in out and "flops/token" in out
+    assert not (tmp_path / "r").exists()
+
+
+def test_only_selects_runs_by_variant_glob(tmp_path, capsys):
+    spec = write_spec(tmp_path / "s.yaml", variants={"baseline": {}, "deeper": {"model.n_layers": 2}})
+    assert run_main(spec, tmp_path / "r", "--only", "deep*") == 0
+    rows = {r["variant"]: r["status"] for r in read_csv(tmp_path / "r" / "t" / "runs.csv")}
+    assert rows == {"baseline": "pending", "deeper": "done"}
+
+
+def test_grad_accumulation_sees_the_same_data_and_scales_the_loss(tmp_path):
+    summaries = []
+    for name, batch, accum in (("one", 8, 1), ("two", 4, 2)):
+        spec = write_spec(tmp_path / f"{name}.yaml", experiment=name, train={"batch_size": batch, "grad_accum": accum})
+        assert run_main(spec, tmp_path / "r") == 0
+        summaries.append(json.loads(next((tmp_path / "r" / name / "runs").glob("*/summary.json")).read_text()))
+    assert summaries[0]["final_val_loss"] == pytest.approx(summaries[1]["final_val_loss"], abs=1e-5)
+
+
+def test_divergence_stops_that_run_and_the_rest_go_on(tmp_path, monkeypatch, capsys):
+    real_step = Trainer.train_step
+
+    def exploding(self):
+        loss = real_step(self)
+        return loss * float("nan") if self.run.model["n_layers"] == 2 else loss
+
+    monkeypatch.setattr(Trainer, "train_step", exploding)
+    spec = write_spec(tmp_path / "s.yaml", variants={"baseline": {}, "unstable": {"model.n_layers": 2}})
+    assert run_main(spec, tmp_path / "r") == 0
+    rows = {r["variant"]: r["status"] for r in read_csv(tmp_path / "r" / "t" / "runs.csv")}
+    assert rows == {"baseline": "done", "unstable": "diverged"}
+
+
+def test_a_crashing_run_is_recorded_and_the_rest_go_on(tmp_path, monkeypatch, capsys):
+    real_fit = Trainer.fit
+
+    def broken(self):
+        if self.run.model["n_layers"] == 2:
+            raise RuntimeError("simulated failure")
+        return real_fit(self)
+
+    monkeypatch.setattr(Trainer, "fit", broken)
+    spec = write_spec(tmp_path / "s.yaml", variants={"baseline": {}, "broken": {"model.n_layers": 2}})
+    assert run_main(spec, tmp_path / "r") == 1
+    assert "1 run(s) failed" in capsys.readouterr().err
+    rows = read_csv(tmp_path / "r" / "t" / "runs.csv")
+    assert {r["variant"]: r["status"] for r in rows} == {"baseline": "done", "broken": "failed"}
+    failed = next(r for r in rows if r["status"] == "failed")
+    assert "simulated failure" in (tmp_path / "r" / "t" / "runs" / failed["run_id"] / "error.txt").read_text()
+    monkeypatch.setattr(Trainer, "fit", real_fit)
+    assert run_main(spec, tmp_path / "r") == 0  # a failed run is retried on the next invocation
+
+
+def cli(spec: Path, results: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "experiments.run", str(spec), "--results", str(results),
+                             "--no-report"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_sigkill_mid_training_then_resume_equals_an_uninterrupted_run(tmp_path):
+    long = {"steps": 300, "eval_every": 50, "checkpoint_every": 25}
+    spec = write_spec(tmp_path / "s.yaml", train=long)
+    proc = cli(spec, tmp_path / "killed")
+    exp = tmp_path / "killed" / "t"
+    deadline = time.time() + 120
+    while not list(exp.glob("runs/*/checkpoint.pt")) and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not list(exp.glob("runs/*/summary.json")), "the run finished before it could be killed"
+    assert run_main(spec, tmp_path / "killed") == 0
+    resumed = json.loads(next(exp.glob("runs/*/summary.json")).read_text())
+    assert resumed["status"] == "done" and resumed["resumed_at_step"] > 0
+
+    assert run_main(spec, tmp_path / "clean") == 0
+    clean = json.loads(next((tmp_path / "clean" / "t").glob("runs/*/summary.json")).read_text())
+    assert math.isclose(resumed["final_val_loss"], clean["final_val_loss"], abs_tol=1e-6)
+    killed_metrics = read_csv(next(exp.glob("runs/*/metrics.csv")))
+    assert [m["step"] for m in killed_metrics] == [str(s) for s in range(0, 301, 50)]
+
+
+def test_two_runners_share_one_spec_and_never_train_a_run_twice(tmp_path):
+    spec = write_spec(tmp_path / "s.yaml", seeds=[0, 1, 2], grid={"model.block": ["post", "pre"]},
+                      train={"steps": 40})
+    procs = [cli(spec, tmp_path / "r") for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    trained = [line.split()[1] for out in outputs for line in out.splitlines()
+               if line.startswith("[") and line.endswith(tuple("0123456789")) and ": done" in line]
+    assert len(trained) == 6 and len(set(trained)) == 6, outputs
+    rows = read_csv(tmp_path / "r" / "t" / "runs.csv")
+    assert len(rows) == 6
+
+
+def test_lock_is_exclusive_and_freed_when_its_holder_dies(tmp_path):
+    from experiments.files import RunLock
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from experiments.files import RunLock; "
+        f"lock = RunLock(Path({str(tmp_path)!r})); assert lock.acquire(); print('held', flush=True); time.sleep(60)")],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    lock = RunLock(tmp_path)
+    assert lock.held_elsewhere() and not lock.acquire()
+    holder.kill()
+    holder.wait()
+    assert not lock.held_elsewhere() and lock.acquire()
+    lock.release()
+
+
+def test_bits_per_byte_follow_the_formula(tmp_path):
+    from experiments.data import load_dataset
+
+    spec = write_spec(tmp_path / "s.yaml")
+    assert run_main(spec, tmp_path / "r") == 0
+    metrics = read_csv(next((tmp_path / "r" / "t").glob("runs/*/metrics.csv")))[-1]
+    ds = load_dataset("embedded", "char", 0.1)
+    expected = float(metrics["val_loss"]) * len(ds.val) / ds.split_bytes["val"] / math.log(2)
+    assert float(metrics["val_bpb"]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_sample_uses_the_runs_own_tokenizer(tmp_path):
+    spec = write_spec(tmp_path / "s.yaml", sample={"prompt": "def ", "tokens": 30})
+    assert run_main(spec, tmp_path / "r") == 0
+    text = next((tmp_path / "r" / "t").glob("runs/*/samples.txt")).read_text()
+    assert text.startswith("def ") and len(text) == len("def ") + 30 + 1
+
+
+def test_seeded_training_is_reproducible(tmp_path):
+    spec = write_spec(tmp_path / "s.yaml", model={"dropout": 0.1})
+    for name in ("a", "b"):
+        assert run_main(spec, tmp_path / name) == 0
+    a, b = (json.loads(next((tmp_path / n / "t").glob("runs/*/summary.json")).read_text()) for n in ("a", "b"))
+    assert a["final_val_loss"] == b["final_val_loss"]
+    assert torch.get_num_threads() >= 1
