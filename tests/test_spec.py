@@ -74,3 +74,13 @@ def test_component_labels():
 def test_yaml_round_trip_of_a_run():
     run = spec().runs[0]
     assert yaml.safe_load(yaml.safe_dump(run.to_dict())) == run.to_dict()
+
+
+def test_readme_documents_every_spec_key():
+    from pathlib import Path
+
+    from experiments.spec import SECTIONS
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    missing = [f"{s}.{k}" for s, fields in SECTIONS.items() for k in fields if f"`{s}.{k}`" not in readme]
+    assert not missing, f"README.md does not document: {missing}"
