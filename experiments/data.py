@@ -16,10 +16,12 @@ import json
 import math
 import os
 import sys
+import time
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from components.tokenizer import Tokenizer
+from experiments.files import atomic_write
 from registry import CORPUS, TOKENIZER, SpecError
 
 if TYPE_CHECKING:
@@ -34,21 +36,6 @@ def cache_dir() -> Path:
         return Path(os.environ["LAB_CACHE_DIR"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base).expanduser() / "gpt2-ablation-lab"
-
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
-    """Write through a temporary file in the same folder, then rename: readers (and a second process
-    building the same file) see either nothing or a whole file, never a half-written one."""
-    import tempfile
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def sha256(data: bytes) -> str:
@@ -128,7 +115,7 @@ class Shakespeare(Corpus):
                             f"{sha256(raw)} ({len(raw):,} bytes), not {SHAKESPEARE_SHA256} "
                             f"({SHAKESPEARE_BYTES:,} bytes); it was not saved. Try again later, or pass "
                             "the path of a verified local copy as data.corpus")
-        atomic_write(path, lambda f: f.write(raw))
+        atomic_write(path, lambda f: f.write(raw), mode="wb")
         return raw
 
 
@@ -237,13 +224,13 @@ class TokenCache:
             raise RuntimeError(f"tokenizer {tokenizer.name}: its tokens cover {covered} bytes of a "
                                f"{n_bytes}-byte corpus")
         tokens_path, lengths_path, meta_path = self.files(key)
-        atomic_write(tokens_path, lambda f: np.save(f, tokens))
-        atomic_write(lengths_path, lambda f: np.save(f, lengths))
+        atomic_write(tokens_path, lambda f: np.save(f, tokens), mode="wb")
+        atomic_write(lengths_path, lambda f: np.save(f, lengths), mode="wb")
         meta = {"format": CACHE_FORMAT, "corpus": corpus, "corpus_sha256": corpus_sha256,
                 "tokenizer": tokenizer.spec(), "vocab_size": tokenizer.vocab_size,
                 "characters": len(text), "bytes": n_bytes, "tokens": len(tokens),
                 "dtype": np.dtype(dtype).name, "tokens_file_bytes": tokens_path.stat().st_size}
-        atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
+        atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()), mode="wb")
         return meta
 
 
@@ -383,7 +370,7 @@ class Batches:
 
 
 # -- command line ------------------------------------------------------------------------------
-def table(entry: CacheEntry) -> str:
+def table(entry: CacheEntry, seconds: float) -> str:
     meta = entry.meta
     rows = [("corpus", entry.corpus_name), ("sha256", meta["corpus_sha256"]),
             ("tokenizer", entry.tokenizer.name),
@@ -392,7 +379,8 @@ def table(entry: CacheEntry) -> str:
             ("bytes per token", f"{meta['bytes'] / meta['tokens']:.3f}"),
             ("train tokens", f"{entry.n_train:,}"),
             ("val tokens", f"{entry.n_val:,} (last {entry.val_fraction:g})"),
-            ("cache", str(entry.tokens_path)), ("cache hit", "yes" if entry.hit else "no")]
+            ("cache", str(entry.tokens_path)), ("cache hit", "yes" if entry.hit else "no"),
+            ("time", f"{seconds:.3f} s (read, hash, {'load' if entry.hit else 'tokenize and cache'})")]
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
 
@@ -419,12 +407,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-fraction", type=float, default=0.1,
                         help="the last fraction of tokens held out for validation, in (0, 0.5]")
     args = parser.parse_args(argv)
+    start = time.perf_counter()
     try:
         entry = prepare(args.corpus, parse_tokenizer(args.tokenizer), args.val_fraction)
     except SpecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(table(entry))
+    print(table(entry, time.perf_counter() - start))
     return 0
 
 

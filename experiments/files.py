@@ -12,8 +12,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import yaml
-
 
 def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> None:
     """Write through `write(file)` into a temporary file beside `path`, then rename it into place."""
@@ -40,6 +38,8 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def write_yaml(path: Path, data: Any) -> None:
+    import yaml  # here, not at the top: `python -m experiments.data` imports this module and stays lean
+
     write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 

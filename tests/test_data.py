@@ -108,12 +108,12 @@ CONCURRENT_BUILD = textwrap.dedent("""
     import experiments.data as data
     # Both processes must reach the writes together: each waits for the other before writing.
     ready, real_write = Path(sys.argv[2]), data.atomic_write
-    def write_together(path, write):
+    def write_together(path, write, mode):
         (ready / sys.argv[3]).touch()
         deadline = time.time() + 20
         while len(list(ready.iterdir())) < 2 and time.time() < deadline:
             time.sleep(0.005)
-        real_write(path, write)
+        real_write(path, write, mode)
     data.atomic_write = write_together
     ds = data.load_dataset(sys.argv[1], "char")
     print(ds.cache_hit, ds.tokens.sum())
