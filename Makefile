@@ -21,5 +21,9 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m experiments.run specs/quickstart.yaml
 
+# The tutorial's ladder (a-f) with 3 seeds, then its report: results/seed-ladder/report.md.
+ladder: $(STAMP)
+	$(PY) -m experiments.run specs/seed_ladder.yaml
+
 clean-venv:
 	rm -rf $(VENV)
