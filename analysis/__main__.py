@@ -1,0 +1,47 @@
+"""`python -m analysis results/<experiment>`: write plots/*.png and report.md for an experiment."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m analysis",
+        description="Write results/<experiment>/report.md and plots/*.png: seed statistics, "
+                    "paired effects vs the baseline, and plots.")
+    parser.add_argument("experiment", type=Path,
+                        help="an experiment folder written by `python -m experiments.run`, "
+                             "e.g. results/quickstart")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command; return the exit status (2 for bad input, with a message on stderr)."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exit_:        # argparse has already printed its usage message
+        return int(exit_.code or 0)
+    from analysis.tables import ExperimentError, check_experiment_dir
+
+    try:
+        check_experiment_dir(args.experiment)     # fail fast, before importing matplotlib
+        from analysis.report import write_report
+
+        path = write_report(args.experiment)
+    except ExperimentError as err:
+        print(f"python -m analysis: cannot analyse {args.experiment}: {err} Pass the folder "
+              "that `python -m experiments.run <spec.yaml>` wrote, i.e. results/<experiment> "
+              "containing runs.csv and experiment.json.", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"python -m analysis: cannot write the report for {args.experiment}: {err}. "
+              "Check that the folder is writable and the disk is not full.", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

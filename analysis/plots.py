@@ -1,0 +1,444 @@
+"""Seaborn plots of one experiment, saved as PNG files (headless: the Agg backend).
+
+Every interval drawn is the same 95% Student t interval over seeds that the tables report
+(seaborn is handed `t_interval` as its error-bar function), so a plot never disagrees with the
+report. Only finished runs are drawn; with one seed there is no band or bar to draw.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import matplotlib
+
+matplotlib.use("Agg")  # before pyplot: no display on the machines that run experiments
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
+
+from analysis.tables import (  # noqa: E402
+    LABELS, UNITS, Experiment, done_runs, factors, mean_ci, mixed_tokenizers,
+    paired_effects)
+
+MAX_LINES = 10          # more curves than this is a tangle: the best ones are drawn
+MAX_ROWS = 30           # rows of a point plot (a search can have hundreds of trials)
+MAX_HUES = 12           # beyond this a colour per variant cannot be told apart
+DPI = 110
+FILES = {               # plot key -> file name under plots/
+    "curves": "curves.png",
+    "final_bpb": "final_bpb.png",
+    "effects": "effects_vs_baseline.png",
+    "params": "params_vs_bpb.png",
+    "search_history": "search_history.png",
+    "search_importances": "search_importances.png",
+    "search_parallel": "search_parallel.png",
+}
+CAPTIONS = {
+    "curves": "Validation loss and bits per byte against tokens seen; band = 95% CI over seeds.",
+    "final_bpb": "Final validation bits per byte per variant (sorted, best on top), "
+                 "mean over seeds with 95% CI; one panel per grid axis.",
+    "effects": "Paired effect of each variant on final val bpb vs the baseline, seed by seed, "
+               "with 95% CI; left of zero = better.",
+    "params": "Parameters (log scale) against final validation bits per byte, one point per run.",
+    "search_history": "Optuna optimisation history: each trial's objective and the best so far.",
+    "search_importances": "Optuna hyperparameter importances for the objective.",
+    "search_parallel": "Optuna parallel-coordinate plot: each line is a trial.",
+}
+
+
+class Skip(Exception):
+    """A plot that cannot honestly be drawn; the message goes into the report."""
+
+
+@dataclass
+class PlotSet:
+    paths: dict[str, Path] = field(default_factory=dict)   # key -> PNG written
+    notes: list[str] = field(default_factory=list)         # why a plot is missing or partial
+
+
+def t_interval(values: pd.Series) -> tuple[float, float]:
+    """Seaborn error-bar function: the tables' 95% Student t interval."""
+    s = mean_ci(values)
+    return s.low, s.high
+
+
+@contextlib.contextmanager
+def _style() -> Iterator[None]:
+    # Scoped, so importing this module leaves other people's matplotlib settings alone.
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.9):
+        yield
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    """Write the PNG next to its final name, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _palette(variants: list[str]) -> dict[str, Any]:
+    colours = sns.color_palette("colorblind" if len(variants) <= 10 else "husl", len(variants))
+    return dict(zip(variants, colours))
+
+
+def _ranked_variants(exp: Experiment, metric: str = "final_val_bpb") -> list[str]:
+    """Variants with at least one finished run, best (lowest mean) first."""
+    means = done_runs(exp).groupby("variant")[metric].mean().dropna()
+    return list(means.sort_values(kind="stable").index)
+
+
+def _ci_legend(n_max: int, what: str) -> Any:
+    if n_max >= 3:
+        return Patch(alpha=0.3, color="grey", label=f"{what}: 95% CI over seeds (Student t)")
+    if n_max == 2:                        # say why the bands look alarming
+        return Patch(alpha=0.3, color="grey", label=f"{what}: 95% CI over 2 seeds\n"
+                     "(Student t, t = 12.7: wide)")
+    return Line2D([], [], color="none", label="one seed: no confidence interval")
+
+
+def _n_seeds(exp: Experiment) -> int:
+    done = done_runs(exp)
+    return int(done.groupby("variant")["seed"].nunique().max()) if len(done) else 0
+
+
+def _legend_below(fig: plt.Figure, handles: list[Any]) -> None:
+    """Legend under the x labels (after tight_layout; bbox_inches="tight" makes room for it)."""
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=min(len(handles), 4), frameon=False)
+
+
+def _axis_label(metric: str) -> str:
+    return f"{LABELS[metric]} ({UNITS[metric]})"
+
+
+# ---------------------------------------------------------------------------------------------
+# (1) learning curves
+
+def _y_range(data: pd.DataFrame, metric: str) -> tuple[float, float]:
+    """Y limits from the mean curves: the top is the worst mean after the first 10% of training,
+    so the start (loss near log(vocab)) does not squash the differences that matter. Bands
+    may run off the axes: with two seeds t(0.975, 1) = 12.7 makes them very wide."""
+    means = data.groupby(["variant", "tokens"])[metric].mean()
+    late = means[means.index.get_level_values("tokens") >= 0.1 * data["tokens"].max()]
+    top, bottom = float(late.max()), float(means.min())
+    pad = max(top - bottom, 1e-6)
+    return bottom - 0.1 * pad, top + 0.05 * pad
+
+
+def _si_ticks(value: float, _pos: Any = None) -> str:
+    """Tick label 204800 -> '205k': token and parameter counts read better without 1e5."""
+    for factor, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g}{prefix}"
+    return f"{value:.3g}"
+
+
+def plot_curves(exp: Experiment, path: Path) -> Path:
+    """Val loss (nats/token) and val bpb (bits/byte) against tokens seen, one colour per
+    variant, band = seed CI. With mixed tokenizers only bpb is drawn."""
+    m = exp.metrics
+    m = m[(m["status"] == "done") & m["tokens"].notna()]
+    ranked = [v for v in _ranked_variants(exp) if v in set(m["variant"])]
+    if not ranked:
+        raise Skip("learning curves: no finished run has a metrics.csv yet.")
+    shown = ranked[:MAX_LINES]
+    data = m[m["variant"].isin(shown)]
+    metrics = ["val_bpb"] if mixed_tokenizers(exp) else ["val_loss", "val_bpb"]
+    with _style():
+        fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics) + 2, 4.2),
+                                 squeeze=False)
+        for ax, metric in zip(axes[0], metrics):
+            sns.lineplot(data=data, x="tokens", y=metric, hue="variant", hue_order=shown,
+                         palette=_palette(shown), errorbar=t_interval, err_kws={"alpha": 0.12},
+                         ax=ax, legend=False)
+            low, high = _y_range(data.dropna(subset=[metric]), metric)
+            if math.isfinite(low) and math.isfinite(high):
+                ax.set_ylim(low, high)
+            ax.set(xlabel="tokens seen (tokens)", ylabel=_axis_label(metric),
+                   title=f"{LABELS[metric]} vs tokens seen")
+            ax.xaxis.set_major_formatter(FuncFormatter(_si_ticks))
+        handles = [Line2D([], [], color=c, lw=2, label=v) for v, c in _palette(shown).items()]
+        handles.append(_ci_legend(_n_seeds(exp), "band"))
+        title = f"{exp.name}: validation curves"
+        if len(ranked) > len(shown):
+            title += f" ({len(shown)} best of {len(ranked)} variants)"
+        if len(metrics) == 1:
+            title += " — bits/byte only: runs use different tokenizers"
+        fig.suptitle(title)
+        fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5),
+                   title="variant", frameon=False)
+        fig.tight_layout()
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# (2) final bpb per variant, one facet per grid axis
+
+def _panels(exp: Experiment) -> list[tuple[str, str]]:
+    """(column, panel title) pairs: the variants, and each axis when there is more than one."""
+    if len(exp.axes) == 1 and not exp.variants:
+        return [(exp.axes[0], exp.axes[0])]     # the variants are that axis's levels
+    panels = [("variant", "all variants")]
+    if exp.axes and exp.variants:
+        panels.append(("named_variant", "variant (marginal over the grid)"))
+    if len(exp.axes) > 1 or (exp.axes and exp.variants):
+        panels += [(a, f"{a} (marginal over the rest)") for a in exp.axes]
+    return panels
+
+
+def _point_panel(ax: plt.Axes, done: pd.DataFrame, column: str, title: str) -> None:
+    order = list(done.groupby(column)["final_val_bpb"].mean().dropna()
+                 .sort_values(kind="stable").index)
+    if len(order) > MAX_ROWS:
+        title += f" ({MAX_ROWS} best of {len(order)})"
+        order = order[:MAX_ROWS]
+        done = done[done[column].isin(order)]
+    sns.pointplot(data=done, y=column, x="final_val_bpb", order=order, errorbar=t_interval,
+                  linestyle="none", capsize=0.25, color="C0", ax=ax, orient="h")
+    ax.set(title=title, xlabel=_axis_label("final_val_bpb"), ylabel="")
+
+
+def plot_final_bpb(exp: Experiment, path: Path) -> Path:
+    done = done_runs(exp).dropna(subset=["final_val_bpb"]).copy()
+    if done.empty:
+        raise Skip("final bpb per variant: no finished run yet.")
+    panels = _panels(exp)
+    n_rows = min(MAX_ROWS, max(done[c].nunique() for c, _ in panels))
+    with _style():
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 1.5,
+                                                          1.6 + 0.38 * n_rows), squeeze=False)
+        for ax, (column, title) in zip(axes[0], panels):
+            _point_panel(ax, done, column, title)
+        handles = [Line2D([], [], marker="o", color="C0", ls="none", label="mean over seeds"),
+                   Line2D([], [], color="C0", label="95% CI (Student t)") if _n_seeds(exp) > 1
+                   else _ci_legend(1, "")]
+        fig.suptitle(f"{exp.name}: final validation bits per byte (lower is better)")
+        fig.tight_layout()
+        _legend_below(fig, handles)
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# (3) forest plot of paired effects
+
+def plot_effects(exp: Experiment, path: Path) -> Path:
+    effects = paired_effects(exp, "final_val_bpb")
+    effects = effects[effects["n_pairs"] > 0]
+    if not factors(exp):
+        raise Skip("paired effects: no baseline to compare against (the spec has neither "
+                   "named variants nor a grid).")
+    if effects.empty:
+        raise Skip("paired effects: no variant has a finished run paired with a finished "
+                   "baseline run of the same seed.")
+    styles = {True: ("C3", "CI excludes 0"), False: ("C0", "CI includes 0"),
+              None: ("grey", "fewer than 2 pairs: no CI")}
+    with _style():
+        fig, ax = plt.subplots(figsize=(7.5, 1.5 + 0.45 * len(effects)))
+        labels = list(effects["comparison"])[::-1]      # first comparison at the top
+        for y, row in enumerate(effects.iloc[::-1].itertuples(index=False)):
+            key = None if pd.isna(row.excludes_zero) else bool(row.excludes_zero)
+            colour = styles[key][0]
+            err = None
+            if not math.isnan(row.ci_low):
+                err = [[row.mean_delta - row.ci_low], [row.ci_high - row.mean_delta]]
+            ax.errorbar(row.mean_delta, y, xerr=err, fmt="o", color=colour, capsize=4)
+            ax.annotate(f"n={row.n_pairs}", (1.01, y), xycoords=("axes fraction", "data"),
+                        va="center", fontsize=8, color="dimgrey")
+        ax.axvline(0, color="black", lw=1, ls="--")
+        ax.set_yticks(range(len(labels)), labels)
+        ax.set_ylim(-0.7, len(labels) - 0.3)
+        ax.set(xlabel="Δ final val bpb vs baseline (bits/byte; < 0 = better)", ylabel="",
+               title=f"{exp.name}: paired effects vs baseline (Δ per seed, then mean)")
+        used = {None if pd.isna(v) else bool(v) for v in effects["excludes_zero"]}
+        handles = [Line2D([], [], marker="o", color=styles[k][0], label=styles[k][1])
+                   for k in (True, False, None) if k in used]
+        handles.append(Line2D([], [], color="black", ls="--", label="no effect (Δ = 0)"))
+        fig.tight_layout()
+        _legend_below(fig, handles)
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# (4) parameters vs final bpb
+
+def plot_params(exp: Experiment, path: Path) -> Path:
+    done = done_runs(exp).dropna(subset=["final_val_bpb", "params"])
+    done = done[done["params"] > 0]
+    if done.empty:
+        raise Skip("parameters vs bpb: no finished run reports its parameter count.")
+    ranked = [v for v in _ranked_variants(exp) if v in set(done["variant"])]
+    style = "tokenizer" if mixed_tokenizers(exp) else None
+    with _style():
+        fig, ax = plt.subplots(figsize=(7.5, 4.5))
+        if len(ranked) <= MAX_HUES:
+            sns.scatterplot(data=done, x="params", y="final_val_bpb", hue="variant",
+                            hue_order=ranked, palette=_palette(ranked), style=style, s=60,
+                            alpha=0.8, ax=ax)
+        else:                             # too many to colour apart: mark the best one instead
+            sns.scatterplot(data=done, x="params", y="final_val_bpb", style=style, s=40,
+                            alpha=0.6, color="C0", ax=ax, label="finished run")
+            best = done[done["variant"] == ranked[0]]
+            ax.scatter(best["params"], best["final_val_bpb"], marker="*", s=250, color="C3",
+                       zorder=3, label=f"best variant: {ranked[0]}")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(_si_ticks))
+        narrow = done["params"].max() < 10 * done["params"].min()   # within a decade
+        ax.xaxis.set_minor_formatter(FuncFormatter(_si_ticks) if narrow else NullFormatter())
+        ax.set(xlabel="parameters (count, log scale)", ylabel=_axis_label("final_val_bpb"),
+               title=f"{exp.name}: model size vs final val bpb (one point per run)")
+        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+        fig.tight_layout()
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# (5) Optuna study
+
+def _storage_url(url: str, exp_dir: Path) -> str:
+    """A relative SQLite path is tried as given, then relative to the experiment folder and the
+    folder `results/` sits in; refusing to go on when no file exists, because Optuna would
+    silently create an empty database instead."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        return url
+    db = Path(url[len(prefix):])
+    candidates = [db] if db.is_absolute() else [db, exp_dir / db, exp_dir.parent.parent / db]
+    for candidate in candidates:
+        if candidate.is_file():
+            return prefix + str(candidate.resolve())
+    raise Skip(f"Optuna plots: the study database {db} was not found.")
+
+
+@contextlib.contextmanager
+def _quiet_optuna() -> Iterator[Any]:
+    import optuna
+
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            yield optuna
+    finally:
+        optuna.logging.set_verbosity(level)
+
+
+def load_study(exp: Experiment) -> Any:
+    """The experiment's Optuna study; raises Skip when there is none to load."""
+    if not exp.search:
+        raise Skip("no Optuna study: experiment.json has no search section.")
+    if not exp.search.get("storage") or not exp.search.get("study_name"):
+        raise Skip("Optuna plots: experiment.json's search names no storage and study_name.")
+    url = _storage_url(str(exp.search.get("storage", "")), exp.path)
+    with _quiet_optuna() as optuna:
+        try:
+            return optuna.load_study(study_name=str(exp.search.get("study_name")), storage=url)
+        except KeyError:
+            raise Skip(f"Optuna plots: no study named {exp.search.get('study_name')!r} in "
+                       f"{exp.search.get('storage')}.") from None
+
+
+def _objective_label(exp: Experiment) -> str:
+    metric = str((exp.search or {}).get("metric", "objective"))
+    return f"{LABELS.get(metric, metric)} ({UNITS[metric]})" if metric in UNITS else metric
+
+
+def _optuna_figure(draw: Callable[[], Any], path: Path, title: str,
+                   xlabel: str | None = None, ylabel: str | None = None,
+                   legend: str | None = None) -> Path:
+    """Optuna draws the axes; we replace its generic titles and labels with ones that name the
+    experiment and the objective's unit, and add a legend where it draws none."""
+    with _style():
+        ax = draw()
+        ax = ax.flat[0] if isinstance(ax, np.ndarray) else ax
+        fig = ax.figure
+        fig.set_size_inches(8.5, 4.8)
+        for loc in ("left", "right"):     # Optuna titles some plots off-centre
+            ax.set_title("", loc=loc)
+        ax.set_title(title)
+        if xlabel:
+            ax.set_xlabel(xlabel)
+        if ylabel:
+            ax.set_ylabel(ylabel)
+        fig.tight_layout()
+        if ax.get_legend() is None and legend:
+            _legend_below(fig, [Line2D([], [], color="#1f4e79", label=legend)])
+    return _save(fig, path)
+
+
+def plot_search(exp: Experiment, out_dir: Path, plots: PlotSet) -> None:
+    """Optimisation history, importances and parallel coordinates; skips are noted."""
+    try:
+        study = load_study(exp)
+    except Skip as skip:
+        if exp.search:
+            plots.notes.append(str(skip))
+        return
+    with _quiet_optuna() as optuna:
+        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if not complete:
+            plots.notes.append("Optuna plots: the study has no completed trial yet.")
+            return
+        vis = optuna.visualization.matplotlib
+        label = _objective_label(exp)
+        plots.paths["search_history"] = _optuna_figure(
+            lambda: vis.plot_optimization_history(study, target_name=label),
+            out_dir / FILES["search_history"], f"{exp.name}: optimisation history",
+            "trial number", label)
+        n_params = len({p for t in complete for p in t.params})
+        if len(complete) < 2 or n_params < 2:
+            plots.notes.append(
+                f"Optuna parameter importances skipped: {len(complete)} completed trial(s) and "
+                f"{n_params} parameter(s); importances need at least 2 of each.")
+        else:
+            plots.paths["search_importances"] = _optuna_figure(
+                lambda: vis.plot_param_importances(study, target_name=label),
+                out_dir / FILES["search_importances"],
+                f"{exp.name}: parameter importances", "importance (fraction of total)",
+                "hyperparameter")
+        plots.paths["search_parallel"] = _optuna_figure(
+            lambda: vis.plot_parallel_coordinate(study, target_name=label),
+            out_dir / FILES["search_parallel"], f"{exp.name}: parallel coordinates",
+            "objective and hyperparameters (each on its own scale)", None,
+            legend="one line per completed trial; colour = objective")
+
+
+# ---------------------------------------------------------------------------------------------
+
+PLOTTERS: dict[str, Callable[[Experiment, Path], Path]] = {
+    "curves": plot_curves, "final_bpb": plot_final_bpb,
+    "effects": plot_effects, "params": plot_params,
+}
+
+
+def make_plots(exp: Experiment, out_dir: Path) -> PlotSet:
+    """Draw every plot the experiment supports into out_dir; stale PNGs of ours are removed so
+    the folder never shows a plot from an earlier state of the experiment."""
+    plots = PlotSet()
+    for key, plotter in PLOTTERS.items():
+        try:
+            plots.paths[key] = plotter(exp, out_dir / FILES[key])
+        except Skip as skip:
+            plots.notes.append(str(skip))
+    plot_search(exp, out_dir, plots)
+    for key, name in FILES.items():
+        if key not in plots.paths:
+            (out_dir / name).unlink(missing_ok=True)
+    return plots

@@ -1,0 +1,390 @@
+"""report.md for one experiment: what was run, the tables with their CIs, the plots, a sample.
+
+The report states its limits instead of papering over them: how many of the planned runs are
+done, which runs were left out and why, when there is a single seed (no interval), and when
+runs use different tokenizers (nats/token are then not compared).
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from analysis.plots import CAPTIONS, PlotSet, make_plots
+from analysis.tables import (
+    LABELS, UNITS, Experiment, best_run, comparable_metrics, done_runs, factors,
+    load_experiment, main_effects, mixed_tokenizers, paired_effects, pivot_tables, progress,
+    tokenizers, variant_table)
+
+MAX_VARIANT_ROWS = 25      # a search can have hundreds of trials; the report shows the best
+MAX_SAMPLE_CHARS = 3000
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown helpers
+
+def _cell(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(df: pd.DataFrame, index: bool = False, digits: int = 4) -> str:
+    """A GitHub-flavoured markdown table; floats to `digits` places, missing values as —."""
+    if index:
+        df = df.reset_index()
+    header = [_cell(c) for c in df.columns]
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(df[c]) else "---"
+                            for c in df.columns) + "|"]
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join(_cell(v, digits) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def _si(value: float, unit: str = "") -> str:
+    """1234567 -> '1.23 M' (parameters, FLOPs, tokens: the magnitude is what matters)."""
+    if value is None or not math.isfinite(value):
+        return "—"
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g} {prefix}{unit}".strip()
+    return f"{value:.3g} {unit}".strip()
+
+
+def _duration(seconds: float) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "—"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def _ci(low: float, high: float, n: int, empty: str = "no finished run") -> str:
+    if n == 0:
+        return empty
+    if n == 1 or math.isnan(low):
+        return "n=1: no CI"
+    return f"[{low:.4f}, {high:.4f}]"
+
+
+def _fence(text: str, lang: str = "text") -> str:
+    """A code fence longer than any backtick run in `text`, so the sample cannot break out."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}{lang}\n{text.rstrip()}\n{fence}"
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    """{'model': {'positional': {'name': 'rope'}}} -> {'model.positional.name': 'rope'}."""
+    if not isinstance(d, dict):
+        return {prefix: d} if prefix else {}
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        out.update(_flat(value, name) if isinstance(value, dict) and value else {name: value})
+    return out
+
+
+def _kv(d: dict[str, Any]) -> str:
+    return ", ".join(f"`{k}={v}`" for k, v in _flat(d).items()) or "—"
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+
+def _header(exp: Experiment) -> list[str]:
+    p = progress(exp)
+    others = ", ".join(f"{p[s]} {s}" for s in ("diverged", "failed", "running", "pending")
+                       if p.get(s))
+    line = f"**{p['done']} of {p['planned']} runs done**" + (f" ({others})." if others else ".")
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return [f"# {exp.name}", "", f"Written by `python -m analysis` on {when} from "
+            f"`{exp.path}`.", "", line, ""]
+
+
+def _what_was_run(exp: Experiment) -> list[str]:
+    spec = exp.spec
+    lines = ["## What was run", ""]
+    if not spec:
+        lines += ["spec.yaml was not found in the experiment folder; the plan below comes "
+                  "from experiment.json.", ""]
+    data = spec.get("data", {}) if isinstance(spec.get("data"), dict) else {}
+    if data:
+        lines.append(f"- **data**: corpus `{data.get('corpus', '?')}`, tokenizer "
+                     f"`{data.get('tokenizer', '?')}`; " + _kv(
+                         {k: v for k, v in data.items() if k not in ("corpus", "tokenizer")}))
+    used = tokenizers(exp)
+    if used and (not data or [str(data.get("tokenizer"))] != used):
+        lines.append(f"- **tokenizers in finished runs**: {', '.join(used)}")
+    if isinstance(spec.get("model"), dict):
+        lines.append(f"- **model**: {_kv(spec['model'])}")
+    if isinstance(spec.get("train"), dict):
+        lines.append(f"- **train budget**: {_kv(spec['train'])}")
+    tokens = done_runs(exp)["tokens_seen"].median()
+    if pd.notna(tokens):
+        lines.append(f"- **tokens seen per finished run** (median): {_si(tokens)} tokens")
+    for axis in exp.axes:
+        lines.append(f"- **axis `{axis}`**: " + ", ".join(f"`{v}`" for v in exp.levels[axis]))
+    if exp.variants:
+        overrides = spec.get("variants") if isinstance(spec.get("variants"), dict) else {}
+        lines.append("- **variants**: " + "; ".join(
+            f"`{v}`" + (f" ({_kv(overrides[v])})" if overrides.get(v) else "")
+            for v in exp.variants))
+    lines.append(f"- **seeds**: {', '.join(str(s) for s in exp.seeds) or '—'}")
+    if exp.search:
+        lines.append(f"- **search**: Optuna study `{exp.search.get('study_name')}` "
+                     f"({exp.search.get('direction', 'minimize')} "
+                     f"`{exp.search.get('metric', '?')}`)")
+    return lines + [""]
+
+
+def _caveats(exp: Experiment) -> list[str]:
+    notes = []
+    table = variant_table(exp, ["final_val_bpb"])
+    finished = table[table["n"] > 0]
+    if len(finished) and finished["n"].max() <= 1:
+        notes.append("**One seed: no confidence interval.** Every variant has a single "
+                     "finished seed, so seed-to-seed noise cannot be estimated; differences "
+                     "below may be noise. Run more seeds to get intervals.")
+    elif (finished["n"] == 1).any():
+        notes.append("Some variants have one finished seed: no confidence interval for them.")
+    if mixed_tokenizers(exp):
+        notes.append(f"**Runs use different tokenizers ({', '.join(tokenizers(exp))}).** A token "
+                     "is a different unit for each, so losses in nats/token are not compared "
+                     "or ranked here; every comparison is in bits per byte of text.")
+    corpora = done_runs(exp)["corpus"].dropna().unique()
+    if len(corpora) > 1:
+        notes.append(f"Runs use different corpora ({', '.join(map(str, corpora))}): their "
+                     "losses measure different text and are not comparable.")
+    left_out = progress(exp)
+    if left_out["done"] < left_out["planned"]:
+        notes.append(f"Only runs with status `done` enter the statistics "
+                     f"({left_out['done']} of {left_out['planned']}).")
+    return (["## Caveats", ""] + [f"- {n}" for n in notes] + [""]) if notes else []
+
+
+SHORT = {"final_val_bpb": "bpb", "final_val_loss": "loss"}
+
+
+def _variant_section(exp: Experiment) -> list[str]:
+    metrics = comparable_metrics(exp)
+    table = variant_table(exp, metrics)
+    if exp.search:
+        table = table.sort_values("final_val_bpb_mean", kind="stable", na_position="last")
+    shown = table.head(MAX_VARIANT_ROWS)
+    quality = pd.DataFrame({"variant": shown["variant"]})
+    if mixed_tokenizers(exp):
+        quality["tokenizer"] = shown["tokenizer"]
+    quality["n seeds"] = shown["n"]
+    for metric in reversed(metrics):          # bpb first: it is the scale every run shares
+        short = SHORT[metric]
+        quality[f"{short} mean"] = shown[f"{metric}_mean"]
+        quality[f"{short} 95% CI"] = [
+            _ci(lo, hi, n) for lo, hi, n in
+            zip(shown[f"{metric}_ci_low"], shown[f"{metric}_ci_high"], shown["n"])]
+        quality[f"{short} std"] = shown[f"{metric}_std"]
+    cost = pd.DataFrame({
+        "variant": shown["variant"], "params": [_si(v) for v in shown["params"]],
+        "FLOPs/token": [_si(v) for v in shown["flops_per_token"]],
+        "tokens seen": [_si(v) for v in shown["tokens_seen"]],
+        "tokens/s": [_si(v) for v in shown["tokens_per_s"]],
+        "wall time": [_duration(v) for v in shown["wall_s"]]})
+    units = "bpb: final validation bits per byte of text"
+    if "final_val_loss" in metrics:
+        units += "; loss: final validation cross-entropy in nats/token"
+    lines = ["## Results per variant", "",
+             f"Mean over finished seeds, sample std and the 95% Student t interval of the mean "
+             f"({units}; lower is better).", "", to_markdown(quality), ""]
+    if len(table) > len(shown):
+        lines += [f"({len(table) - len(shown)} more variants not shown; best first.)", ""]
+    lines += ["### Cost per variant", "", "Means over the same finished seeds.", "",
+              to_markdown(cost), ""]
+    return lines
+
+
+def _verdict(row: Any) -> str:
+    if row.n_pairs == 0:
+        return "—"
+    if pd.isna(row.excludes_zero):
+        return "fewer than 2 pairs: no CI"
+    if not row.excludes_zero:
+        return "no: within seed noise"
+    return "yes: lower (better)" if row.mean_delta < 0 else "yes: higher (worse)"
+
+
+def _effects_section(exp: Experiment) -> list[str]:
+    if not factors(exp):
+        return []
+    lines = ["## Paired effects vs the baseline", "",
+             "Δ = variant − baseline, computed seed by seed (runs with the same seed see the "
+             "same batches) and then averaged; negative is better. The 95% CI is a Student t "
+             "interval over the pairs; pairing removes the seed-to-seed spread that both runs "
+             "share, so it can exclude 0 when the per-variant intervals overlap.", ""]
+    if len(exp.axes) > 1 or (exp.axes and exp.variants):
+        lines[-2] += (" In a grid each run is paired with the run that has the same seed and "
+                      "the same other-axis values, so one comparison pools pairs across the "
+                      "other axes.")
+    for metric in reversed(comparable_metrics(exp)):
+        effects = paired_effects(exp, metric)
+        out = pd.DataFrame({
+            "comparison": effects["comparison"], "n pairs": effects["n_pairs"],
+            f"mean Δ ({UNITS[metric]})": effects["mean_delta"],
+            "95% CI": [_ci(lo, hi, n, "no finished pair") for lo, hi, n in
+                       zip(effects["ci_low"], effects["ci_high"], effects["n_pairs"])],
+            "CI excludes 0": [_verdict(r) for r in effects.itertuples()],
+        })
+        lines += [f"### {LABELS[metric]} ({UNITS[metric]})", "", to_markdown(out), ""]
+    return lines
+
+
+def _grid_section(exp: Experiment) -> list[str]:
+    if not exp.axes:
+        return []
+    effects = main_effects(exp, "final_val_bpb")
+    out = pd.DataFrame({"axis": effects["axis"], "level": effects["level"], "n runs": effects["n"],
+                        "mean final val bpb": effects["mean"],
+                        "95% CI": [_ci(lo, hi, n) for lo, hi, n in
+                                   zip(effects["ci_low"], effects["ci_high"], effects["n"])]})
+    lines = ["## Main effects of the grid axes", "",
+             "Marginal mean of final val bpb (bits/byte) at each level, over seeds and the other "
+             "axes.", "", to_markdown(out), ""]
+    for (a, b), pivot in pivot_tables(exp, "final_val_bpb").items():
+        pivot = pivot.copy()
+        pivot.index = [f"{a}={v}" for v in pivot.index]
+        pivot.columns = [f"{b}={v}" for v in pivot.columns]
+        lines += [f"### `{a}` × `{b}`: mean final val bpb (bits/byte)", "",
+                  to_markdown(pivot.rename_axis("").reset_index()), ""]
+    return lines
+
+
+def _left_out_section(exp: Experiment) -> list[str]:
+    runs = exp.runs
+    bad = runs[runs["status"].isin(["diverged", "failed"])]
+    p = progress(exp)
+    unfinished = {s: p.get(s, 0) for s in ("running", "pending") if p.get(s)}
+    if bad.empty and not unfinished:
+        return []
+    lines = ["## Runs left out of the statistics", ""]
+    if not bad.empty:
+        out = pd.DataFrame({"run": bad["run_id"], "variant": bad["variant"], "seed": bad["seed"],
+                            "status": bad["status"]})
+        lines += [to_markdown(out), ""]
+    if unfinished:
+        lines += ["Not finished: " + ", ".join(f"{n} {s}" for s, n in unfinished.items())
+                  + ".", ""]
+    return lines
+
+
+def _plots_section(exp: Experiment, plots: PlotSet) -> list[str]:
+    lines = ["## Plots", ""]
+    for key, path in plots.paths.items():
+        rel = os.path.relpath(path, exp.path)
+        lines += [f"{CAPTIONS[key]}", "", f"![{key}]({Path(rel).as_posix()})", ""]
+    lines += [f"- {note}" for note in plots.notes]
+    return lines + ([""] if plots.notes else [])
+
+
+def _sample_section(exp: Experiment) -> list[str]:
+    best = best_run(exp)
+    if best is None:
+        return []
+    path = exp.path / "runs" / str(best["run_id"]) / "samples.txt"
+    head = (f"## Sample from the best run\n\n`{best['run_id']}` ({best['variant']}, seed "
+            f"{int(best['seed'])}, final val bpb {best['final_val_bpb']:.4f}):\n")
+    if not path.is_file():
+        return [head, "No samples.txt in the run folder.", ""]
+    text = path.read_text(errors="replace")
+    if len(text) > MAX_SAMPLE_CHARS:
+        text = text[:MAX_SAMPLE_CHARS] + "\n[…]"
+    return [head, _fence(text), ""]
+
+
+def best_trial(exp: Experiment) -> pd.Series | None:
+    """The finished search trial with the best objective (runs.csv's trial/state columns)."""
+    runs = done_runs(exp)
+    if "trial" not in runs.columns:
+        return None
+    runs = runs[runs["trial"].notna()]
+    if "state" in runs.columns:
+        runs = runs[runs["state"].fillna("COMPLETE").str.upper() == "COMPLETE"]
+    metric = str((exp.search or {}).get("metric", "final_val_bpb"))
+    metric = metric if metric in runs.columns else "final_val_bpb"
+    runs = runs.dropna(subset=[metric])
+    if runs.empty:
+        return None
+    maximize = (exp.search or {}).get("direction") == "maximize"
+    return runs.loc[runs[metric].idxmax() if maximize else runs[metric].idxmin()]
+
+
+def _study_best(exp: Experiment) -> list[str]:
+    """The study's own view of its best trial (its parameters), when the study can be read."""
+    from analysis.plots import Skip, load_study
+
+    try:
+        study = load_study(exp)
+        trial = study.best_trial
+    except (Skip, ValueError):            # ValueError: Optuna has no completed trial
+        return []
+    params = pd.DataFrame({"parameter": list(trial.params),
+                           "value": [str(v) for v in trial.params.values()]})
+    return [f"Optuna's best trial: #{trial.number}, objective {trial.value:.4f}, "
+            f"{len(study.trials)} trials in the study.", "", to_markdown(params), ""]
+
+
+def _search_section(exp: Experiment) -> list[str]:
+    if not exp.search:
+        return []
+    lines = ["## Search", ""]
+    best = best_trial(exp)
+    if best is None:
+        return lines + ["No trial has finished yet.", ""]
+    metric = str(exp.search.get("metric", "final_val_bpb"))
+    value = best.get(metric, best["final_val_bpb"])
+    lines += [f"Best trial: **#{int(best['trial'])}**, run `{best['run_id']}` "
+              f"({best['variant']}), {metric} = {value:.4f}.", ""]
+    lines += _study_best(exp)
+    spec = exp.path / "runs" / str(best["run_id"]) / "spec.yaml"
+    if spec.is_file():
+        lines += ["Its resolved spec:", "", _fence(spec.read_text(), "yaml"), ""]
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+
+def build_report(exp: Experiment, plots: PlotSet) -> str:
+    """The report's markdown text (no files written)."""
+    sections = [_header(exp), _what_was_run(exp), _caveats(exp), _variant_section(exp),
+                _effects_section(exp), _grid_section(exp), _left_out_section(exp),
+                _search_section(exp), _plots_section(exp, plots), _sample_section(exp)]
+    return "\n".join(line for section in sections for line in section).rstrip() + "\n"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_report(exp_dir: Path) -> Path:
+    """Write exp_dir/plots/*.png and exp_dir/report.md; return the report's path.
+
+    Raises analysis.tables.ExperimentError when exp_dir is not an experiment folder.
+    """
+    exp = load_experiment(Path(exp_dir))
+    plots = make_plots(exp, exp.path / "plots")
+    path = exp.path / "report.md"
+    _write_atomic(path, build_report(exp, plots))
+    return path
