@@ -1,22 +1,23 @@
 """`python -m experiments.export RUN_DIR --format hf --out DIR`: a trained run as a Hugging Face GPT-2.
 
 Writes `config.json` and `model.safetensors` that `transformers.GPT2LMHeadModel.from_pretrained(DIR)`
-loads with no network, the tokenizer where Hugging Face has an equivalent (GPT-2's BPE) or the lab's
-own tokenizer spec otherwise, and a short README.md saying which. Only runs whose components all have
-a GPT-2 equivalent can be exported; any other choice is named in one error before anything is written.
+loads with no network; the run's tokenizer in a form `AutoTokenizer.from_pretrained(DIR)` loads (GPT-2's
+vocab.json + merges.txt, or a one-token-per-character / per-byte tokenizer.json) plus the lab's own
+spec of it as lab_tokenizer.json; and a short README.md saying which. Only runs whose components all
+have a GPT-2 equivalent can be exported; any other choice is named in one error before anything is written.
 
 Exporting needs `safetensors` (pip install '.[hf]'); loading the result needs `transformers`.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from experiments import files
-from experiments.generate import load_run
+from experiments.generate import check_run_dir, load_run, read_run_spec
 from registry import SpecError
 
 ANY = None  # an option export accepts with every value
@@ -32,6 +33,7 @@ GPT2_EQUIVALENTS: dict[str, dict[str, dict[str, tuple | None]]] = {
 }
 # Our nn.GELU(approximate=...) -> the activation_function name transformers gives the same function.
 ACTIVATIONS = {"tanh": "gelu_new", "none": "gelu"}
+TIED = {"tied": True, "untied": False}  # head -> tie_word_embeddings
 GPT2_END_OF_TEXT = 50256
 
 
@@ -77,7 +79,6 @@ def hf_config(model_spec: dict[str, Any], vocab_size: int, tokenizer_name: str) 
     """transformers' GPT2Config fields for the run's model (written as plain JSON: no transformers needed)."""
     _, norm = split_component(model_spec["norm"])
     _, mlp = split_component(model_spec["feedforward"])
-    head, _ = split_component(model_spec["head"])
     d_model, dropout = model_spec["d_model"], model_spec["dropout"]
     # Only GPT-2's own vocabulary has its <|endoftext|>; a char or byte vocabulary has no such token.
     end_of_text = GPT2_END_OF_TEXT if tokenizer_name == "gpt2" else None
@@ -91,7 +92,7 @@ def hf_config(model_spec: dict[str, Any], vocab_size: int, tokenizer_name: str) 
         "resid_pdrop": dropout, "embd_pdrop": dropout, "attn_pdrop": dropout,
         "initializer_range": 0.02, "scale_attn_weights": True,
         "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
-        "tie_word_embeddings": head == "tied",
+        "tie_word_embeddings": TIED[split_component(model_spec["head"])[0]],
         "bos_token_id": end_of_text, "eos_token_id": end_of_text, "use_cache": True,
     }
 
@@ -125,57 +126,115 @@ def hf_tensors(model, tied: bool) -> dict[str, Any]:
 
 
 # -- tokenizer -----------------------------------------------------------------------------------
-def write_gpt2_tokenizer(out: Path, run_dir: Path, context_length: int) -> str:
-    """GPT-2's vocab.json + merges.txt (the published files the lab's BPE is built from): AutoTokenizer loads them."""
+# Each writer puts a tokenizer transformers can load next to the weights and says what it wrote.
+TokenizerWriter = Callable[[Path, Any, Path, int], str]
+
+
+def write_gpt2_tokenizer(out: Path, tokenizer: Any, run_dir: Path, context_length: int) -> str:
+    """GPT-2's vocab.json + merges.txt (the published files the lab's BPE is built from)."""
     from components.tokenizer import END_OF_TEXT, gpt2_data_dir
 
     folder = gpt2_data_dir()
     shutil.copyfile(folder / "encoder.json", out / "vocab.json")
     shutil.copyfile(folder / "vocab.bpe", out / "merges.txt")
-    files.write_json(out / "tokenizer_config.json", {
+    write_json(out / "tokenizer_config.json", {
         "tokenizer_class": "GPT2Tokenizer", "model_max_length": context_length, "add_prefix_space": False,
         "bos_token": END_OF_TEXT, "eos_token": END_OF_TEXT, "unk_token": END_OF_TEXT})
     return ("GPT-2's BPE: vocab.json and merges.txt are here, so `AutoTokenizer.from_pretrained(DIR)` "
-            "(GPT2TokenizerFast) encodes text exactly as the run did (text that spells <|endoftext|> aside: "
-            "the lab treats it as plain text).")
+            "encodes text as the run did (except text that spells <|endoftext|>, which the lab treats as "
+            "plain text).")
 
 
-def write_lab_tokenizer(out: Path, run_dir: Path, context_length: int) -> str:
-    """The lab's own tokenizer spec; named lab_tokenizer.json because transformers reads tokenizer.json as its own format."""
+def byte_symbols() -> list[str]:
+    """The printable character GPT-2's byte-level alphabet gives each byte 0..255: printable Latin-1
+    bytes stand for themselves, the rest take the code points from 256 up, in byte order."""
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+                 *range(ord("\u00ae"), ord("\u00ff") + 1)}
+    shifted = iter(range(256, 512))
+    return [chr(b) if b in printable else chr(next(shifted)) for b in range(256)]
+
+
+def save_symbol_tokenizer(out: Path, vocab: dict[str, int], before: list, decoder: Any, context_length: int) -> None:
+    """A Hugging Face tokenizer with one token per symbol (after the `before` pre-tokenizers):
+    WordLevel over single characters, no unknown token, so unseen text fails as the lab's does."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([*before, pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")])
+    tok.decoder = decoder
+    tok.save(str(out / "tokenizer.json"))
+    write_json(out / "tokenizer_config.json", {"tokenizer_class": "PreTrainedTokenizerFast",
+                                               "model_max_length": context_length,
+                                               "clean_up_tokenization_spaces": False})
+
+
+def write_char_tokenizer(out: Path, tokenizer: Any, run_dir: Path, context_length: int) -> str:
+    from tokenizers import decoders
+
+    save_symbol_tokenizer(out, {c: i for i, c in enumerate(tokenizer.vocab)}, [], decoders.Fuse(), context_length)
+    return ("the run's character vocabulary as a Hugging Face tokenizer.json (one token per character), so "
+            "`AutoTokenizer.from_pretrained(DIR)` encodes text as the run did; " + write_lab_tokenizer(out, run_dir))
+
+
+def write_byte_tokenizer(out: Path, tokenizer: Any, run_dir: Path, context_length: int) -> str:
+    from tokenizers import decoders, pre_tokenizers
+
+    to_bytes = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    vocab = {symbol: byte for byte, symbol in enumerate(byte_symbols())}
+    save_symbol_tokenizer(out, vocab, [to_bytes], decoders.ByteLevel(), context_length)
+    return ("UTF-8 bytes as a Hugging Face tokenizer.json (token id = byte value), so "
+            "`AutoTokenizer.from_pretrained(DIR)` encodes text as the run did; " + write_lab_tokenizer(out, run_dir))
+
+
+def write_lab_tokenizer(out: Path, run_dir: Path) -> str:
+    """The lab's own tokenizer spec, as lab_tokenizer.json (transformers claims the name tokenizer.json)."""
     shutil.copyfile(run_dir / "tokenizer.json", out / "lab_tokenizer.json")
-    spec = files.read_json(run_dir / "tokenizer.json")
-    meaning = {"char": "token id i is the i-th character of its `vocab` string",
-               "byte": "token id b is the UTF-8 byte b"}.get(spec.get("name"), "see the lab's components/tokenizer.py")
-    return (f"the lab's `{spec.get('name')}` tokenizer, which has no Hugging Face equivalent: lab_tokenizer.json "
-            f"holds its spec ({meaning}); rebuild it with `registry.TOKENIZER.build(spec, {{'text': ''}})` "
-            "after `registry.load_all()`, or encode and decode by hand from that rule.")
+    return ("lab_tokenizer.json is the lab's own spec of it (`registry.TOKENIZER.build(spec, {'text': ''})` "
+            "rebuilds it after `registry.load_all()`).")
 
 
-TOKENIZER_WRITERS: dict[str, Callable[[Path, Path, int], str]] = {"gpt2": write_gpt2_tokenizer}
+def write_lab_only(out: Path, tokenizer: Any, run_dir: Path, context_length: int) -> str:
+    return f"the lab's `{tokenizer.name}` tokenizer, which has no Hugging Face equivalent; " + write_lab_tokenizer(out, run_dir)
+
+
+TOKENIZER_WRITERS: dict[str, TokenizerWriter] = {
+    "gpt2": write_gpt2_tokenizer, "char": write_char_tokenizer, "byte": write_byte_tokenizer}
+
+
+def write_tokenizer(out: Path, tokenizer: Any, run_dir: Path, context_length: int) -> str:
+    writer = TOKENIZER_WRITERS.get(tokenizer.name, write_lab_only)
+    try:
+        return writer(out, tokenizer, run_dir, context_length)
+    except ImportError:  # the char and byte writers need `tokenizers` (transformers installs it)
+        return write_lab_only(out, tokenizer, run_dir, context_length)
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 # -- export --------------------------------------------------------------------------------------
 def export_hf(run_dir: str | Path, out: str | Path) -> dict[str, Any]:
     """Write the run as a GPT2LMHeadModel folder; return what was written (for the CLI's summary)."""
     run_dir, out = Path(run_dir), Path(out)
-    model, tokenizer, spec = load_run(run_dir)
-    problems = export_problems(spec["model"])
+    check_run_dir(run_dir)
+    problems = export_problems(read_run_spec(run_dir)["model"])  # refuse before loading any weights
     if problems:
         raise SpecError([f"run {run_dir.name} cannot be exported to GPT-2: {p}" for p in problems])
-    save = safetensors_save()
     if out.exists() and not out.is_dir():
         raise SpecError(f"--out {str(out)!r} is a file, not a folder")
+    save = safetensors_save()
+    model, tokenizer, spec = load_run(run_dir)
     out.mkdir(parents=True, exist_ok=True)
 
     config = hf_config(spec["model"], tokenizer.vocab_size, tokenizer.name)
     tied = config["tie_word_embeddings"]
-    files.write_json(out / "config.json", config)
+    write_json(out / "config.json", config)
     # metadata format=pt is what transformers checks for before it trusts a safetensors file.
     data = save(hf_tensors(model, tied), metadata={"format": "pt"})
-    files.atomic_write(out / "model.safetensors", lambda f: f.write(data), mode="wb")
-    writer = TOKENIZER_WRITERS.get(tokenizer.name, write_lab_tokenizer)
-    tokenizer_note = writer(out, run_dir, spec["model"]["context_length"])
-    files.write_text(out / "README.md", model_card(run_dir, spec, config, tokenizer_note))
+    (out / "model.safetensors").write_bytes(data)
+    tokenizer_note = write_tokenizer(out, tokenizer, run_dir, spec["model"]["context_length"])
+    (out / "README.md").write_text(model_card(run_dir, spec, config, tokenizer_note), encoding="utf-8")
     return {"out": out, "tokenizer_note": tokenizer_note, "params": sum(p.numel() for p in model.parameters())}
 
 

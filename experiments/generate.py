@@ -1,7 +1,7 @@
 """`python -m experiments.generate RUN_DIR --prompt TEXT`: sample text from a trained run.
 
-The run's own checkpoint and tokenizer are used; options left out fall back to the run's `sample`
-section (tokens, temperature, top_k). Temperature 0 is greedy decoding.
+The run's own checkpoint and tokenizer are used; the prompt, temperature and top-k default to the
+run's `sample` section. Temperature 0 is greedy decoding.
 
     python -m experiments.generate results/quickstart/runs/<run_id> --prompt "def " --tokens 100 --temperature 0
 """
@@ -33,6 +33,19 @@ def check_run_dir(run_dir: Path) -> None:
                         "results/<experiment>/runs/<run_id>/ as python -m experiments.run writes it")
 
 
+def read_run_spec(run_dir: Path) -> dict[str, Any]:
+    """The resolved run spec a run folder records (its spec.yaml)."""
+    import yaml
+
+    try:
+        spec = yaml.safe_load((run_dir / "spec.yaml").read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise SpecError(f"{str(run_dir / 'spec.yaml')!r} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("model"), dict):
+        raise SpecError(f"{str(run_dir / 'spec.yaml')!r} is not a resolved run spec (it has no model section)")
+    return spec
+
+
 def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[Any, Any, dict[str, Any]]:
     """(model in eval mode, tokenizer, resolved run spec), or a SpecError saying why not."""
     import pickle
@@ -42,6 +55,7 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[Any, Any, dict[s
 
     run_dir = Path(run_dir)
     check_run_dir(run_dir)
+    read_run_spec(run_dir)
     try:
         return load_model(run_dir, device=device)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, KeyError) as err:
@@ -56,7 +70,10 @@ def check_device(name: str) -> str:
 
     from experiments.train import resolve_device
 
-    device = resolve_device(name)
+    try:
+        device = resolve_device(name)
+    except RuntimeError:
+        raise SpecError(f"--device {name!r} is not a device name: use cpu, cuda, cuda:N, mps or auto") from None
     present = {"cpu": True, "cuda": torch.cuda.is_available(),
                "mps": bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()}
     if not present.get(device.type, False):
@@ -66,8 +83,8 @@ def check_device(name: str) -> str:
 
 # -- sampling ------------------------------------------------------------------------------------
 def sample_settings(args: argparse.Namespace, run_sample: dict[str, Any]) -> dict[str, Any]:
-    """The CLI's values, else the run's `sample` section; every problem reported at once."""
-    tokens = args.tokens if args.tokens is not None else run_sample.get("tokens", 200)
+    """The CLI's values, else the run's `sample` settings (temperature, top_k); every problem at once."""
+    tokens = args.tokens
     temperature = args.temperature if args.temperature is not None else run_sample.get("temperature", 0.8)
     top_k = args.top_k if args.top_k is not None else run_sample.get("top_k")
     problems = []
@@ -108,7 +125,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m experiments.generate", description=__doc__.splitlines()[0])
     p.add_argument("run_dir", help="a run folder: results/<experiment>/runs/<run_id>")
     p.add_argument("--prompt", help="text to continue (default: the run's sample.prompt, else token 0)")
-    p.add_argument("--tokens", type=int, help="tokens to generate (default: the run's sample.tokens)")
+    p.add_argument("--tokens", type=int, default=200, help="tokens to generate (default: 200)")
     p.add_argument("--temperature", type=float, help="0 = greedy (default: the run's sample.temperature)")
     p.add_argument("--top-k", type=int, help="sample among the k most likely tokens (default: the run's sample.top_k)")
     p.add_argument("--seed", type=int, help="random seed for sampling (default: a fresh one each call)")

@@ -1,0 +1,134 @@
+"""Export to Hugging Face GPT-2: transformers loads the folder and computes what the lab's model does."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from experiments import export
+from experiments.generate import load_run
+from tiny_runs import tiny_runs
+
+transformers = pytest.importorskip(
+    "transformers", reason="transformers is not installed (pip install -e '.[dev]' installs it)")
+pytest.importorskip("safetensors", reason="safetensors is not installed (pip install -e '.[dev]' installs it)")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    """{variant: (run folder, export folder)}, exported through the CLI."""
+    out = {}
+    for variant, run_dir in tiny_runs().items():
+        target = tmp_path_factory.mktemp(f"hf-{variant}")
+        assert export.main([str(run_dir), "--format", "hf", "--out", str(target)]) == 0
+        out[variant] = (run_dir, target)
+    return out
+
+
+def load_both(run_dir: Path, hf_dir: Path):
+    model, tokenizer, _ = load_run(run_dir)
+    hf = transformers.GPT2LMHeadModel.from_pretrained(hf_dir).eval()
+    return model, tokenizer, hf
+
+
+@pytest.mark.parametrize("variant", ["baseline", "untied"])
+def test_logits_match(exported, variant: str) -> None:
+    model, _, hf = load_both(*exported[variant])
+    ids = torch.randint(0, model.config.vocab_size, (4, model.context_length), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours, theirs = model(ids)[0], hf(ids).logits
+    assert hf.dtype == torch.float32
+    assert (ours - theirs).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("variant", ["baseline", "untied"])
+def test_greedy_generation_matches(exported, variant: str) -> None:
+    model, tokenizer, hf = load_both(*exported[variant])
+    prompt = torch.tensor([tokenizer.encode("import ")])
+    new = model.context_length - prompt.shape[1]  # transformers cannot go past n_positions
+    ours = model.generate(prompt, new, temperature=0)
+    theirs = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new, do_sample=False,
+                         pad_token_id=0)
+    assert ours.tolist() == theirs.tolist()
+    assert len(set(ours[0, prompt.shape[1]:].tolist())) > 1, "greedy output is one repeated token: too weak a check"
+
+
+def test_config_and_files(exported) -> None:
+    tied = json.loads((exported["baseline"][1] / "config.json").read_text())
+    untied = json.loads((exported["untied"][1] / "config.json").read_text())
+    assert (tied["tie_word_embeddings"], untied["tie_word_embeddings"]) == (True, False)
+    assert (tied["activation_function"], untied["activation_function"]) == ("gelu_new", "gelu")
+    assert (tied["layer_norm_epsilon"], untied["layer_norm_epsilon"]) == (1e-5, 1e-6)
+    assert tied["n_inner"] == 4 * tied["n_embd"] and tied["bos_token_id"] is None
+    from safetensors import safe_open
+    with safe_open(exported["untied"][1] / "model.safetensors", "pt") as f:
+        assert "lm_head.weight" in f.keys()
+        assert f.get_tensor("transformer.h.0.attn.c_attn.weight").shape == (32, 96)  # Conv1D: (in, out)
+    folder = exported["baseline"][1]
+    assert "lab_tokenizer.json" in (folder / "README.md").read_text()
+    assert json.loads((folder / "lab_tokenizer.json").read_text())["name"] == "char"
+
+
+def test_char_tokenizer_loads_in_transformers(exported) -> None:
+    run_dir, folder = exported["baseline"]
+    _, ours, _ = load_run(run_dir)
+    theirs = transformers.AutoTokenizer.from_pretrained(folder)
+    text = "def f(x):\n    return x  # a comment\n\nclass A: pass"
+    assert theirs.encode(text) == ours.encode(text)
+    assert theirs.decode(ours.encode(text)) == text
+    with pytest.raises(Exception):  # no unknown token: an unseen character fails, as in the lab
+        theirs.encode("\u00e9\u00e9")
+
+
+def test_unsupported_components_are_named(exported, tmp_path: Path, capsys) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(exported["baseline"][0], run_dir)
+    spec = yaml.safe_load((run_dir / "spec.yaml").read_text())
+    spec["model"]["block"] = {"name": "post"}
+    spec["model"]["feedforward"] = {"name": "swiglu", "mult": 8 / 3}
+    spec["model"]["norm"] = {"name": "layernorm", "eps": 1e-5, "bias": False}
+    (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    assert export.main([str(run_dir), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    for expected in ("model.block = 'post'", "supports model.block: pre", "model.feedforward = 'swiglu'",
+                     "model.norm.bias = False", "layernorm (bias: true)"):
+        assert expected in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("model, problem", [
+    ({"positional": "rope"}, "model.positional = 'rope'"),
+    ({"attention": {"name": "grouped_query", "n_kv_heads": 2}}, "model.attention = 'grouped_query'"),
+    ({"norm": {"name": "rmsnorm", "eps": 1e-6}}, "model.norm = 'rmsnorm'"),
+    ({"head": {"name": "tied", "scale": 2}}, "model.head.scale = 2"),   # an option export does not know
+    ({"attention": {"name": "multi_head", "impl": "naive"}}, None),
+    ({"feedforward": {"name": "gelu_mlp", "mult": 2.0, "approximate": "none"}}, None),
+])
+def test_export_problems(model: dict, problem: str | None) -> None:
+    base = {"positional": "learned", "attention": "multi_head", "norm": "layernorm", "block": "pre",
+            "feedforward": "gelu_mlp", "head": "untied"}
+    problems = export.export_problems(base | model)
+    assert (problem is None and problems == []) or (len(problems) == 1 and problem in problems[0])
+
+
+@pytest.mark.parametrize("name", ["gpt2", "byte"])
+def test_tokenizer_loads_in_transformers(tmp_path: Path, name: str) -> None:
+    # No run needed: the writer sees the lab tokenizer and a folder holding its tokenizer.json.
+    from registry import TOKENIZER, load_all
+
+    load_all()
+    ours = TOKENIZER.build(name)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "tokenizer.json").write_text(json.dumps(ours.spec()))
+    note = export.write_tokenizer(tmp_path, ours, tmp_path / "run", 1024)
+    assert "AutoTokenizer" in note
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    text = "Hello world, it's 2024!\n\n  indented\tcode() -> 'x' caf\u00e9 \U0001F600 \x00\x7f\u00ad"
+    assert theirs.encode(text) == ours.encode(text)
+    assert theirs.decode(ours.encode(text)) == text
