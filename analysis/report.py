@@ -309,21 +309,30 @@ def _sample_section(exp: Experiment) -> list[str]:
     return [head, _fence(text), ""]
 
 
+def search_metric(exp: Experiment, columns) -> str:
+    """The runs.csv column of the search's objective (a search may name `val_bpb` for `final_val_bpb`)."""
+    metric = str((exp.search or {}).get("metric", "final_val_bpb"))
+    return next((m for m in (metric, f"final_{metric}") if m in columns), "final_val_bpb")
+
+
 def best_trial(exp: Experiment) -> pd.Series | None:
-    """The finished search trial with the best objective (runs.csv's trial/state columns)."""
+    """The finished trial with the best objective, as Optuna scores it: the metric's mean over the
+    trial's seeds. Returned as the trial's first run, with `objective` = that mean."""
     runs = done_runs(exp)
     if "trial" not in runs.columns:
         return None
     runs = runs[runs["trial"].notna()]
     if "state" in runs.columns:
         runs = runs[runs["state"].fillna("COMPLETE").str.upper() == "COMPLETE"]
-    metric = str((exp.search or {}).get("metric", "final_val_bpb"))
-    metric = metric if metric in runs.columns else "final_val_bpb"
+    metric = search_metric(exp, runs.columns)
     runs = runs.dropna(subset=[metric])
     if runs.empty:
         return None
-    maximize = (exp.search or {}).get("direction") == "maximize"
-    return runs.loc[runs[metric].idxmax() if maximize else runs[metric].idxmin()]
+    objective = runs.groupby("trial")[metric].mean()
+    trial = objective.idxmax() if (exp.search or {}).get("direction") == "maximize" else objective.idxmin()
+    best = runs[runs["trial"] == trial].iloc[0].copy()
+    best["objective"] = objective[trial]
+    return best
 
 
 def _study_best(exp: Experiment) -> list[str]:
@@ -348,10 +357,9 @@ def _search_section(exp: Experiment) -> list[str]:
     best = best_trial(exp)
     if best is None:
         return lines + ["No trial has finished yet.", ""]
-    metric = str(exp.search.get("metric", "final_val_bpb"))
-    value = best.get(metric, best["final_val_bpb"])
-    lines += [f"Best trial: **#{int(best['trial'])}**, run `{best['run_id']}` "
-              f"({best['variant']}), {metric} = {value:.4f}.", ""]
+    metric = search_metric(exp, best.index)
+    lines += [f"Best trial: **#{int(best['trial'])}** ({best['variant']}), {metric} = {best['objective']:.4f} "
+              f"(mean over its seeds); its first run: `{best['run_id']}`.", ""]
     lines += _study_best(exp)
     spec = exp.path / "runs" / str(best["run_id"]) / "spec.yaml"
     if spec.is_file():
