@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from components import fused
 from registry import FEEDFORWARD
 
 
@@ -20,7 +21,7 @@ class TwoLayerMLP(nn.Module):
         self.activation = activation
         self.down = nn.Linear(hidden, d_model)
         self.down.residual_projection = True  # GPT-2 init scales it by 1/sqrt(2 * n_layers)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = fused.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.down(self.activation(self.up(x))))
@@ -33,7 +34,18 @@ class GeluMLP(TwoLayerMLP):
     def __init__(self, *, d_model: int, dropout: float, mult: float = 4.0,
                  approximate: Literal["tanh", "none"] = "tanh") -> None:
         # GPT-2 used the tanh approximation ("gelu_new"); "none" is the exact erf form.
-        super().__init__(d_model=d_model, dropout=dropout, mult=mult, activation=nn.GELU(approximate=approximate))
+        activation = TanhGELU() if approximate == "tanh" else nn.GELU(approximate=approximate)
+        super().__init__(d_model=d_model, dropout=dropout, mult=mult, activation=activation)
+
+
+class TanhGELU(nn.GELU):
+    """nn.GELU(approximate="tanh") through the fused CPU kernel (same function, no tanh)."""
+
+    def __init__(self) -> None:
+        super().__init__(approximate="tanh")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fused.gelu_tanh(x)
 
 
 @FEEDFORWARD.register("relu_mlp")
@@ -55,7 +67,7 @@ class SwiGLU(nn.Module):
         self.gate_and_up = nn.Linear(d_model, 2 * hidden, bias=False)
         self.down = nn.Linear(hidden, d_model, bias=False)
         self.down.residual_projection = True
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = fused.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_and_up(x).chunk(2, dim=-1)                       # (B, T, hidden) each

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from components import attention, block, feedforward, head, norm, positional  # noqa: F401  (registers)
+from components import attention, block, feedforward, fused, head, norm, positional  # noqa: F401  (registers)
 from registry import ATTENTION, BLOCK, FEEDFORWARD, HEAD, NORM, POSITIONAL
 
 # Presets are data: sizes and, where a preset stands for a known model, its components.
@@ -62,7 +62,7 @@ class GPT(nn.Module):
         self.context_length = config.context_length
         self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
         self.positional = POSITIONAL.build(config.positional, dims, path="model.positional")
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = fused.Dropout(config.dropout)
         self.blocks = nn.ModuleList(self._block(dims) for _ in range(config.n_layers))
         self.final_norm = NORM.build(config.norm, dims, "model.norm") if self.blocks[0].final_norm else nn.Identity()
         self.head = HEAD.build(config.head, dims | {"embedding": self.token_embedding}, path="model.head")

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from experiments import files
+from experiments import ddp, files
 from experiments.spec import RunSpec, Spec, label, load_spec
 from registry import SpecError, format_problems
 
@@ -173,19 +173,30 @@ class Runner:
         run_dir = self.exp_dir / "runs" / run.run_id
         lock = files.RunLock(run_dir)
         if not lock.acquire():
+            ddp.broadcast(False)  # under torchrun the other ranks skip it with rank 0 (a no-op otherwise)
             return "running elsewhere", None
         try:
             summary_path = run_dir / "summary.json"
             if summary_path.exists() and not self.force:
                 summary = files.read_json(summary_path)
                 if summary["status"] in FINISHED:
+                    ddp.broadcast(False)
                     return "skipped", summary
+            ddp.broadcast(True)
             if self.force:
                 self.force_clean(run_dir)
             summary = self.train(run, run_dir, on_eval)
             return summary["status"], summary
         finally:
             lock.release()
+
+    def follow(self, run: RunSpec) -> None:
+        """A rank > 0 under torchrun: train `run` alongside rank 0 when rank 0 trains it; write nothing."""
+        from experiments.train import Trainer, resolve_device
+
+        if ddp.broadcast(None):
+            device = resolve_device(ddp.device(self.device_override or run.train["device"]))
+            Trainer(run, self.datasets[data_key(run)], self.exp_dir / "runs" / run.run_id, device).fit()
 
     @staticmethod
     def force_clean(run_dir: Path) -> None:
@@ -201,7 +212,7 @@ class Runner:
         files.write_yaml(run_dir / "spec.yaml", run.to_dict())
         files.write_json(run_dir / "tokenizer.json", ds.tokenizer.spec())
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        device = resolve_device(self.device_override or run.train["device"])
+        device = resolve_device(ddp.device(self.device_override or run.train["device"]))
         (run_dir / "summary.json").unlink(missing_ok=True)  # a failed attempt's summary is stale now
         try:
             summary = Trainer(run, ds, run_dir, device, show_progress=self.show_progress, on_eval=on_eval).fit()
@@ -210,6 +221,9 @@ class Runner:
             files.write_text(run_dir / "error.txt", traceback.format_exc())
             summary = {"run_id": run.run_id, "status": "failed", "error": f"{type(err).__name__}: {err}",
                        "device": str(device), "torch": torch.__version__}
+            if ddp.active():  # the other ranks are inside this run's collectives: end them all (torchrun does)
+                files.write_json(run_dir / "summary.json", summary)
+                raise
         summary |= {"experiment": run.experiment, "variant": run.variant, "seed": run.seed,
                     "git_commit": self.commit, "host": socket.gethostname(), "started": started,
                     "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -256,7 +270,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", metavar="GLOB", help="only runs whose id or variant matches this glob")
     p.add_argument("--force", action="store_true", help="retrain runs that already finished")
     p.add_argument("--no-report", action="store_true", help="do not write the analysis report")
-    p.add_argument("--workers", type=int, default=1, help="search: local worker processes on one study")
+    p.add_argument("--workers", type=int, default=1,
+                   help="search (or a grid as an Optuna study): N local worker processes on one study")
     p.add_argument("--storage", help="search (or grid as a study): Optuna storage URL shared by workers")
     return p.parse_args(argv)
 
@@ -272,7 +287,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         spec = load_spec(args.spec)
-        if spec.search is not None or args.storage:
+        if spec.search is not None or args.storage or args.workers != 1:
+            if ddp.launched():
+                raise SpecError("a search (or --storage / --workers) runs trials in parallel by itself; "
+                                "start it without torchrun")
             from experiments import search
             return search.main(spec, Path(args.spec), args)
         datasets = bind_data(spec.runs)
@@ -285,8 +303,13 @@ def main(argv: list[str] | None = None) -> int:
         print(dry_run_table(runs, datasets))
         return 0
     exp_dir = Path(args.results) / spec.experiment
-    start_experiment(exp_dir, spec, Path(args.spec), spec.runs)
-    return run_all(exp_dir, runs, datasets, args)
+    ddp.init()  # under torchrun: every rank walks this plan, rank 0 alone writes (experiments/ddp.py)
+    try:
+        if ddp.is_writer():
+            start_experiment(exp_dir, spec, Path(args.spec), spec.runs)
+        return run_all(exp_dir, runs, datasets, args)
+    finally:
+        ddp.close()
 
 
 def run_all(exp_dir: Path, runs: list[RunSpec], datasets: dict, args: argparse.Namespace) -> int:
@@ -294,6 +317,10 @@ def run_all(exp_dir: Path, runs: list[RunSpec], datasets: dict, args: argparse.N
 
     interactive = sys.stderr.isatty()
     runner = Runner(exp_dir, datasets, device=args.device, force=args.force, show_progress=interactive)
+    if not ddp.is_writer():
+        for run in runs:
+            runner.follow(run)
+        return 0
     outcomes: dict[str, str] = {}
     t0 = time.perf_counter()
     for run in tqdm(runs, desc=exp_dir.name, unit="run", disable=not interactive, dynamic_ncols=True):

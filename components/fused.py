@@ -1,0 +1,228 @@
+"""Fused CPU training kernels: dropout, tanh-GELU and causal attention with fewer memory passes.
+
+Each computes the function of the stock op it stands in for (to float rounding; dropout draws other
+masks from the same distribution) with a hand-written backward that keeps only what it needs. They
+serve float32 tensors on the CPU outside autocast and torch.compile; everywhere else (CUDA, bf16
+autocast, compiled graphs) the stock ops run, because fused kernels exist there already.
+
+Two levels: single-pass C loops (components/cpu_kernels.py, built once with the system compiler) and,
+where no compiler is found, the same algorithms as chains of torch ops. Why each (measured with
+`python -m experiments.bench --without ...` on a 2-core AVX2 EPYC; see the bench's notes):
+- dropout: `bernoulli_` is ~2.5x slower than other draws and the stock op stores its mask; here the
+  mask is a hash of (seed, index), regenerated in the backward.
+- GELU, tanh form: `tanh` is slow here and 0.5 x (1 + tanh u) = x sigmoid(2u); one pass each way.
+- attention: SDPA has no fused CPU kernel for dropout or an additive bias (ALiBi) and falls back to
+  its math path (bernoulli, NaN checks, the full T x T matrix). Here queries go in blocks that skip
+  the causal mask's upper triangle, and softmax + scale + mask + dropout is one pass each way.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from components import cpu_kernels
+
+ENABLED = True        # off: the stock ops everywhere (the bench's --without fused_kernels)
+C_KERNELS = True      # off: the torch-op versions of the same algorithms (--without c_kernels)
+ATTENTION_CHUNK = 64  # queries per block: small enough to skip most of the masked triangle, big enough for the GEMMs
+ATTENTION_MAX_T = 512  # longer contexts without dropout keep SDPA's flash kernel, whose memory is O(T)
+
+
+def use_fused(x: torch.Tensor) -> bool:
+    """The fused kernels serve float32 on the CPU, in eager mode, outside autocast (whose casts they skip)."""
+    return (ENABLED and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling())
+
+
+def c_lib():
+    return cpu_kernels.load() if C_KERNELS else None
+
+
+def draw_seed() -> int:
+    """A 63-bit seed from torch's generator: the kernels' masks follow torch.manual_seed and resume."""
+    return int(torch.empty((), dtype=torch.int64).random_())
+
+
+def keep_threshold(p: float) -> int:
+    """Elements whose 32-bit draw is below this are dropped: probability p to 2^-32."""
+    return min(round(p * 2**32), 2**32 - 1)
+
+
+def keep_mask(shape, p: float, like: torch.Tensor) -> torch.Tensor:
+    """Torch-op fallback: 1/(1-p) where kept, 0 where dropped, from 31-bit integer draws (integer
+    random_ runs in parallel and ~1.4x faster than float rand on the CPU)."""
+    bits = torch.empty(shape, device=like.device, dtype=torch.int32).random_()    # uniform on [0, 2^31)
+    return bits.ge_(round(p * 2**31)).to(like.dtype).mul_(1.0 / (1.0 - p))
+
+
+def ptr(t: torch.Tensor) -> int:
+    return t.data_ptr()
+
+
+# -- dropout -------------------------------------------------------------------------------------
+class _Dropout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
+        lib = c_lib()
+        if lib is None:
+            mask = keep_mask(x.shape, p, x)
+            ctx.save_for_backward(mask)
+            ctx.lib = None
+            return x * mask
+        x = x.contiguous()
+        ctx.lib, ctx.seed, ctx.threshold, ctx.scale = lib, draw_seed(), keep_threshold(p), 1.0 / (1.0 - p)
+        y = torch.empty_like(x)
+        lib.dropout(ptr(x), ptr(y), x.numel(), ctx.seed, ctx.threshold, ctx.scale)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        if ctx.lib is None:
+            (mask,) = ctx.saved_tensors
+            return grad * mask, None
+        grad = grad.contiguous()
+        dx = torch.empty_like(grad)
+        ctx.lib.dropout(ptr(grad), ptr(dx), grad.numel(), ctx.seed, ctx.threshold, ctx.scale)  # the same mask
+        return dx, None
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    if not training or p == 0:
+        return x
+    if use_fused(x) and torch.is_grad_enabled() and x.requires_grad:
+        return _Dropout.apply(x, p)
+    return F.dropout(x, p, training=True)
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout with the fused CPU path (same module interface and state)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+
+# -- GELU, tanh approximation --------------------------------------------------------------------
+_C = 2.0 * math.sqrt(2.0 / math.pi)  # 0.5 x (1 + tanh(u)) = x sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3)
+_A = 0.044715
+
+
+class _TanhGELU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous()
+        ctx.lib = c_lib()
+        if ctx.lib is not None:
+            y = torch.empty_like(x)
+            ctx.lib.gelu_fwd(ptr(x), ptr(y), x.numel())
+            ctx.save_for_backward(x)
+            return y
+        # torch ops: in-place chains on one fresh buffer (x * x would take a slow self-aliased path)
+        s = torch.square(x).mul_(x).mul_(_A * _C).add_(x, alpha=_C).sigmoid_()  # sigmoid(C (x + A x^3))
+        ctx.save_for_backward(x, s)
+        return x * s
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        if ctx.lib is not None:
+            (x,) = ctx.saved_tensors
+            grad, dx = grad.contiguous(), torch.empty_like(x)
+            ctx.lib.gelu_bwd(ptr(x), ptr(grad), ptr(dx), x.numel())
+            return dx
+        x, s = ctx.saved_tensors
+        # d/dx [x s(z)] = s + x s (1 - s) dz/dx, with dz/dx = C (1 + 3 A x^2)
+        d = torch.square(x).mul_(3 * _A * _C).add_(_C).mul_(x).mul_(s)       # x s dz/dx
+        d.sub_(d * s)                                                          # x s (1 - s) dz/dx
+        return d.add_(s).mul_(grad)
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    if use_fused(x):
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _TanhGELU.apply(x)
+        lib = c_lib()
+        if lib is not None:  # evaluation and sampling: the forward loop alone
+            x = x.contiguous()
+            y = torch.empty_like(x)
+            lib.gelu_fwd(ptr(x), ptr(y), x.numel())
+            return y
+    return F.gelu(x, approximate="tanh")
+
+
+# -- causal attention ----------------------------------------------------------------------------
+_causal: dict[tuple, torch.Tensor] = {}
+
+
+def causal_bias(T: int, like: torch.Tensor) -> torch.Tensor:
+    """(T, T) additive mask, -inf above the diagonal; built once per size and device."""
+    key = (T, like.device, like.dtype)
+    if key not in _causal:
+        _causal[key] = torch.full((T, T), float("-inf"), device=like.device, dtype=like.dtype).triu_(1)
+    return _causal[key]
+
+
+def chunks(T: int):
+    """(start, end) of each block of queries; block [start, end) sees keys [0, end)."""
+    return [(s, min(s + ATTENTION_CHUNK, T)) for s in range(0, T, ATTENTION_CHUNK)]
+
+
+class _CausalAttention(torch.autograd.Function):
+    """q, k, v: (N, T, hd) contiguous; bias: (N or 1, T, T) with the causal -inf in it, or None for
+    causal attention through the C kernels (which mask by position themselves)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, p: float):
+        scale = q.shape[-1] ** -0.5
+        lib = c_lib() if bias is None else None
+        outs, saved = [], []
+        for start, end in chunks(q.shape[1]):
+            if lib is not None:  # scores -> (in place) probabilities, dropped, in one pass
+                probs = torch.bmm(q[:, start:end], k[:, :end].transpose(1, 2))  # (N, chunk, end)
+                dropped = torch.empty_like(probs) if p > 0 else probs
+                lib.attn_softmax(ptr(probs), ptr(dropped), probs.shape[0] * probs.shape[1], end - start, end, start,
+                                 scale, draw_seed() if p > 0 else 0, keep_threshold(p), 1.0 / (1.0 - p), int(p > 0))
+            else:
+                s = torch.baddbmm(bias[:, start:end, :end], q[:, start:end], k[:, :end].transpose(1, 2), alpha=scale)
+                probs = torch.softmax(s, dim=-1)                               # (N, chunk, end)
+                dropped = keep_mask(probs.shape, p, probs).mul_(probs) if p > 0 else probs
+            outs.append(torch.bmm(dropped, v[:, :end]))
+            saved += [probs, dropped]
+        ctx.save_for_backward(q, k, v, *saved)
+        ctx.scale, ctx.lib = scale, lib
+        return torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, *saved = ctx.saved_tensors
+        grad, lib = grad.contiguous(), ctx.lib
+        dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        for i, (start, end) in enumerate(chunks(q.shape[1])):
+            probs, dropped = saved[2 * i], saved[2 * i + 1]                    # dropped = probs * mask / (1-p)
+            g = grad[:, start:end]
+            dv[:, :end] += torch.bmm(dropped.transpose(1, 2), g)  # (baddbmm_ into a strided slice loops per matrix)
+            # softmax backward through the mask: ds = P (dP - rowsum(P dP)), dP = mask dD, so
+            # P dP = dropped dD and ds = dropped dD - P rowsum(dropped dD)
+            ds = torch.bmm(g, v[:, :end].transpose(1, 2))
+            if lib is not None:  # in place, times the score scale
+                lib.attn_softmax_bwd(ptr(ds), ptr(probs), ptr(dropped), ds.shape[0] * ds.shape[1], end, ctx.scale)
+            else:
+                ds.mul_(dropped)
+                ds.addcmul_(probs, ds.sum(dim=-1, keepdim=True), value=-1).mul_(ctx.scale)
+            dq[:, start:end] = torch.bmm(ds, k[:, :end])
+            dk[:, :end] += torch.bmm(ds.transpose(1, 2), q[:, start:end])
+        return dq, dk, dv, None, None
+
+
+def causal_attention(q, k, v, bias: torch.Tensor | None, dropout_p: float) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hd) + bias + causal mask), dropout, @ v; q: (B, H, T, hd), k, v: (B, H, T, hd)
+    (key/value heads already shared out), bias: (H, T, T) or None."""
+    B, H, T, hd = q.shape
+    mask = None
+    if bias is not None or c_lib() is None:
+        mask = causal_bias(T, q)[None]                                         # (1, T, T), broadcast over B * H
+        if bias is not None:
+            mask = (bias + mask).repeat(B, 1, 1)                               # (B * H, T, T), batch-major like q
+    out = _CausalAttention.apply(*(t.reshape(B * H, T, hd) for t in (q, k, v)), mask, dropout_p)
+    return out.view(B, H, T, hd)

@@ -1,0 +1,372 @@
+"""`python -m experiments.bench`: how close training gets to this device's matrix-multiply peak.
+
+    python -m experiments.bench                                      # this device's default presets
+    python -m experiments.bench --preset nanogpt-cpu shakespeare-cpu --precision fp32 bf16 --csv bench.csv
+
+1. The matmul peak per precision: square products of 512..4096 (and 8192 on CUDA), best of repeats.
+2. Per-run fixed cost of the tiny preset (imports, data from the token cache, model build), in a fresh
+   interpreter, as a run pays it.
+3. For each preset x precision x impl x compile: full training steps through the lab's own
+   Trainer.train_step (batch, forward, backward, clip, AdamW), median of --steps after --warmup, each
+   combination in its own process (so peak memory and compile caches are its own), on one thread per
+   physical core (the peak's; --threads to change). Columns:
+   step_ms, tokens_per_s, achieved GFLOP/s, mfu = achieved / peak of that precision, peak memory,
+   batch preparation time and its fraction of a step, and the FLOPs formula (model.flops_per_token():
+   6 N + 12 L d T, N = parameters in matmuls, full-context attention).
+
+Timings on a shared machine vary by ~10%: compare rows of one invocation; the load average is printed.
+`--without` adds rows with one optimisation switched off, for before/after in the same invocation;
+the kernel and optimizer switches are timed step by step in turn with the base row in one process.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+COLUMNS = ["preset", "precision", "impl", "compile", "without", "threads", "batch_size", "step_ms", "step_ms_iqr",
+           "tokens_per_s", "gflops", "peak_gflops", "mfu", "peak_mem_mb", "batch_ms", "batch_frac",
+           "flops_per_token", "matmul_params", "formula", "device"]
+FORMULA = "6*N + 12*L*d*T"
+BATCH_SIZE = {"nanogpt-cpu": 12, "shakespeare-cpu": 16, "gpt2-124m": 16}  # the recipes' batches; others 32
+KNOBS = {  # --without: what each switches off
+    "fused_kernels": "the fused CPU kernels (attention, dropout, GELU): stock ops instead",
+    "c_kernels": "the C loops inside the fused kernels: the same algorithms as torch ops",
+    "fused_adamw": "the fused AdamW: torch's default per-parameter loop",
+    "allocator": "the glibc allocator tuning: freed activations go back to the OS",
+}
+
+
+# -- the peak ------------------------------------------------------------------------------------
+def sync(device) -> None:
+    import torch
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device, dtype, sizes=(512, 1024, 2048, 4096), seconds: float = 0.3,
+                max_single_s: float = 2.0) -> dict[str, Any]:
+    """Best FLOP/s over square products; a size is skipped when one product would take > max_single_s
+    at the rate measured so far (bf16 emulated on a CPU without bf16 units runs at ~1 GFLOP/s)."""
+    import torch
+    by_size: dict[int, float] = {}
+    for n in sizes:
+        if by_size and 2 * n ** 3 / by_size[max(by_size)] > max_single_s:
+            break  # one product would take too long at the rate of the last size
+        a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+        times: list[float] = []
+        while sum(times) < seconds or len(times) < 3:  # the first product warms up, the best counts
+            t = time.perf_counter()
+            a @ b
+            sync(device)
+            times.append(time.perf_counter() - t)
+            if times[-1] > max_single_s:
+                break
+        by_size[n] = 2 * n ** 3 / min(times)
+    return {"gflops": max(by_size.values()) / 1e9, "by_size": {n: round(v / 1e9, 1) for n, v in by_size.items()}}
+
+
+# -- one combination, in its own process ---------------------------------------------------------
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def run_spec(cfg: dict[str, Any]):
+    """The RunSpec the bench trains: the preset at its recipe's batch, on the bench corpus."""
+    from experiments.spec import parse_spec
+
+    model = {"preset": cfg["preset"], "attention": {"name": "multi_head", "impl": cfg["impl"]}}
+    raw = {"experiment": "bench", "seeds": [0],
+           "data": {"corpus": cfg["corpus"], "tokenizer": cfg["tokenizer"]},
+           "model": model,
+           "train": {"batch_size": cfg["batch_size"], "precision": cfg["precision"], "compile": cfg["compile"],
+                     "device": cfg["device"], "steps": cfg["warmup"] + cfg["steps"] + 1, "warmup": 0,
+                     "eval_batches": 1, "eval_every": 10**6}}
+    return parse_spec(raw).runs[0]
+
+
+RUNTIME_KNOBS = ("fused_kernels", "c_kernels", "fused_adamw")  # switched between steps in one process
+
+
+class Switch:
+    """Sets the runtime knobs for the next step: timing them step by step in turn in one process
+    compares them under the same machine load (this machine's speed drifts by ~10% over minutes)."""
+
+    def __init__(self, trainer):
+        self.trainer, self.own_optimizer, self.torch_adamw = trainer, trainer.optimizer, None
+
+    def set(self, knob: str | None) -> None:
+        import torch
+
+        from components import fused
+        fused.ENABLED = knob != "fused_kernels"
+        fused.C_KERNELS = knob != "c_kernels"
+        self.trainer.optimizer = self.own_optimizer
+        if knob == "fused_adamw":
+            if self.torch_adamw is None:
+                groups = [{k: v for k, v in g.items() if k in ("params", "weight_decay")}
+                          for g in self.own_optimizer.param_groups]
+                cfg = self.trainer.train_cfg
+                self.torch_adamw = torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg["betas"]))
+            self.trainer.optimizer = self.torch_adamw
+
+
+def measure(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Time full training steps of one combination and of its interleaved variants (a fresh process)."""
+    import torch
+
+    from experiments import train
+    from experiments.run import bind_data, data_key
+
+    if cfg["without"] == "allocator":
+        train.tune_cpu_allocator = lambda: False
+    run = run_spec(cfg)
+    dataset = bind_data([run])[data_key(run)]
+    device = train.resolve_device(cfg["device"])
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    rss_before = rss_mb()
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = train.Trainer(run, dataset, Path(tmp), device)
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    elif device.type == "cpu":
+        torch.set_num_threads(train.DEFAULT_THREADS)  # the device's peak is all cores'; see --threads
+    switch, variants = Switch(trainer), [cfg["without"], *cfg.get("interleave", [])]
+    t = time.perf_counter()
+    for variant in variants:
+        switch.set(variant)
+        for _ in range(cfg["warmup"]):
+            trainer.train_step()
+    sync(device)
+    warmup_s = time.perf_counter() - t
+    times: dict[str | None, list[float]] = {v: [] for v in variants}
+    for i in range(cfg["steps"]):
+        for variant in variants[i % len(variants):] + variants[:i % len(variants)]:  # each goes first in turn
+            switch.set(variant)
+            t = time.perf_counter()
+            trainer.train_step()
+            sync(device)
+            times[variant].append(time.perf_counter() - t)
+    switch.set(cfg["without"])
+    batch_times = []
+    for i in range(cfg["steps"]):
+        t = time.perf_counter()
+        trainer.batches.batch("train", i)
+        sync(device)
+        batch_times.append(time.perf_counter() - t)
+    model = trainer.model
+    peak_mem = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before)
+    common = {"warmup_s": warmup_s, "batch_s": statistics.median(batch_times),
+              "tokens_per_step": trainer.tokens_per_step, "flops_per_token": model.flops_per_token(),
+              "matmul_params": model.matmul_params(),
+              "dims": {k: model.config.__dict__[k] for k in ("n_layers", "d_model", "context_length")},
+              "threads": torch.get_num_threads() if device.type == "cpu" else None, "device": describe_device(device)}
+    results = {}
+    for variant, ts in times.items():
+        q = statistics.quantiles(ts, n=4) if len(ts) > 1 else [ts[0]] * 3
+        # one process: its peak memory is the largest variant's, so only the first row reports it
+        results[variant or "-"] = common | {"step_s": statistics.median(ts), "step_iqr_s": q[2] - q[0],
+                                             "peak_mem_mb": peak_mem if variant == cfg["without"] else None}
+    return results
+
+
+def fixed_cost(cfg: dict[str, Any]) -> dict[str, float]:
+    """Imports, data from the token cache and model build of one run, in this fresh process."""
+    marks = {"start": time.perf_counter()}
+    import torch  # noqa: F401
+
+    from experiments import train
+    from experiments.run import bind_data, data_key
+    marks["imports"] = time.perf_counter()
+    run = run_spec(cfg)
+    dataset = bind_data([run])[data_key(run)]
+    marks["data"] = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        train.Trainer(run, dataset, Path(tmp), train.resolve_device(cfg["device"]))
+    marks["build"] = time.perf_counter()
+    names = list(marks)
+    return {f"{b}_s": marks[b] - marks[a] for a, b in zip(names, names[1:])}
+
+
+def describe_device(device) -> str:
+    import torch
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+    return f"{platform.processor() or platform.machine()} {torch.backends.cpu.get_cpu_capability()}"
+
+
+def in_subprocess(mode: str, cfg: dict[str, Any], env: dict[str, str] | None = None) -> tuple[dict[str, Any], float]:
+    """(result, wall seconds) of `python -m experiments.bench --MODE cfg` in a fresh interpreter."""
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "experiments.bench", f"--{mode}", json.dumps(cfg)],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent,
+                          env={**os.environ, **(env or {})})
+    wall = time.perf_counter() - t
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")]
+    if proc.returncode or not lines:
+        raise RuntimeError(f"bench worker failed ({mode}, {cfg}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][6:]), wall
+
+
+# -- the table -----------------------------------------------------------------------------------
+def row_for(cfg: dict[str, Any], result: dict[str, Any], peak: float) -> dict[str, Any]:
+    step = result["step_s"]
+    gflops = result["flops_per_token"] * result["tokens_per_step"] / step / 1e9
+    d = result["dims"]
+    return {"preset": cfg["preset"], "precision": cfg["precision"], "impl": cfg["impl"], "compile": cfg["compile"],
+            "without": cfg["without"] or "-", "threads": result["threads"], "batch_size": cfg["batch_size"],
+            "step_ms": round(step * 1e3, 2), "step_ms_iqr": round(result["step_iqr_s"] * 1e3, 2),
+            "tokens_per_s": round(result["tokens_per_step"] / step), "gflops": round(gflops, 1),
+            "peak_gflops": round(peak, 1), "mfu": round(gflops / peak, 3),
+            "peak_mem_mb": None if result["peak_mem_mb"] is None else round(result["peak_mem_mb"], 1),
+            "batch_ms": round(result["batch_s"] * 1e3, 3), "batch_frac": round(result["batch_s"] / step, 4), "flops_per_token": result["flops_per_token"],
+            "matmul_params": result["matmul_params"],
+            "formula": f"6*{result['matmul_params']} + 12*{d['n_layers']}*{d['d_model']}*{d['context_length']}",
+            "device": result["device"]}
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    def cell(v: Any) -> str:
+        return "yes" if v is True else "no" if v is False else "-" if v is None else f"{v:,}" if isinstance(v, int) else str(v)
+    cells = [[cell(r[c]) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)), flush=True)
+
+
+def loadavg() -> str:
+    try:
+        return Path("/proc/loadavg").read_text().strip()
+    except OSError:
+        return "n/a"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--preset", nargs="+", help="presets to time (default: nanogpt-cpu shakespeare-cpu on CPU, "
+                                               "gpt2-124m on CUDA)")
+    p.add_argument("--precision", nargs="+", choices=["fp32", "bf16"],
+                   help="default: fp32, plus bf16 where the device has bf16 matrix units")
+    p.add_argument("--impl", nargs="+", default=["sdpa"], choices=["sdpa", "naive"], help="attention kernel")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
+    p.add_argument("--steps", type=int, default=30, help="timed steps per combination (median reported)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    p.add_argument("--batch-size", type=int, help="override the presets' recipe batch sizes")
+    p.add_argument("--threads", type=int, help="CPU intra-op threads (default: one per physical core, "
+                                               "the peak's; runs pick their own, see train.cpu_threads)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--corpus", default="embedded", help="corpus for the batches (a name or a text file)")
+    p.add_argument("--tokenizer", help="default: gpt2 for gpt2-124m, char otherwise")
+    p.add_argument("--without", nargs="+", default=[], choices=sorted(KNOBS),
+                   help="also time each float32 combination with this optimisation off: " +
+                        "; ".join(f"{k}: {v}" for k, v in KNOBS.items()))
+    p.add_argument("--no-fixed-cost", action="store_true", help="skip the per-run fixed cost measurement")
+    p.add_argument("--csv", help="write the table here too")
+    p.add_argument("--measure", help=argparse.SUPPRESS)       # worker modes: a JSON config
+    p.add_argument("--fixed-cost", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def combos(args: argparse.Namespace, device, precisions: list[str]) -> list[dict[str, Any]]:
+    """One config per process: each base combination (with the runtime knobs of --without interleaved
+    in it) and one per process-level knob (the allocator)."""
+    presets = args.preset or (["gpt2-124m"] if device.type == "cuda" else ["nanogpt-cpu", "shakespeare-cpu"])
+    out = []
+    for preset in presets:
+        for precision in precisions:
+            for impl in args.impl:
+                for compiled in ([False, True] if args.compile else [False]):
+                    knobs = args.without if precision == "fp32" else []  # the switches are float32's
+                    for without in [None, *(k for k in knobs if k not in RUNTIME_KNOBS)]:
+                        out.append({"preset": preset, "precision": precision, "impl": impl, "compile": compiled,
+                                    "without": without,
+                                    "interleave": [k for k in knobs if k in RUNTIME_KNOBS] if without is None else [],
+                                    "corpus": args.corpus, "device": args.device,
+                                    "tokenizer": args.tokenizer or ("gpt2" if preset == "gpt2-124m" else "char"),
+                                    "batch_size": args.batch_size or BATCH_SIZE.get(preset, 32),
+                                    "steps": args.steps, "warmup": args.warmup, "threads": args.threads})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    for mode in ("measure", "fixed_cost"):
+        if getattr(args, mode):
+            result = (measure if mode == "measure" else fixed_cost)(json.loads(getattr(args, mode)))
+            print("BENCH " + json.dumps(result), flush=True)
+            return 0
+    import torch
+
+    from experiments.train import DEFAULT_THREADS, bf16_is_fast, resolve_device
+
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads or DEFAULT_THREADS)
+    precisions = args.precision or (["fp32", "bf16"] if bf16_is_fast(device) else ["fp32"])
+    print(f"device: {describe_device(device)}; torch {torch.__version__}; threads "
+          f"{torch.get_num_threads() if device.type == 'cpu' else '-'}; bf16 matrix units: "
+          f"{'yes' if bf16_is_fast(device) else 'no'}; loadavg {loadavg()}", flush=True)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # the fp32 peak a run gets (TF32, as train.py sets)
+    peaks = {}
+    for precision in precisions:
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        sizes = (512, 1024, 2048, 4096, 8192) if device.type == "cuda" else (512, 1024, 2048, 4096)
+        peak = matmul_peak(device, dtype, sizes)
+        peaks[precision] = peak["gflops"]
+        print(f"matmul peak {precision}: {peak['gflops']:.1f} GFLOP/s  (by size: {peak['by_size']})", flush=True)
+    if not args.no_fixed_cost:
+        cfg = combos(args, device, ["fp32"])[0] | {"preset": "tiny", "batch_size": 32, "impl": "sdpa",
+                                                   "compile": False, "tokenizer": "char"}
+        in_subprocess("fixed-cost", cfg)  # the first one may build the token cache
+        cost, wall = in_subprocess("fixed-cost", cfg)
+        print("fixed cost per run (tiny preset, token cache warm): " + ", ".join(
+            f"{k[:-2]} {v:.2f} s" for k, v in cost.items()) + f"; fresh process in total {wall:.2f} s", flush=True)
+    rows = []
+    for cfg in combos(args, device, precisions):
+        if cfg["precision"] == "bf16" and not bf16_is_fast(device):
+            # emulated bf16 runs ~20-100x slower than float32: a few steps show it
+            cfg |= {"steps": min(cfg["steps"], 3), "warmup": min(cfg["warmup"], 1)}
+            print(f"  note: no bf16 matrix units here; {cfg['preset']} bf16 is timed over {cfg['steps']} steps only")
+        results, _ = in_subprocess("measure", cfg)
+        for variant, result in results.items():
+            rows.append(row_for(cfg | {"without": None if variant == "-" else variant}, result, peaks[cfg["precision"]]))
+            print(f"  {cfg['preset']} {cfg['precision']} {cfg['impl']} compile={cfg['compile']} "
+                  f"without={variant}: {rows[-1]['step_ms']} ms/step, mfu {rows[-1]['mfu']:.3f}", flush=True)
+    print(f"\nFLOPs per token = {FORMULA} (N = parameters in matmuls, L layers, d attention width, T context); "
+          "mfu = achieved / measured matmul peak of that precision; peak_mem_mb: CUDA max allocated, CPU peak "
+          "RSS growth of the process from before the model was built")
+    print_table(rows, [c for c in COLUMNS if c not in ("formula", "device")])
+    for preset in dict.fromkeys(r["preset"] for r in rows):
+        print(f"{preset}: flops_per_token = {next(r['formula'] for r in rows if r['preset'] == preset)}")
+    base = {(r["preset"], r["impl"], r["compile"]): r for r in rows if r["precision"] == "fp32" and r["without"] == "-"}
+    for r in rows:
+        ref = base.get((r["preset"], r["impl"], r["compile"]))
+        if r["precision"] == "bf16" and r["without"] == "-" and ref:
+            print(f"{r['preset']} bf16 / fp32 tokens/s: {r['tokens_per_s'] / ref['tokens_per_s']:.2f}x")
+    if any(r["mfu"] > 1 for r in rows):
+        print("note: an mfu above 1 means that precision has no fast matmul path here (emulated bf16): its square-"
+              "matmul 'peak' is slower than the model's small matmuls, so that mfu is not a fraction of a peak")
+    print(f"loadavg at the end: {loadavg()}")
+    if args.csv:
+        from experiments import files
+        files.write_csv(Path(args.csv), rows, COLUMNS)
+        print(f"-> {args.csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""The benchmark's behaviour (no timing asserts: timings are benchmark results, not test outcomes)."""
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from experiments import bench
+from components.model import GPT, ModelConfig, PRESETS
+
+
+@pytest.fixture(autouse=True)
+def cache(lab_cache):
+    return lab_cache
+
+
+def test_matmul_peak_measures_each_size_and_reports_the_best():
+    peak = bench.matmul_peak(torch.device("cpu"), torch.float32, sizes=(32, 64), seconds=0.01)
+    assert set(peak["by_size"]) == {32, 64}
+    assert peak["gflops"] > 0 and peak["gflops"] == pytest.approx(max(peak["by_size"].values()), rel=0.01)
+
+
+def test_a_size_that_would_take_too_long_is_skipped():
+    peak = bench.matmul_peak(torch.device("cpu"), torch.float32, sizes=(32, 4096), seconds=0.01, max_single_s=1e-9)
+    assert list(peak["by_size"]) == [32]
+
+
+def test_mfu_is_achieved_flops_over_the_peak_with_the_models_formula():
+    model = GPT(ModelConfig(vocab_size=65, **PRESETS["nanogpt-cpu"]))
+    n, layers, d, t = model.matmul_params(), 4, 128, 64
+    result = {"step_s": 0.05, "step_iqr_s": 0.001, "batch_s": 0.0001, "tokens_per_step": 12 * 64,
+              "flops_per_token": model.flops_per_token(), "matmul_params": n, "peak_mem_mb": 10.0, "threads": 2,
+              "dims": {"n_layers": layers, "d_model": d, "context_length": t}, "device": "cpu"}
+    cfg = {"preset": "nanogpt-cpu", "precision": "fp32", "impl": "sdpa", "compile": False, "without": None,
+           "batch_size": 12}
+    row = bench.row_for(cfg, result, peak=200.0)
+    flops_per_s = (6 * n + 12 * layers * d * t) * 12 * 64 / 0.05
+    assert row["gflops"] == pytest.approx(flops_per_s / 1e9, abs=0.05)
+    assert row["mfu"] == pytest.approx(flops_per_s / 1e9 / 200.0, abs=1e-3)
+    assert row["tokens_per_s"] == round(12 * 64 / 0.05)
+    assert row["batch_frac"] == pytest.approx(0.0001 / 0.05, abs=1e-4)
+    assert row["formula"] == f"6*{n} + 12*4*128*64"
+
+
+def test_bench_times_a_tiny_config_and_writes_the_table(tmp_path, capsys):
+    out = tmp_path / "bench.csv"
+    assert bench.main(["--preset", "tiny", "--steps", "2", "--warmup", "1", "--batch-size", "4", "--threads", "1",
+                       "--device", "cpu", "--no-fixed-cost", "--without", "fused_kernels", "--csv", str(out)]) == 0
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == bench.COLUMNS
+    assert [(r["preset"], r["precision"], r["impl"], r["without"]) for r in rows] == [
+        ("tiny", "fp32", "sdpa", "-"), ("tiny", "fp32", "sdpa", "fused_kernels")]
+    for r in rows:
+        assert float(r["step_ms"]) > 0 and float(r["tokens_per_s"]) > 0
+        assert float(r["mfu"]) == pytest.approx(float(r["gflops"]) / float(r["peak_gflops"]), abs=2e-3)
+        assert int(r["threads"]) == 1
+    printed = capsys.readouterr().out
+    assert "matmul peak fp32" in printed and "6*N + 12*L*d*T" in printed and "loadavg" in printed
+
+
+def test_fixed_cost_reports_imports_data_and_build(tmp_path):
+    cfg = {"preset": "tiny", "impl": "sdpa", "corpus": "embedded", "tokenizer": "char", "batch_size": 4,
+           "precision": "fp32", "compile": False, "device": "cpu", "warmup": 1, "steps": 1}
+    cost = bench.fixed_cost(cfg)
+    assert set(cost) == {"imports_s", "data_s", "build_s"} and all(v >= 0 for v in cost.values())

@@ -1,0 +1,75 @@
+"""Data parallelism through torchrun: 2 gloo processes train what 1 process trains on the same global batch."""
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from experiments import run as runner
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC = {"experiment": "ddp", "seeds": [0], "data": {"corpus": "embedded", "tokenizer": "char"},
+        "model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "context_length": 16, "dropout": 0.0},
+        "train": {"steps": 10, "batch_size": 4, "lr": 3e-3, "warmup": 2, "eval_every": 1, "eval_batches": 2,
+                  "device": "cpu"},
+        "sample": {"tokens": 10}}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_cache(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LAB_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        mp.setenv("OMP_NUM_THREADS", "1")
+        yield
+
+
+def torchrun(spec: Path, results: Path, n: int = 2) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+                           "-m", "experiments.run", str(spec), "--results", str(results), "--no-report"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def metrics(results: Path) -> list[dict[str, str]]:
+    with open(next(results.glob("ddp/runs/*/metrics.csv")), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_two_gloo_processes_train_what_one_process_trains(tmp_path):
+    # grad_accum 2: each rank takes half of each micro-batch, and gradients sync on the last one only
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(SPEC | {"train": SPEC["train"] | {"grad_accum": 2}}))
+    assert runner.main([str(spec), "--results", str(tmp_path / "one"), "--no-report"]) == 0
+    proc = torchrun(spec, tmp_path / "two")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert [int(r["step"]) for r in two] == list(range(11))  # an evaluation after every one of 10 steps
+    for a, b in zip(one, two):
+        for key in ("train_loss", "val_loss"):
+            assert float(a[key]) == pytest.approx(float(b[key]), abs=1e-5), (a["step"], key)
+    assert float(two[-1]["val_loss"]) < float(two[0]["val_loss"])
+
+    # Only rank 0 wrote: the same files as a single process, one row in runs.csv, one progress line.
+    one_files = sorted(p.name for p in next((tmp_path / "one").glob("ddp/runs/*")).iterdir())
+    two_files = sorted(p.name for p in next((tmp_path / "two").glob("ddp/runs/*")).iterdir())
+    assert one_files == two_files
+    with open(tmp_path / "two" / "ddp" / "runs.csv", newline="") as f:
+        assert [r["status"] for r in csv.DictReader(f)] == ["done"]
+    assert proc.stdout.count(": done") == 1
+
+    again = torchrun(spec, tmp_path / "two")  # every rank skips the finished run with rank 0
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "0 trained, 1 already done" in again.stdout
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_refused(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(SPEC | {"train": SPEC["train"] | {"batch_size": 3, "steps": 2}}))
+    proc = torchrun(spec, tmp_path / "r")
+    assert proc.returncode != 0
+    assert "must be divisible by the 2 processes" in (tmp_path / "r").joinpath(
+        "ddp", "runs", next((tmp_path / "r" / "ddp" / "runs").iterdir()).name, "error.txt").read_text()

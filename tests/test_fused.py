@@ -1,0 +1,168 @@
+"""The fused CPU kernels compute what the stock ops compute, through the C loops and the torch-op fallback."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from components import cpu_kernels, fused
+from components.attention import naive_attention, share_heads
+from components.positional import ALiBi
+
+PATHS = ["c", "torch"]
+
+
+@pytest.fixture(params=PATHS)
+def path(request, monkeypatch):
+    if request.param == "c" and cpu_kernels.load() is None:
+        pytest.skip("no C compiler: the torch-op path serves")
+    monkeypatch.setattr(fused, "C_KERNELS", request.param == "c")
+    return request.param
+
+
+def with_grads(f, *inputs, seed=1):
+    inputs = [t.detach().clone().requires_grad_() for t in inputs]
+    out = f(*inputs)
+    out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(seed)))
+    return out.detach(), [t.grad for t in inputs]
+
+
+@pytest.mark.parametrize("T", [16, 64, 100, 200])
+@pytest.mark.parametrize("kv_heads", [4, 1])
+@pytest.mark.parametrize("alibi", [False, True])
+def test_causal_attention_matches_the_explicit_path(path, T, kv_heads, alibi):
+    g = torch.Generator().manual_seed(T)
+    q = torch.randn(2, 4, T, 16, generator=g)
+    k, v = (torch.randn(2, kv_heads, T, 16, generator=g) for _ in range(2))
+    bias = ALiBi().attention_bias(q) if alibi else None
+    out, grads = with_grads(lambda q, k, v: fused.causal_attention(q, *share_heads(k, v, 4), bias, 0.0), q, k, v)
+    ref, ref_grads = with_grads(lambda q, k, v: naive_attention(q, k, v, bias, 0.0), q, k, v)
+    assert torch.allclose(out, ref, atol=1e-5)
+    for a, b in zip(grads, ref_grads):
+        assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_attention_dropout_backward_matches_finite_differences(path):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 80, 8, generator=g) for _ in range(3))
+    probe = torch.randn(1, 2, 80, 8, generator=g)
+
+    def loss(q):
+        torch.manual_seed(5)  # the same dropout mask in every call
+        return (fused.causal_attention(q, k, v, None, 0.3) * probe).sum()
+
+    q1 = q.clone().requires_grad_()
+    loss(q1).backward()
+    for index in [(0, 0, 3, 1), (0, 1, 70, 5)]:
+        dq = torch.zeros_like(q)
+        dq[index] = 1e-2
+        numeric = (loss(q + dq) - loss(q - dq)) / 2e-2
+        assert numeric.item() == pytest.approx(q1.grad[index].item(), abs=2e-3)
+
+
+def test_tanh_gelu_matches_torch_forward_and_backward(path):
+    x = torch.randn(100_000, generator=torch.Generator().manual_seed(0)) * 4
+    x[:4] = torch.tensor([0.0, -60.0, 60.0, 1e-30])
+    out, (grad,) = with_grads(fused._TanhGELU.apply, x)
+    ref, (ref_grad,) = with_grads(lambda t: F.gelu(t, approximate="tanh"), x)
+    assert torch.allclose(out, ref, atol=1e-6, rtol=1e-5)
+    assert torch.allclose(grad, ref_grad, atol=1e-5, rtol=1e-4)
+
+
+def test_tanh_gelu_without_grad_matches_torch(path):
+    x = torch.randn(10_000, generator=torch.Generator().manual_seed(0)) * 4
+    with torch.no_grad():
+        assert torch.allclose(fused.gelu_tanh(x), F.gelu(x, approximate="tanh"), atol=1e-6, rtol=1e-5)
+
+
+def test_a_nan_stays_a_nan(path):
+    x = torch.tensor([float("nan"), 1.0])
+    assert torch.isnan(fused._TanhGELU.apply(x.clone().requires_grad_())[0])
+    q = torch.randn(1, 1, 4, 8)
+    q[0, 0, 2, 0] = float("nan")
+    out = fused.causal_attention(q.requires_grad_(), torch.randn(1, 1, 4, 8), torch.randn(1, 1, 4, 8), None, 0.0)
+    assert torch.isnan(out[0, 0, 2]).all()
+
+
+def test_dropout_keeps_one_minus_p_scales_and_backpropagates_its_mask(path):
+    x = torch.randn(400_000).requires_grad_()
+    torch.manual_seed(3)
+    y = fused._Dropout.apply(x, 0.2)
+    y.backward(torch.ones_like(y))
+    kept = y != 0
+    assert kept.float().mean().item() == pytest.approx(0.8, abs=0.005)
+    assert torch.allclose(y[kept], x[kept] * 1.25)
+    assert torch.equal(x.grad != 0, kept) and torch.allclose(x.grad[kept], torch.tensor(1.25))
+    torch.manual_seed(3)
+    assert torch.equal(fused._Dropout.apply(x, 0.2), y)  # masks follow torch's seed (so runs resume exactly)
+
+
+def test_stock_ops_serve_where_the_kernels_do_not(monkeypatch):
+    x = torch.randn(8, requires_grad=True)
+    assert fused.use_fused(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not fused.use_fused(x)
+    assert not fused.use_fused(x.double())
+    monkeypatch.setattr(fused, "ENABLED", False)
+    assert not fused.use_fused(x)
+
+
+# -- the training loop's CPU pieces (experiments/train.py) ----------------------------------------
+def two_models():
+    def make():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
+    return make(), make()
+
+
+def groups(model):
+    return [{"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": 0.1},
+            {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0}]
+
+
+def test_fused_adamw_steps_and_saves_like_torchs_fused_adamw():
+    from experiments.train import FusedAdamW, clip_grad_norm
+
+    ours_model, torch_model = two_models()
+    ours = FusedAdamW(groups(ours_model), lr=1e-2, betas=(0.9, 0.99))
+    theirs = torch.optim.AdamW(groups(torch_model), lr=1e-2, betas=(0.9, 0.99), fused=True)
+    x = torch.randn(32, 8, generator=torch.Generator().manual_seed(0))
+    for step in range(12):
+        for model, opt in ((ours_model, ours), (torch_model, theirs)):
+            for g in opt.param_groups:
+                g["lr"] = 1e-2 * (step + 1) / 12
+            (model(x) ** 2).mean().mul(50).backward()
+            if opt is ours:
+                clip_grad_norm(model.parameters(), 1.0)
+            else:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad()
+    for a, b in zip(ours_model.parameters(), torch_model.parameters()):
+        assert torch.equal(a, b)
+    restored = FusedAdamW(groups(ours_model), lr=1.0, betas=(0.5, 0.5))
+    restored.load_state_dict(theirs.state_dict())  # torch's checkpoints load too
+    assert restored.param_groups[0]["betas"] == (0.9, 0.99)
+    for i, state in theirs.state_dict()["state"].items():
+        assert all(torch.equal(restored.state_dict()["state"][i][k], state[k]) for k in ("step", "exp_avg", "exp_avg_sq"))
+
+
+def test_thread_policy(monkeypatch):
+    from experiments import train
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    assert train.CpuThreads(1e12).reason == "OMP_NUM_THREADS"
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert train.CpuThreads(1e6).reason == "small model" and torch.get_num_threads() == 1
+    monkeypatch.setattr(train, "DEFAULT_THREADS", 2)
+    monkeypatch.setattr(train.os, "cpu_count", lambda: 2)
+    samples = iter([(0, 0, 0), (100, 200, 0),     # (busy, total, own) jiffies: another process kept a CPU busy
+                    (100, 400, 0)])               # then it left
+    monkeypatch.setattr(train, "cpu_jiffies", lambda: next(samples))
+    monkeypatch.setattr(train.time, "sleep", lambda s: None)
+    policy = train.CpuThreads(1e12)
+    assert torch.get_num_threads() == 1 and policy.reason == "1 of 2 cores free"
+    policy.update()
+    assert torch.get_num_threads() == 2 and policy.reason == "2 of 2 cores free"
+    torch.set_num_threads(1)
