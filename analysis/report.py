@@ -19,7 +19,7 @@ from analysis.plots import CAPTIONS, PlotSet, make_plots
 from analysis.tables import (
     LABELS, UNITS, Experiment, best_run, comparable_metrics, done_runs, factors,
     load_experiment, main_effects, mixed_tokenizers, paired_effects, pivot_tables, progress,
-    tokenizers, variant_table)
+    simple_effects, tokenizers, variant_table)
 
 MAX_VARIANT_ROWS = 25      # a search can have hundreds of trials; the report shows the best
 MAX_SAMPLE_CHARS = 3000
@@ -244,7 +244,26 @@ def _effects_section(exp: Experiment) -> list[str]:
             "CI excludes 0": [_verdict(r) for r in effects.itertuples()],
         })
         lines += [f"### {LABELS[metric]} ({UNITS[metric]})", "", to_markdown(out), ""]
-    return lines
+    return lines + _simple_effects_section(exp)
+
+
+def _simple_effects_section(exp: Experiment) -> list[str]:
+    """The same comparisons within each setting of the other factors (interactions)."""
+    metric = "final_val_bpb"  # comparable whatever the tokenizers
+    effects = simple_effects(exp, metric)
+    if effects.empty:
+        return []
+    out = pd.DataFrame({
+        "comparison": effects["comparison"], "n pairs": effects["n_pairs"],
+        f"mean Δ ({UNITS[metric]})": effects["mean_delta"],
+        "95% CI": [_ci(lo, hi, n, "no finished pair") for lo, hi, n in
+                   zip(effects["ci_low"], effects["ci_high"], effects["n_pairs"])],
+        "CI excludes 0": [_verdict(r) for r in effects.itertuples()],
+    })
+    return [f"### Within each setting of the other factors: {LABELS[metric]} ({UNITS[metric]})", "",
+            "The comparisons above, split by the values of the other factors (pairs: same seed, same "
+            "setting). Where these differ from each other the factors interact, and a pooled effect "
+            "can sit within the noise although it is clear in one setting.", "", to_markdown(out), ""]
 
 
 def _grid_section(exp: Experiment) -> list[str]:

@@ -443,6 +443,38 @@ def paired_effects(exp: Experiment, metric: str = "final_val_bpb") -> pd.DataFra
     return pd.DataFrame(rows, columns=cols)
 
 
+def simple_effects(exp: Experiment, metric: str = "final_val_bpb") -> pd.DataFrame:
+    """The paired effects within each setting of the other factors (one row per factor level and
+    setting): where factors interact, a pooled effect can be lost in the spread between settings
+    while each setting's own effect is clear. Empty with fewer than two factors."""
+    all_factors = factors(exp)
+    cols = ["factor", "level", "reference", "setting", "comparison", "metric", "n_pairs",
+            "mean_delta", "std_delta", "ci_low", "ci_high", "excludes_zero"]
+    if len(all_factors) < 2:
+        return pd.DataFrame(columns=cols)
+    deltas = paired_deltas(exp, metric)
+    settings_of_run = done_runs(exp).set_index("run_id")
+    rows = []
+    for factor in all_factors:
+        others = [f for f in all_factors if f is not factor]
+        for level in factor.levels[1:]:
+            d = deltas[(deltas["factor"] == factor.name) & (deltas["level"] == level)]
+            runs = settings_of_run.loc[d["run_id"]]
+            for setting in itertools.product(*(f.levels for f in others)):
+                same = np.ones(len(d), dtype=bool)
+                for f, value in zip(others, setting):
+                    same &= (runs[f.column] == value).to_numpy()
+                s = mean_ci(d.loc[same, "delta"])
+                where = ", ".join(f"{f.name}={v}" for f, v in zip(others, setting))
+                rows.append({"factor": factor.name, "level": level, "reference": factor.reference,
+                             "setting": where,
+                             "comparison": f"{comparison_label(factor.name, level, factor.reference)} (at {where})",
+                             "metric": metric, "n_pairs": s.n, "mean_delta": s.mean, "std_delta": s.std,
+                             "ci_low": s.low, "ci_high": s.high,
+                             "excludes_zero": pd.NA if s.n < 2 else bool(s.low > 0 or s.high < 0)})
+    return pd.DataFrame(rows, columns=cols)
+
+
 # ---------------------------------------------------------------------------------------------
 # Grid summaries
 

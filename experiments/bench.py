@@ -3,7 +3,8 @@
     python -m experiments.bench                                      # this device's default presets
     python -m experiments.bench --preset nanogpt-cpu shakespeare-cpu --precision fp32 bf16 --csv bench.csv
 
-1. The matmul peak per precision: square products of 512..4096 (and 8192 on CUDA), best of repeats.
+1. The matmul peak per precision: square products of 512..4096 (and 8192 on CUDA), median time per
+   size, best size.
 2. Per-run fixed cost of the tiny preset (imports, data from the token cache, model build), in a fresh
    interpreter, as a run pays it.
 3. For each preset x precision x impl x compile: full training steps through the lab's own
@@ -52,25 +53,29 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_peak(device, dtype, sizes=(512, 1024, 2048, 4096), seconds: float = 0.3,
+def matmul_peak(device, dtype, sizes=(512, 1024, 2048, 4096), seconds: float = 1.0,
                 max_single_s: float = 2.0) -> dict[str, Any]:
-    """Best FLOP/s over square products; a size is skipped when one product would take > max_single_s
-    at the rate measured so far (bf16 emulated on a CPU without bf16 units runs at ~1 GFLOP/s)."""
+    """Sustained FLOP/s: the median product time at each square size (the statistic the steps are
+    timed with; a best-of-repeats on a ~1 ms product picks up timer and clock outliers, measured up
+    to +17% here), the best size reported. A size is skipped when one product would take more than
+    max_single_s at the rate measured so far (bf16 emulated on a CPU without bf16 units: ~1 GFLOP/s)."""
     import torch
     by_size: dict[int, float] = {}
     for n in sizes:
         if by_size and 2 * n ** 3 / by_size[max(by_size)] > max_single_s:
             break  # one product would take too long at the rate of the last size
         a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+        a @ b  # warm-up: first-call allocations and kernel selection
+        sync(device)
         times: list[float] = []
-        while sum(times) < seconds or len(times) < 3:  # the first product warms up, the best counts
+        while sum(times) < seconds or len(times) < 5:
             t = time.perf_counter()
             a @ b
             sync(device)
             times.append(time.perf_counter() - t)
             if times[-1] > max_single_s:
                 break
-        by_size[n] = 2 * n ** 3 / min(times)
+        by_size[n] = 2 * n ** 3 / statistics.median(times)
     return {"gflops": max(by_size.values()) / 1e9, "by_size": {n: round(v / 1e9, 1) for n, v in by_size.items()}}
 
 

@@ -21,7 +21,7 @@ from analysis.report import build_report, to_markdown, write_report
 from analysis.tables import (
     ExperimentError, comparable_metrics, curve_table, factors, load_experiment, main_effects,
     mean_ci,
-    paired_deltas, paired_effects, pivot_tables, progress, t_quantile, variant_table)
+    paired_deltas, paired_effects, pivot_tables, progress, simple_effects, t_quantile, variant_table)
 from synthetic import Run, build_experiment, build_search_experiment, grid_runs
 
 T2 = 4.302653   # t(0.975, df=2)
@@ -399,3 +399,24 @@ def test_best_trial_is_scored_by_its_mean_over_seeds(tmp_path: Path) -> None:
                                                         "metric": "val_bpb", "direction": "minimize"})
     best = best_trial(load_experiment(exp))
     assert int(best["trial"]) == 1 and best["objective"] == pytest.approx(1.25)
+
+
+def test_grid_simple_effects_within_each_setting_by_hand(tmp_path: Path) -> None:
+    exp = load_experiment(_grid(tmp_path))
+    effects = simple_effects(exp).set_index(["factor", "setting"])
+    # block a2 vs a1 within norm b1: seeds 0, 1 → -0.10, -0.12: mean -0.11, s = 0.0141421,
+    # half-width = t(0.975, 1)·s/√2 = 12.706205·0.0141421/1.4142136 = 0.1270620
+    b1 = effects.loc[("model.block", "model.norm=b1")]
+    assert b1["n_pairs"] == 2 and b1["mean_delta"] == pytest.approx(-0.11)
+    assert b1["ci_low"] == pytest.approx(-0.11 - 0.1270620, abs=1e-6)
+    assert bool(b1["excludes_zero"]) is False
+    # within b2: -0.16, -0.14 → mean -0.15; norm within block a1: +0.20, +0.20 → s = 0, CI a point
+    assert effects.loc[("model.block", "model.norm=b2"), "mean_delta"] == pytest.approx(-0.15)
+    assert effects.loc[("model.norm", "model.block=a1"), "mean_delta"] == pytest.approx(0.20)
+    assert len(effects) == 4  # one per factor x setting of the other
+    text = build_report(exp, PlotSet())
+    assert "| model.block: a2 vs a1 (at model.norm=b1) | 2 | -0.1100 | [-0.2371, 0.0171] |" in text
+
+
+def test_simple_effects_need_two_factors(ladder: Path) -> None:
+    assert simple_effects(load_experiment(ladder)).empty

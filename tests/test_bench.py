@@ -15,7 +15,7 @@ def cache(lab_cache):
     return lab_cache
 
 
-def test_matmul_peak_measures_each_size_and_reports_the_best():
+def test_matmul_peak_measures_each_size_and_reports_the_best_size():
     peak = bench.matmul_peak(torch.device("cpu"), torch.float32, sizes=(32, 64), seconds=0.01)
     assert set(peak["by_size"]) == {32, 64}
     assert peak["gflops"] > 0 and peak["gflops"] == pytest.approx(max(peak["by_size"].values()), rel=0.01)
