@@ -139,6 +139,28 @@ void attn_softmax(float *s, float *dropped, int64_t rows, int64_t chunk, int64_t
     }
 }
 
+/* Cross-entropy over rows of logits (rows x len), in place: s becomes its gradient, softmax(s) minus
+   one at the row's target, and loss[r] = logsumexp(row) - row[target]. */
+void softmax_xent(float *s, const int64_t *targets, float *loss, int64_t rows, int64_t len) {
+    #pragma omp parallel for schedule(static) if (rows * len > PAR_MIN)
+    for (int64_t r = 0; r < rows; r++) {
+        float *row = s + r * len;
+        float target = row[targets[r]], m = -INFINITY;
+        #pragma omp simd reduction(max:m)
+        for (int64_t j = 0; j < len; j++) m = row[j] > m ? row[j] : m;
+        #pragma omp simd
+        for (int64_t j = 0; j < len; j++) row[j] = lab_exp(row[j] - m);
+        float sum = 0.0f;
+        #pragma omp simd reduction(+:sum)
+        for (int64_t j = 0; j < len; j++) sum += row[j];
+        float inv = 1.0f / sum;
+        #pragma omp simd
+        for (int64_t j = 0; j < len; j++) row[j] *= inv;
+        row[targets[r]] -= 1.0f;
+        loss[r] = m + logf(sum) - target;
+    }
+}
+
 /* Softmax backward through the dropout, in place: ds = scale * (dropped * dd - probs * rowsum(dropped * dd)). */
 void attn_softmax_bwd(float *dd, const float *probs, const float *dropped, int64_t rows, int64_t len, float scale) {
     #pragma omp parallel for schedule(static) if (rows * len > PAR_MIN)
@@ -224,7 +246,8 @@ def load() -> ctypes.CDLL | None:
     lib.dropout.argtypes = [ptr, ptr, i64, u64, u32, f]
     lib.attn_softmax.argtypes = [ptr, ptr, i64, i64, i64, i64, f, u64, u32, f, ctypes.c_int]
     lib.attn_softmax_bwd.argtypes = [ptr, ptr, ptr, i64, i64, f]
-    for fn in (lib.gelu_fwd, lib.gelu_bwd, lib.dropout, lib.attn_softmax, lib.attn_softmax_bwd):
+    lib.softmax_xent.argtypes = [ptr, ptr, ptr, i64, i64]
+    for fn in (lib.gelu_fwd, lib.gelu_bwd, lib.dropout, lib.attn_softmax, lib.attn_softmax_bwd, lib.softmax_xent):
         fn.restype = None
     _lib = lib
     return lib

@@ -226,3 +226,76 @@ def causal_attention(q, k, v, bias: torch.Tensor | None, dropout_p: float) -> to
             mask = (bias + mask).repeat(B, 1, 1)                               # (B * H, T, T), batch-major like q
     out = _CausalAttention.apply(*(t.reshape(B * H, T, hd) for t in (q, k, v)), mask, dropout_p)
     return out.view(B, H, T, hd)
+
+
+# -- output layer and cross-entropy --------------------------------------------------------------
+CROSS_ENTROPY_CHUNK_BYTES = 8 << 20  # logits per block: stays in the last-level cache, under glibc's mmap threshold
+
+
+def rows_per_chunk(vocab_size: int) -> int:
+    return max(1, CROSS_ENTROPY_CHUNK_BYTES // (4 * vocab_size))
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """mean_i CE(x_i W^T, y_i) for x: (N, d), W: (V, d), y: (N,), in blocks of rows; the gradients are
+    formed in the forward (the loss ends the graph: its gradient is a scalar known up to the factor
+    the backward brings), so the (N, V) logits, their log-softmax and its gradient never exist."""
+
+    @staticmethod
+    def forward(ctx, x, weight, targets):
+        n, step, lib = x.shape[0], rows_per_chunk(weight.shape[0]), c_lib()
+        dx, dw = torch.empty_like(x), torch.zeros_like(weight)
+        targets = targets.contiguous().long()
+        total = torch.zeros((), dtype=torch.float64)
+        for start in range(0, n, step):
+            xs, ys = x[start:start + step], targets[start:start + step]
+            logits = xs @ weight.t()                                           # (rows, V)
+            if lib is not None:  # logits -> d CE / d logits and the row losses, in one pass
+                losses = torch.empty(len(ys), dtype=x.dtype)
+                lib.softmax_xent(ptr(logits), ptr(ys), ptr(losses), *logits.shape)
+                total += losses.sum(dtype=torch.float64)
+                grad_logits = logits
+            else:
+                lse = torch.logsumexp(logits, dim=-1, keepdim=True)            # (rows, 1)
+                total += (lse.squeeze(1) - logits.gather(1, ys[:, None]).squeeze(1)).sum(dtype=torch.float64)
+                grad_logits = logits.sub_(lse).exp_()                          # softmax, in place
+                grad_logits.scatter_add_(1, ys[:, None], grad_logits.new_full((len(ys), 1), -1.0))
+            torch.mm(grad_logits, weight, out=dx[start:start + step])
+            dw.addmm_(grad_logits.t(), xs)
+        ctx.save_for_backward(dx, dw)
+        return (total / n).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        dx, dw = ctx.saved_tensors
+        scale = grad / dx.shape[0]
+        return dx * scale, dw * scale, None
+
+
+@torch.no_grad()
+def _blocked_cross_entropy(x, weight, targets) -> torch.Tensor:
+    n, step = x.shape[0], rows_per_chunk(weight.shape[0])
+    lib, targets = c_lib(), targets.contiguous().long()
+    total = torch.zeros((), dtype=torch.float64)
+    for start in range(0, n, step):
+        logits, ys = x[start:start + step] @ weight.t(), targets[start:start + step]  # (rows, V), (rows,)
+        if lib is not None:  # the same single pass as in training (its gradient is not used)
+            losses = torch.empty(len(ys), dtype=x.dtype)
+            lib.softmax_xent(ptr(logits), ptr(ys), ptr(losses), *logits.shape)
+            total += losses.sum(dtype=torch.float64)
+        else:
+            total += F.cross_entropy(logits, ys, reduction="sum").double()
+    return (total / n).to(x.dtype)
+
+
+def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """F.cross_entropy(x @ weight.T, targets) (mean) for x: (N, d), weight: (V, d), targets: (N,).
+
+    On the CPU in float32 the logits go in blocks of rows: a GPT-2 vocabulary makes them the largest
+    tensor of a small model by far (batch 16 x 64 tokens x 50,257 = 206 MB, each pass of softmax,
+    its backward and the zero-filled gradient a trip through main memory and fresh pages)."""
+    if not use_fused(x):
+        return F.cross_entropy((x @ weight.t()).float(), targets)
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return _LinearCrossEntropy.apply(x.contiguous(), weight, targets)
+    return _blocked_cross_entropy(x, weight, targets)

@@ -1,32 +1,45 @@
-"""Output heads: hidden states -> next-token logits."""
+"""Output heads: hidden states -> next-token logits, and the training loss straight from the hidden states."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from components import fused
 from registry import HEAD
 
 
+class LinearHead(nn.Module):
+    """Shared: logits = x W^T with W: (vocab_size, d_model), and the loss computed without holding
+    every logit at once where that is faster (components/fused.py)."""
+
+    weight: torch.Tensor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)                                        # (B, T, vocab_size)
+
+    def loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy (nats/token) of the next-token logits of x (B, T, d) against targets (B, T)."""
+        return fused.linear_cross_entropy(x.flatten(0, 1), self.weight, targets.flatten())  # (B * T, d)
+
+
 @HEAD.register("tied")
-class TiedHead(nn.Module):
+class TiedHead(LinearHead):
     """Output weight is the token-embedding weight (Press & Wolf 2017; GPT-2)."""
 
     def __init__(self, *, embedding: nn.Embedding) -> None:
         super().__init__()
         self.weight = embedding.weight  # the same Parameter: one storage, trained by both uses
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight)                                        # (B, T, vocab_size)
-
 
 @HEAD.register("untied")
-class UntiedHead(nn.Module):
+class UntiedHead(LinearHead):
     """A separate output matrix, no bias."""
 
     def __init__(self, *, d_model: int, vocab_size: int) -> None:
         super().__init__()
         self.linear = nn.Linear(d_model, vocab_size, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x)                                                  # (B, T, vocab_size)
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.linear.weight

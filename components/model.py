@@ -98,13 +98,18 @@ class GPT(nn.Module):
             x = layer(x, self.positional)
         return self.final_norm(x)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        """Logits (B, T, vocab) and, given targets (B, T), the mean cross-entropy in nats/token."""
-        logits = self.head(self.hidden(idx))                                  # (B, T, vocab_size)
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, return_logits: bool = True):
+        """Logits (B, T, vocab) and, given targets (B, T), the mean cross-entropy in nats/token.
+        Training passes return_logits=False: the head may then compute the loss without ever holding
+        all the logits (None is returned for them), which is faster for large vocabularies."""
+        hidden = self.hidden(idx)                                              # (B, T, d_model)
+        head_loss = getattr(self.head, "loss", None)  # optional: a head without one gets the plain path
+        if targets is not None and not return_logits and head_loss is not None:
+            return None, head_loss(hidden, targets)
+        logits = self.head(hidden)                                             # (B, T, vocab_size)
         if targets is None:
             return logits, None
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
-        return logits, loss
+        return logits, F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,

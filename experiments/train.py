@@ -372,7 +372,7 @@ class Trainer:
             for x, y in batches:
                 for xm, ym in zip(x.chunk(self.accum), y.chunk(self.accum)):
                     with autocast(self.device, self.dtype):
-                        total += self.eval_model(xm, ym)[1].float()
+                        total += self.eval_model(xm, ym, return_logits=False)[1].float()
             losses[split] = (ddp.mean(total) / (len(batches) * self.accum)).item()  # equal shards: the global mean
         self.model.train()
         return losses
@@ -403,7 +403,7 @@ class Trainer:
         for i, (xm, ym) in enumerate(zip(x.chunk(accum), y.chunk(accum))):     # (batch_size / world, T) each
             with self.grad_sync(i == accum - 1):
                 with autocast(self.device, self.dtype):
-                    _, loss = self.step_model(xm, ym)
+                    _, loss = self.step_model(xm, ym, return_logits=False)
                 (loss / accum).backward()  # mean over the global batch, whatever the accumulation
             total += loss.detach()
         if cfg["grad_clip"] > 0:

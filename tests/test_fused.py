@@ -166,3 +166,35 @@ def test_thread_policy(monkeypatch):
     policy.update()
     assert torch.get_num_threads() == 2 and policy.reason == "2 of 2 cores free"
     torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("vocab", [65, 50257])
+def test_linear_cross_entropy_matches_logits_then_cross_entropy(path, vocab, monkeypatch):
+    monkeypatch.setattr(fused, "CROSS_ENTROPY_CHUNK_BYTES", 4 * vocab * 7)  # blocks of 7 rows: a ragged last one
+    g = torch.Generator().manual_seed(vocab)
+    x, weight = torch.randn(30, 16, generator=g), torch.randn(vocab, 16, generator=g) * 0.3
+    targets = torch.randint(vocab, (30,), generator=g)
+    out, grads = with_grads(lambda x, w: fused.linear_cross_entropy(x, w, targets) * 3.0, x, weight)
+    ref, ref_grads = with_grads(lambda x, w: F.cross_entropy(x @ w.t(), targets) * 3.0, x, weight)
+    assert out.item() == pytest.approx(ref.item(), rel=1e-6)
+    for a, b in zip(grads, ref_grads):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+    with torch.no_grad():
+        assert fused.linear_cross_entropy(x, weight, targets).item() == pytest.approx(ref.item() / 3, rel=1e-6)
+
+
+@pytest.mark.parametrize("head", ["tied", "untied"])
+def test_model_loss_without_logits_matches_the_logits_path(head):
+    from components.model import GPT, ModelConfig
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=300, d_model=32, n_layers=1, n_heads=2, context_length=16, head=head))
+    idx, targets = torch.randint(300, (3, 16)), torch.randint(300, (3, 16))
+    logits, loss = model(idx, targets)
+    loss.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    none, fast = model(idx, targets, return_logits=False)
+    fast.backward()
+    assert none is None and fast.item() == pytest.approx(loss.item(), rel=1e-6)
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.grad, expected[name], atol=1e-6, rtol=1e-5), name
