@@ -39,7 +39,7 @@ COLUMNS = ["preset", "precision", "impl", "compile", "without", "threads", "batc
 FORMULA = "6*N + 12*L*d*T"
 BATCH_SIZE = {"nanogpt-cpu": 12, "shakespeare-cpu": 16, "gpt2-124m": 16}  # the recipes' batches; others 32
 KNOBS = {  # --without: what each switches off
-    "fused_kernels": "the fused CPU kernels (attention, dropout, GELU): stock ops instead",
+    "fused_kernels": "the fused CPU kernels (attention, dropout, GELU, output cross-entropy): stock ops instead",
     "c_kernels": "the C loops inside the fused kernels: the same algorithms as torch ops",
     "fused_adamw": "the fused AdamW: torch's default per-parameter loop",
     "allocator": "the glibc allocator tuning: freed activations go back to the OS",
