@@ -21,9 +21,11 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m experiments.run specs/quickstart.yaml
 
-# The tutorial's ladder (a-f) with 3 seeds, then its report: results/seed-ladder/report.md.
+# The tutorial's ladder (a-f) with 3 seeds, then its report (with each step vs the one before):
+# results/seed-ladder/report.md.
 ladder: $(STAMP)
-	$(PY) -m experiments.run specs/seed_ladder.yaml
+	$(PY) -m experiments.run specs/seed_ladder.yaml --no-report
+	$(PY) -m analysis results/seed-ladder --consecutive
 
 clean-venv:
 	rm -rf $(VENV)

@@ -14,6 +14,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("experiment", type=Path,
                         help="an experiment folder written by `python -m experiments.run`, "
                              "e.g. results/quickstart")
+    parser.add_argument("--consecutive", action="store_true",
+                        help="also compare each named variant with the one listed before it "
+                             "(the steps of a ladder, e.g. specs/seed_ladder.yaml)")
     return parser
 
 
@@ -29,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         check_experiment_dir(args.experiment)     # fail fast, before importing matplotlib
         from analysis.report import write_report
 
-        path = write_report(args.experiment)
+        path = write_report(args.experiment, consecutive=args.consecutive)
     except ExperimentError as err:
         print(f"python -m analysis: cannot analyse {args.experiment}: {err} Pass the folder "
               "that `python -m experiments.run <spec.yaml>` wrote, i.e. results/<experiment> "

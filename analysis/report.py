@@ -17,7 +17,7 @@ import pandas as pd
 
 from analysis.plots import CAPTIONS, PlotSet, make_plots
 from analysis.tables import (
-    LABELS, UNITS, Experiment, best_run, comparable_metrics, done_runs, factors,
+    LABELS, UNITS, Experiment, best_run, comparable_metrics, consecutive_effects, done_runs, factors,
     load_experiment, main_effects, mixed_tokenizers, paired_effects, pivot_tables, progress,
     simple_effects, tokenizers, variant_table)
 
@@ -235,16 +235,31 @@ def _effects_section(exp: Experiment) -> list[str]:
                       "the same other-axis values, so one comparison pools pairs across the "
                       "other axes.")
     for metric in reversed(comparable_metrics(exp)):
-        effects = paired_effects(exp, metric)
-        out = pd.DataFrame({
-            "comparison": effects["comparison"], "n pairs": effects["n_pairs"],
-            f"mean Δ ({UNITS[metric]})": effects["mean_delta"],
-            "95% CI": [_ci(lo, hi, n, "no finished pair") for lo, hi, n in
-                       zip(effects["ci_low"], effects["ci_high"], effects["n_pairs"])],
-            "CI excludes 0": [_verdict(r) for r in effects.itertuples()],
-        })
-        lines += [f"### {LABELS[metric]} ({UNITS[metric]})", "", to_markdown(out), ""]
+        lines += [f"### {LABELS[metric]} ({UNITS[metric]})", "", _effects_table(paired_effects(exp, metric), metric), ""]
     return lines + _simple_effects_section(exp)
+
+
+def _effects_table(effects: pd.DataFrame, metric: str) -> str:
+    return to_markdown(pd.DataFrame({
+        "comparison": effects["comparison"], "n pairs": effects["n_pairs"],
+        f"mean Δ ({UNITS[metric]})": effects["mean_delta"],
+        "95% CI": [_ci(lo, hi, n, "no finished pair") for lo, hi, n in
+                   zip(effects["ci_low"], effects["ci_high"], effects["n_pairs"])],
+        "CI excludes 0": [_verdict(r) for r in effects.itertuples()],
+    }))
+
+
+def _consecutive_section(exp: Experiment) -> list[str]:
+    """Each variant vs the one before it (`python -m analysis --consecutive`, for ladders)."""
+    metric = "final_val_bpb"
+    effects = consecutive_effects(exp, metric)
+    if effects.empty:
+        return []
+    return ["## Each variant vs the one before it", "",
+            "The variants in the order the spec lists them, as the steps of a ladder: Δ = variant − the "
+            "one before, seed by seed, then averaged, with the 95% Student t interval over the pairs. "
+            "A step whose interval contains 0 is not told apart from the seed-to-seed noise.", "",
+            f"### {LABELS[metric]} ({UNITS[metric]})", "", _effects_table(effects, metric), ""]
 
 
 def _simple_effects_section(exp: Experiment) -> list[str]:
@@ -253,17 +268,10 @@ def _simple_effects_section(exp: Experiment) -> list[str]:
     effects = simple_effects(exp, metric)
     if effects.empty:
         return []
-    out = pd.DataFrame({
-        "comparison": effects["comparison"], "n pairs": effects["n_pairs"],
-        f"mean Δ ({UNITS[metric]})": effects["mean_delta"],
-        "95% CI": [_ci(lo, hi, n, "no finished pair") for lo, hi, n in
-                   zip(effects["ci_low"], effects["ci_high"], effects["n_pairs"])],
-        "CI excludes 0": [_verdict(r) for r in effects.itertuples()],
-    })
     return [f"### Within each setting of the other factors: {LABELS[metric]} ({UNITS[metric]})", "",
             "The comparisons above, split by the values of the other factors (pairs: same seed, same "
             "setting). Where these differ from each other the factors interact, and a pooled effect "
-            "can sit within the noise although it is clear in one setting.", "", to_markdown(out), ""]
+            "can sit within the noise although it is clear in one setting.", "", _effects_table(effects, metric), ""]
 
 
 def _grid_section(exp: Experiment) -> list[str]:
@@ -388,9 +396,10 @@ def _search_section(exp: Experiment) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------
 
-def build_report(exp: Experiment, plots: PlotSet) -> str:
-    """The report's markdown text (no files written)."""
+def build_report(exp: Experiment, plots: PlotSet, consecutive: bool = False) -> str:
+    """The report's markdown text (no files written); `consecutive` adds each variant vs the one before."""
     sections = [_header(exp), _what_was_run(exp), _caveats(exp), _variant_section(exp),
+                _consecutive_section(exp) if consecutive else [],
                 _effects_section(exp), _grid_section(exp), _left_out_section(exp),
                 _search_section(exp), _plots_section(exp, plots), _sample_section(exp)]
     return "\n".join(line for section in sections for line in section).rstrip() + "\n"
@@ -405,7 +414,7 @@ def _write_atomic(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def write_report(exp_dir: Path) -> Path:
+def write_report(exp_dir: Path, consecutive: bool = False) -> Path:
     """Write exp_dir/plots/*.png and exp_dir/report.md; return the report's path.
 
     Raises analysis.tables.ExperimentError when exp_dir is not an experiment folder.
@@ -413,5 +422,5 @@ def write_report(exp_dir: Path) -> Path:
     exp = load_experiment(Path(exp_dir))
     plots = make_plots(exp, exp.path / "plots")
     path = exp.path / "report.md"
-    _write_atomic(path, build_report(exp, plots))
+    _write_atomic(path, build_report(exp, plots, consecutive))
     return path

@@ -402,11 +402,8 @@ def paired_deltas(exp: Experiment, metric: str = "final_val_bpb") -> pd.DataFram
     rows = []
     for factor in all_factors:
         keys = ["seed"] + [f.column for f in all_factors if f.column != factor.column]
-        base = done[done[factor.column] == factor.reference][keys + ["run_id", metric]]
-        base = base.drop_duplicates(subset=keys)
         for level in factor.levels[1:]:
-            other = done[done[factor.column] == level][keys + ["run_id", metric]]
-            pairs = other.merge(base, on=keys, suffixes=("", "_ref"))
+            pairs = _pairs(done, factor.column, keys, level, factor.reference, metric)
             for pair in pairs.itertuples(index=False):
                 pair = pair._asdict()
                 rows.append({"factor": factor.name, "level": level,
@@ -415,6 +412,41 @@ def paired_deltas(exp: Experiment, metric: str = "final_val_bpb") -> pd.DataFram
                              "delta": pair[metric] - pair[f"{metric}_ref"]})
     cols = ["factor", "level", "reference", "seed", "run_id", "ref_run_id", "delta"]
     return pd.DataFrame(rows, columns=cols)
+
+
+def _pairs(done: pd.DataFrame, column: str, keys: list[str], level: str, reference: str,
+           metric: str) -> pd.DataFrame:
+    """Runs at `level` of `column`, each next to its partner at `reference` with the same `keys`
+    (columns `run_id`, metric and `run_id_ref`, `<metric>_ref`)."""
+    base = done[done[column] == reference][keys + ["run_id", metric]].drop_duplicates(subset=keys)
+    other = done[done[column] == level][keys + ["run_id", metric]]
+    return other.merge(base, on=keys, suffixes=("", "_ref"))
+
+
+def _effect_row(factor: str, level: str, reference: str, comparison: str, metric: str,
+                deltas: pd.Series) -> dict[str, Any]:
+    s = mean_ci(deltas)
+    return {"factor": factor, "level": level, "reference": reference, "comparison": comparison,
+            "metric": metric, "n_pairs": s.n, "mean_delta": s.mean, "std_delta": s.std,
+            "ci_low": s.low, "ci_high": s.high,
+            "excludes_zero": pd.NA if s.n < 2 else bool(s.low > 0 or s.high < 0)}
+
+
+EFFECT_COLUMNS = ["factor", "level", "reference", "comparison", "metric", "n_pairs", "mean_delta",
+                  "std_delta", "ci_low", "ci_high", "excludes_zero"]
+
+
+def consecutive_effects(exp: Experiment, metric: str = "final_val_bpb") -> pd.DataFrame:
+    """Each named variant against the one listed before it, paired by seed (and grid values): what
+    each step of a ladder adds. Empty without at least two named variants."""
+    done = done_runs(exp).dropna(subset=[metric])
+    keys = ["seed"] + [f.column for f in factors(exp) if f.name != "variant"]
+    rows = []
+    for before, after in zip(exp.variants, exp.variants[1:]):
+        pairs = _pairs(done, "named_variant", keys, after, before, metric)
+        rows.append(_effect_row("variant", after, before, comparison_label("variant", after, before), metric,
+                                pairs[metric] - pairs[f"{metric}_ref"]))
+    return pd.DataFrame(rows, columns=EFFECT_COLUMNS)
 
 
 def comparison_label(factor: str, level: str, reference: str) -> str:
@@ -431,16 +463,9 @@ def paired_effects(exp: Experiment, metric: str = "final_val_bpb") -> pd.DataFra
     for factor in factors(exp):
         for level in factor.levels[1:]:
             d = deltas[(deltas["factor"] == factor.name) & (deltas["level"] == level)]
-            s = mean_ci(d["delta"])
-            excludes = pd.NA if s.n < 2 else bool(s.low > 0 or s.high < 0)
-            rows.append({"factor": factor.name, "level": level, "reference": factor.reference,
-                         "comparison": comparison_label(factor.name, level, factor.reference),
-                         "metric": metric, "n_pairs": s.n, "mean_delta": s.mean,
-                         "std_delta": s.std, "ci_low": s.low, "ci_high": s.high,
-                         "excludes_zero": excludes})
-    cols = ["factor", "level", "reference", "comparison", "metric", "n_pairs", "mean_delta",
-            "std_delta", "ci_low", "ci_high", "excludes_zero"]
-    return pd.DataFrame(rows, columns=cols)
+            rows.append(_effect_row(factor.name, level, factor.reference,
+                                    comparison_label(factor.name, level, factor.reference), metric, d["delta"]))
+    return pd.DataFrame(rows, columns=EFFECT_COLUMNS)
 
 
 def simple_effects(exp: Experiment, metric: str = "final_val_bpb") -> pd.DataFrame:
@@ -448,8 +473,7 @@ def simple_effects(exp: Experiment, metric: str = "final_val_bpb") -> pd.DataFra
     setting): where factors interact, a pooled effect can be lost in the spread between settings
     while each setting's own effect is clear. Empty with fewer than two factors."""
     all_factors = factors(exp)
-    cols = ["factor", "level", "reference", "setting", "comparison", "metric", "n_pairs",
-            "mean_delta", "std_delta", "ci_low", "ci_high", "excludes_zero"]
+    cols = EFFECT_COLUMNS[:3] + ["setting"] + EFFECT_COLUMNS[3:]
     if len(all_factors) < 2:
         return pd.DataFrame(columns=cols)
     deltas = paired_deltas(exp, metric)
@@ -464,14 +488,10 @@ def simple_effects(exp: Experiment, metric: str = "final_val_bpb") -> pd.DataFra
                 same = np.ones(len(d), dtype=bool)
                 for f, value in zip(others, setting):
                     same &= (runs[f.column] == value).to_numpy()
-                s = mean_ci(d.loc[same, "delta"])
                 where = ", ".join(f"{f.name}={v}" for f, v in zip(others, setting))
-                rows.append({"factor": factor.name, "level": level, "reference": factor.reference,
-                             "setting": where,
-                             "comparison": f"{comparison_label(factor.name, level, factor.reference)} (at {where})",
-                             "metric": metric, "n_pairs": s.n, "mean_delta": s.mean, "std_delta": s.std,
-                             "ci_low": s.low, "ci_high": s.high,
-                             "excludes_zero": pd.NA if s.n < 2 else bool(s.low > 0 or s.high < 0)})
+                label = f"{comparison_label(factor.name, level, factor.reference)} (at {where})"
+                rows.append({**_effect_row(factor.name, level, factor.reference, label, metric,
+                                           d.loc[same, "delta"]), "setting": where})
     return pd.DataFrame(rows, columns=cols)
 
 

@@ -21,7 +21,8 @@ from analysis.report import build_report, to_markdown, write_report
 from analysis.tables import (
     ExperimentError, comparable_metrics, curve_table, factors, load_experiment, main_effects,
     mean_ci,
-    paired_deltas, paired_effects, pivot_tables, progress, simple_effects, t_quantile, variant_table)
+    paired_deltas, paired_effects, pivot_tables, progress, simple_effects, t_quantile, variant_table,
+    consecutive_effects)
 from synthetic import Run, build_experiment, build_search_experiment, grid_runs
 
 T2 = 4.302653   # t(0.975, df=2)
@@ -420,3 +421,20 @@ def test_grid_simple_effects_within_each_setting_by_hand(tmp_path: Path) -> None
 
 def test_simple_effects_need_two_factors(ladder: Path) -> None:
     assert simple_effects(load_experiment(ladder)).empty
+
+
+def test_consecutive_effects_compare_each_variant_with_the_one_before(tmp_path: Path) -> None:
+    steps = {"a": [2.00, 2.10, 2.20], "b": [1.80, 1.92, 1.98], "c": [1.81, 1.90, 1.99]}
+    runs = [Run(name, s, bpb) for name, values in steps.items() for s, bpb in enumerate(values)]
+    exp = load_experiment(build_experiment(tmp_path, "steps", runs, variants=list(steps)))
+    effects = consecutive_effects(exp).set_index("comparison")
+    assert list(effects.index) == ["b vs a", "c vs b"]
+    # b - a: -0.20, -0.18, -0.22 → mean -0.20, s = 0.02, half-width 4.302653·0.02/√3 = 0.0496828
+    assert effects.loc["b vs a", "mean_delta"] == pytest.approx(-0.20)
+    assert effects.loc["b vs a", "ci_high"] == pytest.approx(-0.20 + 0.0496828, abs=1e-6)
+    # c - b: +0.01, -0.02, +0.01 → mean 0, within the noise
+    assert effects.loc["c vs b", "mean_delta"] == pytest.approx(0.0, abs=1e-9)
+    assert bool(effects.loc["c vs b", "excludes_zero"]) is False
+    text = build_report(exp, PlotSet(), consecutive=True)
+    assert "## Each variant vs the one before it" in text and "| b vs a | 3 | -0.2000 |" in text
+    assert "## Each variant vs the one before it" not in build_report(exp, PlotSet())
