@@ -40,6 +40,13 @@ def close_matches(word: str, choices: list[str]) -> str:
     return f" — did you mean '{found[0]}'?" if found else ""
 
 
+def choices_hint(word: Any, choices: Any, label: str = "valid") -> str:
+    """The tail of an "unknown value" message: ' — did you mean 'x'? <label>: a, b, c' (' — <label>: …'
+    when nothing is close)."""
+    choices = [str(c) for c in choices]
+    return f"{close_matches(str(word), choices) or ' —'} {label}: {', '.join(choices)}"
+
+
 def type_problem(value: Any, annotation: Any) -> str | None:
     """Why `value` does not fit `annotation` (int, float, bool, str, Literal, unions), or None."""
     origin = typing.get_origin(annotation)
@@ -103,8 +110,7 @@ class Registry:
 
     def unknown(self, name: Any, path: str | None) -> str:
         where = f" at {path}" if path else ""
-        hint = close_matches(name, list(self)) or " —"
-        return f"unknown {self.family} {name!r}{where}{hint} registered: {', '.join(self.names())}"
+        return f"unknown {self.family} {name!r}{where}{choices_hint(name, self.names(), 'registered')}"
 
     def __iter__(self):
         return iter(self.names())

@@ -83,7 +83,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from registry import FAMILIES, SpecError, close_matches
+from registry import FAMILIES, SpecError, choices_hint, close_matches
 
 SEARCH_KEYS = ("trials", "metric", "direction", "sampler", "pruner", "storage", "space")
 SAMPLERS = ("tpe", "random", "grid")
@@ -192,8 +192,7 @@ def parse_block(search: Any, base: dict) -> tuple[dict[str, Any], list[str]]:
     problems: list[str] = []
     for key in search:
         if key not in SEARCH_KEYS:
-            problems.append(f"unknown key search.{key}{close_matches(str(key), list(SEARCH_KEYS)) or ' —'} "
-                            f"valid keys: {', '.join(SEARCH_KEYS)}")
+            problems.append(f"unknown key search.{key}{choices_hint(key, SEARCH_KEYS, 'valid keys')}")
     trials = search.get("trials")
     if trials is not None and not (isinstance(trials, int) and not isinstance(trials, bool) and trials > 0):
         problems.append(f"search.trials = {trials!r} must be a positive integer (finished trials wanted)")
@@ -201,7 +200,7 @@ def parse_block(search: Any, base: dict) -> tuple[dict[str, Any], list[str]]:
     metric = search.get("metric", "val_bpb")
     if metric not in METRICS:
         problems.append(f"search.metric = {metric!r} is not a summary metric"
-                        f"{close_matches(str(metric), list(METRICS)) or ' —'} valid: {', '.join(METRICS)}")
+                        f"{choices_hint(metric, METRICS)}")
         metric = "val_bpb"
     direction = search.get("direction", "minimize")
     if direction not in DIRECTIONS:
@@ -210,14 +209,14 @@ def parse_block(search: Any, base: dict) -> tuple[dict[str, Any], list[str]]:
     sampler = search.get("sampler", "tpe")
     if sampler not in SAMPLERS:
         problems.append(f"search.sampler = {sampler!r} is not a sampler"
-                        f"{close_matches(str(sampler), list(SAMPLERS)) or ' —'} valid: {', '.join(SAMPLERS)}")
+                        f"{choices_hint(sampler, SAMPLERS)}")
     reported = METRICS[metric][1]
     pruner = search.get("pruner", "median" if reported else "none")
     if pruner is None or pruner is False:
         pruner = "none"
     if pruner not in PRUNERS:
         problems.append(f"search.pruner = {pruner!r} is not a pruner"
-                        f"{close_matches(str(pruner), list(PRUNERS)) or ' —'} valid: {', '.join(PRUNERS)}")
+                        f"{choices_hint(pruner, PRUNERS)}")
     elif pruner != "none" and reported is None:
         problems.append(f"search.pruner = {pruner!r} needs a metric measured at every evaluation, and "
                         f"search.metric = {metric!r} is only known at the end of a run: use pruner: none "
@@ -365,8 +364,7 @@ def value_problems(key: str, value: Any, base: dict, space: dict) -> list[str]:
         return FAMILIES[family].check(value, where)
     if (section, field) == ("model", "preset"):
         if value not in PRESETS:
-            return [f"{where} = {value!r} is not a preset{close_matches(str(value), list(PRESETS)) or ' —'} "
-                    f"presets: {', '.join(PRESETS)}"]
+            return [f"{where} = {value!r} is not a preset{choices_hint(value, PRESETS, 'presets')}"]
         return []
     spec_field = SECTIONS[section][field]
     if not spec_field.valid(value):

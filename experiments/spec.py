@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import yaml
 
-from registry import FAMILIES, SpecError, close_matches, format_problems
+from registry import FAMILIES, SpecError, choices_hint, close_matches, format_problems
 
 COMPONENT_FIELDS = ("positional", "attention", "norm", "block", "feedforward", "head")
 
@@ -219,8 +219,7 @@ def parse_spec(raw: Any) -> Spec:
     problems: list[str] = []
     for key in raw:
         if key not in TOP_LEVEL:
-            problems.append(f"unknown section {key!r}{close_matches(str(key), list(TOP_LEVEL)) or ' —'} "
-                            f"valid sections: {', '.join(TOP_LEVEL)}")
+            problems.append(f"unknown section {key!r}{choices_hint(key, TOP_LEVEL, 'valid sections')}")
     experiment = raw.get("experiment")
     if not isinstance(experiment, str) or not NAME.fullmatch(experiment) or experiment in (".", ".."):
         problems.append(f"experiment = {experiment!r} must be a name of letters, digits, '-' and '_' "
@@ -271,8 +270,7 @@ def section(raw: dict, name: str, problems: list[str]) -> dict[str, Any]:
     fields = SECTIONS[name]
     for key in value:
         if key not in fields:
-            problems.append(f"unknown key {name}.{key}{close_matches(str(key), list(fields)) or ' —'} "
-                            f"valid keys: {', '.join(fields)}")
+            problems.append(f"unknown key {name}.{key}{choices_hint(key, fields, 'valid keys')}")
     return {k: v for k, v in value.items() if k in fields}
 
 
@@ -366,8 +364,7 @@ def resolve(tree: dict) -> tuple[dict[str, dict], list[str]]:
     start: dict[str, Any] = {}
     if preset is not None:
         if preset not in PRESETS:
-            problems.append(f"model.preset = {preset!r} is not a preset{close_matches(str(preset), list(PRESETS)) or ' —'}"
-                            f" presets: {', '.join(PRESETS)}")
+            problems.append(f"model.preset = {preset!r} is not a preset{choices_hint(preset, PRESETS, 'presets')}")
         else:
             start = dict(PRESETS[preset])
     resolved = {}
