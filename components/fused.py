@@ -240,6 +240,26 @@ def rows_per_chunk(vocab_size: int) -> int:
     return max(1, CROSS_ENTROPY_CHUNK_BYTES // (4 * vocab_size))
 
 
+def _cross_entropy_blocks(x, weight, targets, gradient: bool):
+    """Per block of rows of x: (the rows, their summed cross-entropy in float64, and with `gradient`
+    their logits turned in place into d CE / d logits, else possibly None)."""
+    step, lib, targets = rows_per_chunk(weight.shape[0]), c_lib(), targets.contiguous().long()
+    for start in range(0, x.shape[0], step):
+        rows = slice(start, start + step)
+        logits, ys = x[rows] @ weight.t(), targets[rows]                       # (rows, V), (rows,)
+        if lib is not None:  # softmax, loss and gradient in one pass (the gradient costs nothing extra)
+            losses = torch.empty(len(ys), dtype=x.dtype)
+            lib.softmax_xent(ptr(logits), ptr(ys), ptr(losses), *logits.shape)
+            yield rows, losses.sum(dtype=torch.float64), logits
+        elif not gradient:
+            yield rows, F.cross_entropy(logits, ys, reduction="sum").double(), None
+        else:
+            lse = torch.logsumexp(logits, dim=-1, keepdim=True)                # (rows, 1)
+            loss = (lse.squeeze(1) - logits.gather(1, ys[:, None]).squeeze(1)).sum(dtype=torch.float64)
+            logits.sub_(lse).exp_().scatter_add_(1, ys[:, None], logits.new_full((len(ys), 1), -1.0))
+            yield rows, loss, logits
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """mean_i CE(x_i W^T, y_i) for x: (N, d), W: (V, d), y: (N,), in blocks of rows; the gradients are
     formed in the forward (the loss ends the graph: its gradient is a scalar known up to the factor
@@ -247,27 +267,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, targets):
-        n, step, lib = x.shape[0], rows_per_chunk(weight.shape[0]), c_lib()
         dx, dw = torch.empty_like(x), torch.zeros_like(weight)
-        targets = targets.contiguous().long()
         total = torch.zeros((), dtype=torch.float64)
-        for start in range(0, n, step):
-            xs, ys = x[start:start + step], targets[start:start + step]
-            logits = xs @ weight.t()                                           # (rows, V)
-            if lib is not None:  # logits -> d CE / d logits and the row losses, in one pass
-                losses = torch.empty(len(ys), dtype=x.dtype)
-                lib.softmax_xent(ptr(logits), ptr(ys), ptr(losses), *logits.shape)
-                total += losses.sum(dtype=torch.float64)
-                grad_logits = logits
-            else:
-                lse = torch.logsumexp(logits, dim=-1, keepdim=True)            # (rows, 1)
-                total += (lse.squeeze(1) - logits.gather(1, ys[:, None]).squeeze(1)).sum(dtype=torch.float64)
-                grad_logits = logits.sub_(lse).exp_()                          # softmax, in place
-                grad_logits.scatter_add_(1, ys[:, None], grad_logits.new_full((len(ys), 1), -1.0))
-            torch.mm(grad_logits, weight, out=dx[start:start + step])
-            dw.addmm_(grad_logits.t(), xs)
+        for rows, loss, grad_logits in _cross_entropy_blocks(x, weight, targets, gradient=True):
+            total += loss
+            torch.mm(grad_logits, weight, out=dx[rows])
+            dw.addmm_(grad_logits.t(), x[rows])
         ctx.save_for_backward(dx, dw)
-        return (total / n).to(x.dtype)
+        return (total / x.shape[0]).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad):
@@ -278,18 +285,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 @torch.no_grad()
 def _blocked_cross_entropy(x, weight, targets) -> torch.Tensor:
-    n, step = x.shape[0], rows_per_chunk(weight.shape[0])
-    lib, targets = c_lib(), targets.contiguous().long()
-    total = torch.zeros((), dtype=torch.float64)
-    for start in range(0, n, step):
-        logits, ys = x[start:start + step] @ weight.t(), targets[start:start + step]  # (rows, V), (rows,)
-        if lib is not None:  # the same single pass as in training (its gradient is not used)
-            losses = torch.empty(len(ys), dtype=x.dtype)
-            lib.softmax_xent(ptr(logits), ptr(ys), ptr(losses), *logits.shape)
-            total += losses.sum(dtype=torch.float64)
-        else:
-            total += F.cross_entropy(logits, ys, reduction="sum").double()
-    return (total / n).to(x.dtype)
+    total = sum(loss for _, loss, _ in _cross_entropy_blocks(x, weight, targets, gradient=False))
+    return (total / x.shape[0]).to(x.dtype)
 
 
 def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
