@@ -192,11 +192,16 @@ class Runner:
 
     def follow(self, run: RunSpec) -> None:
         """A rank > 0 under torchrun: train `run` alongside rank 0 when rank 0 trains it; write nothing."""
-        from experiments.train import Trainer, resolve_device
+        from experiments.train import Trainer
 
         if ddp.broadcast(None):
-            device = resolve_device(ddp.device(self.device_override or run.train["device"]))
-            Trainer(run, self.datasets[data_key(run)], self.exp_dir / "runs" / run.run_id, device).fit()
+            Trainer(run, self.datasets[data_key(run)], self.exp_dir / "runs" / run.run_id, self.device_for(run)).fit()
+
+    def device_for(self, run: RunSpec):
+        """--device, else the run's train.device; under torchrun each rank on its own GPU."""
+        from experiments.train import resolve_device
+
+        return resolve_device(ddp.device(self.device_override or run.train["device"]))
 
     @staticmethod
     def force_clean(run_dir: Path) -> None:
@@ -206,13 +211,13 @@ class Runner:
     def train(self, run: RunSpec, run_dir: Path, on_eval=None) -> dict[str, Any]:
         import torch
 
-        from experiments.train import Trainer, resolve_device
+        from experiments.train import Trainer
 
         ds = self.datasets[data_key(run)]
         files.write_yaml(run_dir / "spec.yaml", run.to_dict())
         files.write_json(run_dir / "tokenizer.json", ds.tokenizer.spec())
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        device = resolve_device(ddp.device(self.device_override or run.train["device"]))
+        device = self.device_for(run)
         (run_dir / "summary.json").unlink(missing_ok=True)  # a failed attempt's summary is stale now
         try:
             summary = Trainer(run, ds, run_dir, device, show_progress=self.show_progress, on_eval=on_eval).fit()
