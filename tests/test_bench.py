@@ -43,7 +43,20 @@ def test_mfu_is_achieved_flops_over_the_peak_with_the_models_formula():
     assert row["formula"] == f"6*{n} + 12*4*128*64"
 
 
-def test_bench_times_a_tiny_config_and_writes_the_table(tmp_path, capsys):
+@pytest.mark.parametrize("flags, expected", [
+    ({"avx2", "avx512f", "avx512bw"}, False),      # AVX-512 without bf16 units (oneDNN still says "supported")
+    ({"avx512f", "avx512_bf16"}, True), ({"avx512f", "amx_bf16", "amx_tile"}, True), (set(), False)])
+def test_bf16_units_are_read_from_the_cpu_flags(flags, expected):
+    from experiments.train import cpu_has_bf16_units
+    assert cpu_has_bf16_units(flags) is expected
+
+
+@pytest.mark.parametrize("bf16_units", [False, True])
+def test_bench_times_a_tiny_config_and_writes_the_table(tmp_path, capsys, monkeypatch, bf16_units):
+    """The default precisions follow the CPU: fp32, plus bf16 (with no --without rows) where the CPU has
+    bf16 units. Both answers are pinned here, so the test says the same on every CPU."""
+    from experiments import train
+    monkeypatch.setattr(train, "bf16_is_fast", lambda device: bf16_units)
     out = tmp_path / "bench.csv"
     assert bench.main(["--preset", "tiny", "--steps", "2", "--warmup", "1", "--batch-size", "4", "--threads", "1",
                        "--device", "cpu", "--no-fixed-cost", "--without", "fused_kernels", "--csv", str(out)]) == 0
@@ -51,7 +64,8 @@ def test_bench_times_a_tiny_config_and_writes_the_table(tmp_path, capsys):
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == bench.COLUMNS
     assert [(r["preset"], r["precision"], r["impl"], r["without"]) for r in rows] == [
-        ("tiny", "fp32", "sdpa", "-"), ("tiny", "fp32", "sdpa", "fused_kernels")]
+        ("tiny", "fp32", "sdpa", "-"), ("tiny", "fp32", "sdpa", "fused_kernels")] + (
+        [("tiny", "bf16", "sdpa", "-")] if bf16_units else [])
     for r in rows:
         assert float(r["step_ms"]) > 0 and float(r["tokens_per_s"]) > 0
         assert float(r["mfu"]) == pytest.approx(float(r["gflops"]) / float(r["peak_gflops"]), abs=2e-3)
