@@ -1,8 +1,9 @@
 """Seaborn plots of one experiment, saved as PNG files (headless: the Agg backend).
 
 Every interval drawn is the same 95% Student t interval over seeds that the tables report
-(seaborn is handed `t_interval` as its error-bar function), so a plot never disagrees with the
-report. Only finished runs are drawn; with one seed there is no band or bar to draw.
+(seaborn is handed `t_interval` as its error-bar function, and marginal panels are drawn from each
+seed's mean over the other factors, as the tables compute them), so a plot never disagrees with
+the report. Only finished runs are drawn; with one seed there is no band or bar to draw.
 """
 from __future__ import annotations
 
@@ -27,9 +28,10 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
+from analysis.effects import factors, paired_effects, seed_means  # noqa: E402
+from analysis.stats import mean_ci  # noqa: E402
 from analysis.tables import (  # noqa: E402
-    LABELS, UNITS, Experiment, done_runs, factors, mean_ci, mixed_tokenizers,
-    paired_effects)
+    LABELS, UNITS, Experiment, complete_variants, done_runs, mixed_tokenizers)
 
 MAX_LINES = 10          # more curves than this is a tangle: the best ones are drawn
 MAX_ROWS = 30           # rows of a point plot (a search can have hundreds of trials)
@@ -49,7 +51,8 @@ CAPTIONS = {
     "final_bpb": "Final validation bits per byte per variant (sorted, best on top), "
                  "mean over seeds with 95% CI; one panel per grid axis.",
     "effects": "Paired effect of each variant on final val bpb vs the baseline, seed by seed, "
-               "with 95% CI; left of zero = better.",
+               "with the 95% CI over seeds; red = called by the Holm-corrected test; left of zero "
+               "= better.",
     "params": "Parameters (log scale) against final validation bits per byte, one point per run.",
     "search_history": "Optuna optimisation history: each trial's objective and the best so far.",
     "search_importances": "Optuna hyperparameter importances for the objective.",
@@ -99,8 +102,12 @@ def _palette(variants: list[str]) -> dict[str, Any]:
 
 
 def _ranked_variants(exp: Experiment, metric: str = "final_val_bpb") -> list[str]:
-    """Variants with at least one finished run, best (lowest mean) first."""
-    means = done_runs(exp).groupby("variant")[metric].mean().dropna()
+    """Variants with at least one finished run, best (lowest mean) first; in a search, only the
+    trials with every seed finished (as the report ranks them)."""
+    done = done_runs(exp)
+    if exp.search:
+        done = done[done["variant"].isin(complete_variants(exp))]
+    means = done.groupby("variant")[metric].mean().dropna()
     return list(means.sort_values(kind="stable").index)
 
 
@@ -203,7 +210,12 @@ def _panels(exp: Experiment) -> list[tuple[str, str]]:
     return panels
 
 
-def _point_panel(ax: plt.Axes, done: pd.DataFrame, column: str, title: str) -> None:
+def _point_panel(ax: plt.Axes, exp: Experiment, column: str, title: str) -> None:
+    """One point per level of `column`: the mean over seeds of each seed's mean over the other
+    factors, with the t interval over those seed means (the main-effects table's numbers)."""
+    done = seed_means(exp, column, "final_val_bpb")
+    if exp.search and column == "variant":    # rank whole trials only, as the report does
+        done = done[done[column].isin(complete_variants(exp))]
     order = list(done.groupby(column)["final_val_bpb"].mean().dropna()
                  .sort_values(kind="stable").index)
     if len(order) > MAX_ROWS:
@@ -225,7 +237,7 @@ def plot_final_bpb(exp: Experiment, path: Path) -> Path:
         fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 1.5,
                                                           1.6 + 0.38 * n_rows), squeeze=False)
         for ax, (column, title) in zip(axes[0], panels):
-            _point_panel(ax, done, column, title)
+            _point_panel(ax, exp, column, title)
         handles = [Line2D([], [], marker="o", color="C0", ls="none", label="mean over seeds"),
                    Line2D([], [], color="C0", label="95% CI (Student t)") if _n_seeds(exp) > 1
                    else _ci_legend(1, "")]
@@ -240,33 +252,33 @@ def plot_final_bpb(exp: Experiment, path: Path) -> Path:
 
 def plot_effects(exp: Experiment, path: Path) -> Path:
     effects = paired_effects(exp, "final_val_bpb")
-    effects = effects[effects["n_pairs"] > 0]
+    effects = effects[effects["n_seeds"] > 0]
     if not factors(exp):
         raise Skip("paired effects: no baseline to compare against (the spec has neither "
                    "named variants nor a grid).")
     if effects.empty:
         raise Skip("paired effects: no variant has a finished run paired with a finished "
                    "baseline run of the same seed.")
-    styles = {True: ("C3", "CI excludes 0"), False: ("C0", "CI includes 0"),
-              None: ("grey", "fewer than 2 pairs: no CI")}
+    styles = {True: ("C3", "called (Holm-adjusted p < 0.05)"), False: ("C0", "not called"),
+              None: ("grey", "fewer than 2 seeds: no CI")}
     with _style():
         fig, ax = plt.subplots(figsize=(7.5, 1.5 + 0.45 * len(effects)))
         labels = list(effects["comparison"])[::-1]      # first comparison at the top
         for y, row in enumerate(effects.iloc[::-1].itertuples(index=False)):
-            key = None if pd.isna(row.excludes_zero) else bool(row.excludes_zero)
+            key = None if pd.isna(row.significant) else bool(row.significant)
             colour = styles[key][0]
             err = None
             if not math.isnan(row.ci_low):
                 err = [[row.mean_delta - row.ci_low], [row.ci_high - row.mean_delta]]
             ax.errorbar(row.mean_delta, y, xerr=err, fmt="o", color=colour, capsize=4)
-            ax.annotate(f"n={row.n_pairs}", (1.01, y), xycoords=("axes fraction", "data"),
+            ax.annotate(f"{row.n_seeds} seeds", (1.01, y), xycoords=("axes fraction", "data"),
                         va="center", fontsize=8, color="dimgrey")
         ax.axvline(0, color="black", lw=1, ls="--")
         ax.set_yticks(range(len(labels)), labels)
         ax.set_ylim(-0.7, len(labels) - 0.3)
         ax.set(xlabel="Δ final val bpb vs baseline (bits/byte; < 0 = better)", ylabel="",
                title=f"{exp.name}: paired effects vs baseline (Δ per seed, then mean)")
-        used = {None if pd.isna(v) else bool(v) for v in effects["excludes_zero"]}
+        used = {None if pd.isna(v) else bool(v) for v in effects["significant"]}
         handles = [Line2D([], [], marker="o", color=styles[k][0], label=styles[k][1])
                    for k in (True, False, None) if k in used]
         handles.append(Line2D([], [], color="black", ls="--", label="no effect (Δ = 0)"))

@@ -15,11 +15,13 @@ from typing import Any
 
 import pandas as pd
 
+from analysis.effects import (
+    consecutive_effects, factors, main_effects, paired_effects, simple_effects)
 from analysis.plots import CAPTIONS, PlotSet, make_plots
+from analysis.stats import ALPHA
 from analysis.tables import (
-    LABELS, UNITS, Experiment, best_run, comparable_metrics, consecutive_effects, done_runs, factors,
-    load_experiment, main_effects, mixed_tokenizers, paired_effects, pivot_tables, progress,
-    simple_effects, tokenizers, variant_table)
+    LABELS, UNITS, Experiment, best_run, comparable_metrics, complete_variants, done_runs,
+    load_experiment, mixed_tokenizers, pivot_tables, progress, tokenizers, variant_table)
 
 MAX_VARIANT_ROWS = 25      # a search can have hundreds of trials; the report shows the best
 MAX_SAMPLE_CHARS = 3000
@@ -179,8 +181,12 @@ SHORT = {"final_val_bpb": "bpb", "final_val_loss": "loss"}
 def _variant_section(exp: Experiment) -> list[str]:
     metrics = comparable_metrics(exp)
     table = variant_table(exp, metrics)
-    if exp.search:
-        table = table.sort_values("final_val_bpb_mean", kind="stable", na_position="last")
+    partial: list[str] = []
+    if exp.search:                            # rank only trials whose every seed finished
+        complete = table["variant"].isin(complete_variants(exp))
+        partial = _partial_trials(exp, table.loc[~complete & (table["runs"] > 0), "variant"])
+        table = table[complete].sort_values("final_val_bpb_mean", kind="stable",
+                                            na_position="last")
     shown = table.head(MAX_VARIANT_ROWS)
     quality = pd.DataFrame({"variant": shown["variant"]})
     if mixed_tokenizers(exp):
@@ -204,22 +210,91 @@ def _variant_section(exp: Experiment) -> list[str]:
         units += "; loss: final validation cross-entropy in nats/token"
     lines = ["## Results per variant", "",
              f"Mean over finished seeds, sample std and the 95% Student t interval of the mean "
-             f"({units}; lower is better).", "", to_markdown(quality), ""]
+             f"({units}; lower is better).", ""]
+    if exp.search:
+        lines[-2] += (" Only trials with every seed finished are ranked here, best first; "
+                      "trials with a pruned, diverged or unfinished seed are listed apart below.")
+    lines += [to_markdown(quality), ""]
     if len(table) > len(shown):
         lines += [f"({len(table) - len(shown)} more variants not shown; best first.)", ""]
-    lines += ["### Cost per variant", "", "Means over the same finished seeds.", "",
+    lines += partial + ["### Cost per variant", "", "Means over the same finished seeds.", "",
               to_markdown(cost), ""]
     return lines
 
 
+def _partial_trials(exp: Experiment, variants: pd.Series) -> list[str]:
+    """The trials with some seed not finished, apart from the ranking: their mean would be the
+    mean of the seeds that happened to finish (a trial whose second seed diverged is not best
+    because its first seed was good)."""
+    if variants.empty:
+        return []
+    runs = exp.runs[exp.runs["variant"].isin(set(variants))]
+    rows = []
+    for variant, group in runs.sort_values("seed").groupby("variant", sort=False):
+        done = group[group["status"] == "done"]
+        state = group["state"].dropna() if "state" in group.columns else []
+        rows.append({"variant": variant, "state": state.iloc[0] if len(state) else "—",
+                     "seeds finished": f"{len(done)} of {len(exp.seeds)}",
+                     "runs": ", ".join(f"seed {int(r.seed)}: {r.status}" for r in group.itertuples()),
+                     "bpb of finished seeds": ", ".join(
+                         f"{v:.4f}" for v in done["final_val_bpb"].dropna()) or "—"})
+    return ["### Trials with unfinished seeds (not ranked)", "", to_markdown(pd.DataFrame(rows)),
+            ""]
+
+
+def _p(value: float) -> str:
+    return "—" if pd.isna(value) else "< 0.0001" if value < 1e-4 else f"{value:.4f}"
+
+
 def _verdict(row: Any) -> str:
-    if row.n_pairs == 0:
+    if row.n_seeds == 0:
         return "—"
-    if pd.isna(row.excludes_zero):
-        return "fewer than 2 pairs: no CI"
-    if not row.excludes_zero:
+    if pd.isna(row.significant):
+        return "fewer than 2 seeds: no test"
+    if not row.significant:
+        if row.ci_low > 0 or row.ci_high < 0:
+            return "no: not after Holm's correction"
         return "no: within seed noise"
     return "yes: lower (better)" if row.mean_delta < 0 else "yes: higher (worse)"
+
+
+def _family_note(effects: pd.DataFrame) -> str:
+    """One sentence: what the family is and which correction the verdicts used."""
+    m = int(effects["p"].notna().sum())
+    if m == 0:
+        return "No comparison in this table has two seeds, so none is tested."
+    if m == 1:
+        return ("The family is this table's one tested comparison, so Holm's correction leaves "
+                "its p unchanged.")
+    return (f"The family is this table's {m} tested comparisons: Holm's correction holds the "
+            f"chance of any false \"yes\" among them at {ALPHA:.0%}, and the verdict reads the "
+            "Holm-adjusted p (the interval is the unadjusted 95% one).")
+
+
+def _effects_table(effects: pd.DataFrame, metric: str) -> list[str]:
+    """The table of one family, its one-sentence note, and what was left out of which row."""
+    table = pd.DataFrame({"comparison": effects["comparison"], "n seeds": effects["n_seeds"]})
+    if (effects["n_settings"] > 1).any():
+        table["settings"] = effects["n_settings"]
+    table[f"mean Δ ({UNITS[metric]})"] = effects["mean_delta"]
+    table["95% CI"] = [_ci(lo, hi, n, "no finished pair") for lo, hi, n in
+                       zip(effects["ci_low"], effects["ci_high"], effects["n_seeds"])]
+    table["p"] = [_p(v) for v in effects["p"]]
+    table["p (Holm)"] = [_p(v) for v in effects["p_holm"]]
+    table["verdict"] = [_verdict(r) for r in effects.itertuples()]
+    lines = [_family_note(effects), "", to_markdown(table), ""]
+    left = effects[effects["left_out"].fillna("") != ""]
+    if len(left):
+        lines += ["Left out so that every seed's mean Δ averages the same settings (a run "
+                  "without its finished partner): " + "; ".join(
+                      f"{r.comparison}: {r.left_out}" for r in left.itertuples()) + ".", ""]
+    return lines
+
+
+SEED_UNIT = ("Runs of one seed share their batches, initialisation and evaluation windows, so "
+             "the seed is the unit: Δ is averaged within each seed first (over the settings of "
+             "the other factors, in a grid), and the 95% interval and p are Student t over the "
+             "seeds' mean Δ (df = seeds − 1).")
 
 
 def _effects_section(exp: Experiment) -> list[str]:
@@ -227,26 +302,16 @@ def _effects_section(exp: Experiment) -> list[str]:
         return []
     lines = ["## Paired effects vs the baseline", "",
              "Δ = variant − baseline, computed seed by seed (runs with the same seed see the "
-             "same batches) and then averaged; negative is better. The 95% CI is a Student t "
-             "interval over the pairs; pairing removes the seed-to-seed spread that both runs "
-             "share, so it can exclude 0 when the per-variant intervals overlap.", ""]
+             "same batches); negative is better. " + SEED_UNIT + " Pairing removes the "
+             "seed-to-seed spread that both runs share, so the interval can exclude 0 when the "
+             "per-variant intervals overlap.", ""]
     if len(exp.axes) > 1 or (exp.axes and exp.variants):
         lines[-2] += (" In a grid each run is paired with the run that has the same seed and "
-                      "the same other-axis values, so one comparison pools pairs across the "
-                      "other axes.")
+                      "the same other-axis values; one comparison pools those settings.")
     for metric in reversed(comparable_metrics(exp)):
-        lines += [f"### {LABELS[metric]} ({UNITS[metric]})", "", _effects_table(paired_effects(exp, metric), metric), ""]
+        lines += [f"### {LABELS[metric]} ({UNITS[metric]})", "",
+                  *_effects_table(paired_effects(exp, metric), metric)]
     return lines + _simple_effects_section(exp)
-
-
-def _effects_table(effects: pd.DataFrame, metric: str) -> str:
-    return to_markdown(pd.DataFrame({
-        "comparison": effects["comparison"], "n pairs": effects["n_pairs"],
-        f"mean Δ ({UNITS[metric]})": effects["mean_delta"],
-        "95% CI": [_ci(lo, hi, n, "no finished pair") for lo, hi, n in
-                   zip(effects["ci_low"], effects["ci_high"], effects["n_pairs"])],
-        "CI excludes 0": [_verdict(r) for r in effects.itertuples()],
-    }))
 
 
 def _consecutive_section(exp: Experiment) -> list[str]:
@@ -256,10 +321,10 @@ def _consecutive_section(exp: Experiment) -> list[str]:
     if effects.empty:
         return []
     return ["## Each variant vs the one before it", "",
-            "The variants in the order the spec lists them, as the steps of a ladder: Δ = variant − the "
-            "one before, seed by seed, then averaged, with the 95% Student t interval over the pairs. "
-            "A step whose interval contains 0 is not told apart from the seed-to-seed noise.", "",
-            f"### {LABELS[metric]} ({UNITS[metric]})", "", _effects_table(effects, metric), ""]
+            "The variants in the order the spec lists them, as the steps of a ladder: Δ = "
+            "variant − the one before, seed by seed. " + SEED_UNIT + " A step whose verdict is "
+            "no is not told apart from the seed-to-seed noise.", "",
+            f"### {LABELS[metric]} ({UNITS[metric]})", "", *_effects_table(effects, metric)]
 
 
 def _simple_effects_section(exp: Experiment) -> list[str]:
@@ -268,23 +333,26 @@ def _simple_effects_section(exp: Experiment) -> list[str]:
     effects = simple_effects(exp, metric)
     if effects.empty:
         return []
-    return [f"### Within each setting of the other factors: {LABELS[metric]} ({UNITS[metric]})", "",
-            "The comparisons above, split by the values of the other factors (pairs: same seed, same "
-            "setting). Where these differ from each other the factors interact, and a pooled effect "
-            "can sit within the noise although it is clear in one setting.", "", _effects_table(effects, metric), ""]
+    return [f"### Within each setting of the other factors: {LABELS[metric]} ({UNITS[metric]})",
+            "", "The comparisons above, split by the values of the other factors (pairs: same "
+            "seed, same setting; one pair per seed). Where these differ from each other the "
+            "factors interact, and a pooled effect can sit within the noise although it is "
+            "clear in one setting.", "", *_effects_table(effects, metric)]
 
 
 def _grid_section(exp: Experiment) -> list[str]:
     if not exp.axes:
         return []
     effects = main_effects(exp, "final_val_bpb")
-    out = pd.DataFrame({"axis": effects["axis"], "level": effects["level"], "n runs": effects["n"],
+    out = pd.DataFrame({"axis": effects["axis"], "level": effects["level"], "n seeds": effects["n"],
                         "mean final val bpb": effects["mean"],
                         "95% CI": [_ci(lo, hi, n) for lo, hi, n in
                                    zip(effects["ci_low"], effects["ci_high"], effects["n"])]})
     lines = ["## Main effects of the grid axes", "",
-             "Marginal mean of final val bpb (bits/byte) at each level, over seeds and the other "
-             "axes.", "", to_markdown(out), ""]
+             "Marginal mean of final val bpb (bits/byte) at each level: each seed's mean over "
+             "the other axes, then the mean and 95% Student t interval over those seed means "
+             "(df = seeds − 1). Whether two levels differ is the paired comparison above, not "
+             "whether these intervals overlap.", "", to_markdown(out), ""]
     for (a, b), pivot in pivot_tables(exp, "final_val_bpb").items():
         pivot = pivot.copy()
         pivot.index = [f"{a}={v}" for v in pivot.index]
@@ -322,7 +390,7 @@ def _plots_section(exp: Experiment, plots: PlotSet) -> list[str]:
 
 
 def _sample_section(exp: Experiment) -> list[str]:
-    best = best_run(exp)
+    best = best_trial(exp) if exp.search else best_run(exp)   # a search: its best whole trial
     if best is None:
         return []
     path = exp.path / "runs" / str(best["run_id"]) / "samples.txt"
@@ -344,11 +412,12 @@ def search_metric(exp: Experiment, columns) -> str:
 
 def best_trial(exp: Experiment) -> pd.Series | None:
     """The finished trial with the best objective, as Optuna scores it: the metric's mean over the
-    trial's seeds. Returned as the trial's first run, with `objective` = that mean."""
+    trial's seeds (every seed finished). Returned as the trial's first run, with `objective` =
+    that mean."""
     runs = done_runs(exp)
     if "trial" not in runs.columns:
         return None
-    runs = runs[runs["trial"].notna()]
+    runs = runs[runs["trial"].notna() & runs["variant"].isin(complete_variants(exp))]
     if "state" in runs.columns:
         runs = runs[runs["state"].fillna("COMPLETE").str.upper() == "COMPLETE"]
     metric = search_metric(exp, runs.columns)
@@ -387,6 +456,9 @@ def _search_section(exp: Experiment) -> list[str]:
     metric = search_metric(exp, best.index)
     lines += [f"Best trial: **#{int(best['trial'])}** ({best['variant']}), {metric} = {best['objective']:.4f} "
               f"(mean over its seeds); its first run: `{best['run_id']}`.", ""]
+    # Issue 12's test split goes here (not yet built): with `data.test_fraction` > 0 the best
+    # trial is re-scored on the held-out test text, and this section shows its selection score
+    # (above, chosen on the validation text, so optimistic) beside that test score.
     lines += _study_best(exp)
     spec = exp.path / "runs" / str(best["run_id"]) / "spec.yaml"
     if spec.is_file():

@@ -5,8 +5,9 @@ Everything here works from the layout in results/README.md: ``runs.csv`` is the 
 its ``metrics.csv`` (curves) and ``summary.json`` (fills columns ``runs.csv`` lacks).
 
 Statistics only ever use runs whose status is ``done``: a diverged or unfinished run has no
-meaningful final loss. Confidence intervals are two-sided 95% Student t intervals over seeds;
-with one value there is no interval and the bounds are NaN rather than invented.
+meaningful final loss. Confidence intervals are two-sided 95% Student t intervals over seeds
+(analysis/stats.py); with one value there is no interval and the bounds are NaN rather than
+invented. Comparisons between runs live in analysis/effects.py.
 """
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from analysis.stats import mean_ci
 
 UNITS = {"final_val_loss": "nats/token", "final_val_bpb": "bits/byte",
          "val_loss": "nats/token", "val_bpb": "bits/byte"}
@@ -54,84 +57,6 @@ class Experiment:
     levels: dict[str, list[str]] = field(default_factory=dict)  # axis -> levels, spec order
     variant_order: list[str] = field(default_factory=list)
     spec: dict[str, Any] = field(default_factory=dict)          # spec.yaml ({} if absent)
-
-
-class MeanCI(NamedTuple):
-    n: int
-    mean: float
-    std: float
-    low: float
-    high: float
-
-
-# ---------------------------------------------------------------------------------------------
-# Student t quantiles (scipy is not a dependency; degrees of freedom here are always integers)
-
-def _t_central_mass(t: float, df: int) -> float:
-    """P(|T| <= t) for integer df, by the closed-form series of Abramowitz & Stegun 26.7.3-4."""
-    theta = math.atan(t / math.sqrt(df))
-    sin, cos2 = math.sin(theta), math.cos(theta) ** 2
-    if df % 2 == 0:
-        # even: sin θ · Σ_{k=0}^{(df-2)/2} [(1·3···(2k-1)) / (2·4···2k)] cos^{2k} θ
-        total, term = 1.0, 1.0
-        for k in range(1, (df - 2) // 2 + 1):
-            term *= (2 * k - 1) / (2 * k) * cos2
-            total += term
-        return sin * total
-    if df == 1:
-        return 2 * theta / math.pi
-    # odd: (2/π)[θ + sin θ cos θ · Σ_{k=0}^{(df-3)/2} [(2·4···2k)/(3·5···(2k+1))] cos^{2k} θ]
-    total, term = 1.0, 1.0
-    for k in range(1, (df - 3) // 2 + 1):
-        term *= (2 * k) / (2 * k + 1) * cos2
-        total += term
-    return 2 / math.pi * (theta + sin * math.sqrt(cos2) * total)
-
-
-def _normal_central_mass(z: float, _df: int = 0) -> float:
-    return math.erf(z / math.sqrt(2))
-
-
-def t_quantile(p: float, df: int) -> float:
-    """Inverse CDF of Student's t: the t with P(T <= t) = p, for integer df >= 1."""
-    if not 0 < p < 1:
-        raise ValueError(f"p must be in (0, 1), got {p}")
-    if df < 1 or int(df) != df:
-        raise ValueError(f"df must be a positive integer, got {df}")
-    if p == 0.5:
-        return 0.0
-    if p < 0.5:
-        return -t_quantile(1 - p, df)
-    target = 2 * p - 1                    # central mass between -t and t
-    # The series has df/2 terms; past 1e5 the t and the normal agree to ~1e-5 anyway.
-    mass = _t_central_mass if df <= 100_000 else _normal_central_mass
-    lo, hi = 0.0, 1.0
-    while mass(hi, int(df)) < target:
-        lo, hi = hi, hi * 2
-    for _ in range(200):                  # bisection: the mass is monotone in t
-        mid = (lo + hi) / 2
-        if mass(mid, int(df)) < target:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo <= 1e-12 * hi:
-            break
-    return (lo + hi) / 2
-
-
-def mean_ci(values: Any, level: float = 0.95) -> MeanCI:
-    """n, mean, sample std and two-sided Student t interval of the finite values given."""
-    x = np.asarray(pd.to_numeric(pd.Series(values, dtype="float64"), errors="coerce"), float)
-    x = x[np.isfinite(x)]
-    n = len(x)
-    if n == 0:
-        return MeanCI(0, math.nan, math.nan, math.nan, math.nan)
-    mean = float(x.mean())
-    if n == 1:                            # one value: no spread, so no interval
-        return MeanCI(1, mean, math.nan, math.nan, math.nan)
-    std = float(x.std(ddof=1))
-    half = t_quantile(0.5 + level / 2, n - 1) * std / math.sqrt(n)
-    return MeanCI(n, mean, std, mean - half, mean + half)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,6 +258,15 @@ def best_run(exp: Experiment, metric: str = "final_val_bpb") -> pd.Series | None
     return None if done.empty else done.loc[done[metric].idxmin()]
 
 
+def complete_variants(exp: Experiment) -> list[str]:
+    """Variants (plan order) with a finished run for every seed of the spec. A search ranks only
+    these: a pruned trial whose second seed diverged has one seed's mean, not the trial's."""
+    seeds = {int(s) for s in exp.seeds}
+    done = done_runs(exp).dropna(subset=["seed"])
+    finished = {v: {int(s) for s in g} for v, g in done.groupby("variant")["seed"]}
+    return [v for v in exp.variant_order if seeds and seeds <= finished.get(v, set())]
+
+
 # ---------------------------------------------------------------------------------------------
 # Per-variant seed statistics
 
@@ -368,147 +302,7 @@ def variant_table(exp: Experiment, metrics: list[str] | None = None) -> pd.DataF
 
 
 # ---------------------------------------------------------------------------------------------
-# Paired effects against the baseline
-
-class Factor(NamedTuple):
-    name: str             # "variant" or a dotted axis key
-    column: str           # the runs column holding its level
-    reference: str        # the baseline level
-    levels: list[str]     # all levels, reference first
-
-
-def factors(exp: Experiment) -> list[Factor]:
-    """What a run can be compared along: named variants (vs the baseline) and each grid axis
-    (vs its first level). Variant names built from axis values are not a factor of their own."""
-    out = []
-    if exp.variants:
-        ref = next((b for b in (exp.baseline, "baseline") if b in exp.variants), exp.variants[0])
-        levels = [ref] + [v for v in exp.variants if v != ref]
-        out.append(Factor("variant", "named_variant", ref, levels))
-    for axis in exp.axes:
-        if exp.levels.get(axis):
-            out.append(Factor(axis, axis, exp.levels[axis][0], exp.levels[axis]))
-    return out
-
-
-def paired_deltas(exp: Experiment, metric: str = "final_val_bpb") -> pd.DataFrame:
-    """One row per pair: a finished run and its baseline partner, Δ = run − partner.
-
-    The partner has the same seed and the same value of every other factor, with this factor at
-    its reference level; runs whose partner did not finish have no pair.
-    """
-    done = done_runs(exp).dropna(subset=[metric])
-    all_factors = factors(exp)
-    rows = []
-    for factor in all_factors:
-        keys = ["seed"] + [f.column for f in all_factors if f.column != factor.column]
-        for level in factor.levels[1:]:
-            pairs = _pairs(done, factor.column, keys, level, factor.reference, metric)
-            for pair in pairs.itertuples(index=False):
-                pair = pair._asdict()
-                rows.append({"factor": factor.name, "level": level,
-                             "reference": factor.reference, "seed": pair["seed"],
-                             "run_id": pair["run_id"], "ref_run_id": pair["run_id_ref"],
-                             "delta": pair[metric] - pair[f"{metric}_ref"]})
-    cols = ["factor", "level", "reference", "seed", "run_id", "ref_run_id", "delta"]
-    return pd.DataFrame(rows, columns=cols)
-
-
-def _pairs(done: pd.DataFrame, column: str, keys: list[str], level: str, reference: str,
-           metric: str) -> pd.DataFrame:
-    """Runs at `level` of `column`, each next to its partner at `reference` with the same `keys`
-    (columns `run_id`, metric and `run_id_ref`, `<metric>_ref`)."""
-    base = done[done[column] == reference][keys + ["run_id", metric]].drop_duplicates(subset=keys)
-    other = done[done[column] == level][keys + ["run_id", metric]]
-    return other.merge(base, on=keys, suffixes=("", "_ref"))
-
-
-def _effect_row(factor: str, level: str, reference: str, comparison: str, metric: str,
-                deltas: pd.Series) -> dict[str, Any]:
-    s = mean_ci(deltas)
-    return {"factor": factor, "level": level, "reference": reference, "comparison": comparison,
-            "metric": metric, "n_pairs": s.n, "mean_delta": s.mean, "std_delta": s.std,
-            "ci_low": s.low, "ci_high": s.high,
-            "excludes_zero": pd.NA if s.n < 2 else bool(s.low > 0 or s.high < 0)}
-
-
-EFFECT_COLUMNS = ["factor", "level", "reference", "comparison", "metric", "n_pairs", "mean_delta",
-                  "std_delta", "ci_low", "ci_high", "excludes_zero"]
-
-
-def consecutive_effects(exp: Experiment, metric: str = "final_val_bpb") -> pd.DataFrame:
-    """Each named variant against the one listed before it, paired by seed (and grid values): what
-    each step of a ladder adds. Empty without at least two named variants."""
-    done = done_runs(exp).dropna(subset=[metric])
-    keys = ["seed"] + [f.column for f in factors(exp) if f.name != "variant"]
-    rows = []
-    for before, after in zip(exp.variants, exp.variants[1:]):
-        pairs = _pairs(done, "named_variant", keys, after, before, metric)
-        rows.append(_effect_row("variant", after, before, comparison_label("variant", after, before), metric,
-                                pairs[metric] - pairs[f"{metric}_ref"]))
-    return pd.DataFrame(rows, columns=EFFECT_COLUMNS)
-
-
-def comparison_label(factor: str, level: str, reference: str) -> str:
-    if factor == "variant":
-        return f"{level} vs {reference}"
-    return f"{factor}: {level} vs {reference}"
-
-
-def paired_effects(exp: Experiment, metric: str = "final_val_bpb") -> pd.DataFrame:
-    """Per non-reference level of each factor: mean Δ over pairs, its 95% CI, and whether the CI
-    excludes 0 (NA with fewer than two pairs). Negative Δ means lower loss than the baseline."""
-    deltas = paired_deltas(exp, metric)
-    rows = []
-    for factor in factors(exp):
-        for level in factor.levels[1:]:
-            d = deltas[(deltas["factor"] == factor.name) & (deltas["level"] == level)]
-            rows.append(_effect_row(factor.name, level, factor.reference,
-                                    comparison_label(factor.name, level, factor.reference), metric, d["delta"]))
-    return pd.DataFrame(rows, columns=EFFECT_COLUMNS)
-
-
-def simple_effects(exp: Experiment, metric: str = "final_val_bpb") -> pd.DataFrame:
-    """The paired effects within each setting of the other factors (one row per factor level and
-    setting): where factors interact, a pooled effect can be lost in the spread between settings
-    while each setting's own effect is clear. Empty with fewer than two factors."""
-    all_factors = factors(exp)
-    cols = EFFECT_COLUMNS[:3] + ["setting"] + EFFECT_COLUMNS[3:]
-    if len(all_factors) < 2:
-        return pd.DataFrame(columns=cols)
-    deltas = paired_deltas(exp, metric)
-    settings_of_run = done_runs(exp).set_index("run_id")
-    rows = []
-    for factor in all_factors:
-        others = [f for f in all_factors if f is not factor]
-        for level in factor.levels[1:]:
-            d = deltas[(deltas["factor"] == factor.name) & (deltas["level"] == level)]
-            runs = settings_of_run.loc[d["run_id"]]
-            for setting in itertools.product(*(f.levels for f in others)):
-                same = np.ones(len(d), dtype=bool)
-                for f, value in zip(others, setting):
-                    same &= (runs[f.column] == value).to_numpy()
-                where = ", ".join(f"{f.name}={v}" for f, v in zip(others, setting))
-                label = f"{comparison_label(factor.name, level, factor.reference)} (at {where})"
-                rows.append({**_effect_row(factor.name, level, factor.reference, label, metric,
-                                           d.loc[same, "delta"]), "setting": where})
-    return pd.DataFrame(rows, columns=cols)
-
-
-# ---------------------------------------------------------------------------------------------
 # Grid summaries
-
-def main_effects(exp: Experiment, metric: str = "final_val_bpb") -> pd.DataFrame:
-    """Marginal mean of `metric` at each level of each axis, over seeds and the other axes."""
-    done = done_runs(exp)
-    rows = []
-    for axis in exp.axes:
-        for level in exp.levels.get(axis, []):
-            s = mean_ci(done.loc[done[axis] == level, metric])
-            rows.append({"axis": axis, "level": level, "n": s.n, "mean": s.mean, "std": s.std,
-                         "ci_low": s.low, "ci_high": s.high})
-    return pd.DataFrame(rows, columns=["axis", "level", "n", "mean", "std", "ci_low", "ci_high"])
-
 
 def pivot_tables(exp: Experiment, metric: str = "final_val_bpb"
                  ) -> dict[tuple[str, str], pd.DataFrame]:

@@ -37,6 +37,7 @@ class Run:
     params: int = 100_000
     in_runs_csv: bool = True                    # False: planned, not started (no row, no folder)
     trial: int | None = None
+    state: str | None = None                    # the trial's Optuna state (default COMPLETE)
 
     @property
     def run_id(self) -> str:
@@ -135,7 +136,8 @@ def build_experiment(root: Path, name: str, runs: list[Run], *, axes: list[str] 
             {"experiment": name, "variant": run.variant, "axes": run.axes, "seed": run.seed,
              **{k: spec[k] for k in ("data", "model", "train") if k in spec}}))
         rows.append({"run_id": run.run_id, "variant": run.variant, **run.axes, "seed": run.seed,
-                     "trial": run.trial, "state": "COMPLETE" if run.trial is not None else None,
+                     "trial": run.trial,
+                     "state": run.state or ("COMPLETE" if run.trial is not None else None),
                      **summary})
     extra = ["trial", "state"] if search else []
     _write_csv(exp / "runs.csv", rows, ["run_id", "variant", *axes, *RUNS_COLUMNS_TAIL, *extra])

@@ -16,52 +16,18 @@ import pandas as pd
 import pytest
 
 from analysis.__main__ import main
+from analysis.effects import (
+    consecutive_effects, factors, main_effects, paired_deltas, paired_effects, simple_effects)
 from analysis.plots import PlotSet, plot_search
 from analysis.report import build_report, to_markdown, write_report
+from analysis.stats import mean_ci
 from analysis.tables import (
-    ExperimentError, comparable_metrics, curve_table, factors, load_experiment, main_effects,
-    mean_ci,
-    paired_deltas, paired_effects, pivot_tables, progress, simple_effects, t_quantile, variant_table,
-    consecutive_effects)
+    ExperimentError, comparable_metrics, curve_table, load_experiment, pivot_tables, progress,
+    variant_table)
 from synthetic import Run, build_experiment, build_search_experiment, grid_runs
 
 T2 = 4.302653   # t(0.975, df=2)
-T3 = 3.182446   # t(0.975, df=3)
 LN2 = math.log(2)
-
-
-# ---------------------------------------------------------------------------------------------
-# Student t
-
-@pytest.mark.parametrize("p, df, expected", [
-    (0.975, 1, 12.706205), (0.975, 2, 4.302653), (0.975, 3, 3.182446), (0.975, 4, 2.776445),
-    (0.975, 29, 2.045230), (0.975, 1000, 1.962339), (0.995, 2, 9.924843), (0.9, 1, 3.077684),
-    (0.025, 2, -4.302653), (0.5, 7, 0.0),
-])
-def test_t_quantile_matches_table_values(p: float, df: int, expected: float) -> None:
-    assert t_quantile(p, df) == pytest.approx(expected, abs=2e-6)
-
-
-def test_t_quantile_rejects_bad_arguments() -> None:
-    with pytest.raises(ValueError):
-        t_quantile(1.0, 3)
-    with pytest.raises(ValueError):
-        t_quantile(0.975, 0)
-
-
-def test_mean_ci_by_hand() -> None:
-    # 1.5, 1.6, 1.7: mean 1.6; deviations ∓0.1, 0 → s² = 0.02/2 = 0.01, s = 0.1;
-    # half-width = t(0.975, 2)·s/√3 = 4.302653·0.1/1.7320508 = 0.2484138.
-    s = mean_ci([1.5, 1.6, 1.7])
-    assert (s.n, s.mean, s.std) == (3, pytest.approx(1.6), pytest.approx(0.1))
-    assert s.low == pytest.approx(1.6 - 0.2484138, abs=1e-6)
-    assert s.high == pytest.approx(1.6 + 0.2484138, abs=1e-6)
-
-
-def test_mean_ci_one_value_has_no_interval() -> None:
-    s = mean_ci([1.7, float("nan")])   # NaN (a diverged value) is not a value
-    assert s.n == 1 and s.mean == 1.7
-    assert math.isnan(s.std) and math.isnan(s.low) and math.isnan(s.high)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,12 +69,16 @@ def test_paired_effect_excludes_zero_by_hand(ladder: Path) -> None:
     row = effects.iloc[0]
     # ... but seed by seed: Δ = -0.05, -0.04, -0.06 → mean -0.05; deviations 0, +0.01, -0.01
     # → s² = 0.0002/2 = 0.0001, s = 0.01; half-width = 4.302653·0.01/√3 = 0.0248414.
-    assert row["n_pairs"] == 3
+    # t = -0.05/(0.01/√3) = -8.660254 on 2 df, where P(|T| <= t) = t/√(2 + t²) = 0.9869275,
+    # so p = 0.0130725; one comparison, so Holm leaves it as it is.
+    assert (row["n_seeds"], row["n_settings"], row["df"]) == (3, 1, 2)
     assert row["mean_delta"] == pytest.approx(-0.05)
     assert row["std_delta"] == pytest.approx(0.01)
     assert row["ci_low"] == pytest.approx(-0.0748414, abs=1e-6)
     assert row["ci_high"] == pytest.approx(-0.0251586, abs=1e-6)
-    assert bool(row["excludes_zero"]) is True
+    assert row["p"] == pytest.approx(0.0130725, abs=1e-6)
+    assert row["p_holm"] == row["p"]
+    assert bool(row["significant"]) is True
     # In nats/token every Δ scales by ln 2.
     nats = paired_effects(load_experiment(ladder), "final_val_loss").iloc[0]
     assert nats["mean_delta"] == pytest.approx(-0.05 * LN2)
@@ -137,10 +107,11 @@ def test_baseline_choice(tmp_path: Path, variants: list[str], baseline: str | No
 
 
 # ---------------------------------------------------------------------------------------------
-# Grids: partner = same seed, same other-axis values, this axis at its first level
+# Grids: partner = same seed, same other-axis values, this axis at its first level; the unit of
+# inference is the seed (each seed's pairs are averaged over the settings first: df = seeds − 1)
 
-GRID = {("a1", "b1"): (2.00, 2.10), ("a2", "b1"): (1.90, 1.98),
-        ("a1", "b2"): (2.20, 2.30), ("a2", "b2"): (2.04, 2.16)}   # (seed 0, seed 1)
+GRID = {("a1", "b1"): (2.00, 2.10, 2.05), ("a2", "b1"): (1.90, 1.98, 1.97),
+        ("a1", "b2"): (2.20, 2.30, 2.25), ("a2", "b2"): (2.04, 2.16, 2.09)}   # seeds 0, 1, 2
 AXES = {"model.block": ["a1", "a2"], "model.norm": ["b1", "b2"]}
 
 
@@ -148,7 +119,7 @@ def _grid(tmp_path: Path, diverged: tuple[str, str, int] | None = None) -> Path:
     def bpb(axes: dict[str, str], seed: int) -> float:
         return GRID[(axes["model.block"], axes["model.norm"])][seed]
 
-    runs = grid_runs(AXES, [0, 1], bpb)
+    runs = grid_runs(AXES, [0, 1, 2], bpb)
     for run in runs:
         if diverged == (run.axes["model.block"], run.axes["model.norm"], run.seed):
             run.status = "diverged"
@@ -160,52 +131,101 @@ def test_grid_paired_effects_by_hand(tmp_path: Path) -> None:
     assert [f.column for f in factors(exp)] == ["model.block", "model.norm"]  # names aren't one
     effects = paired_effects(exp).set_index("factor")
     block = effects.loc["model.block"]
-    # pairs (seed, norm): (0,b1) 1.90-2.00 = -0.10, (0,b2) -0.16, (1,b1) -0.12, (1,b2) -0.14
-    # mean -0.13; deviations +.03 -.03 +.01 -.01 → SS = .002, s² = .002/3, s = 0.0258199;
-    # half-width = t(0.975, 3)·s/√4 = 3.182446·0.0258199/2 = 0.0410851
-    assert block["n_pairs"] == 4 and block["reference"] == "a1"
-    assert block["mean_delta"] == pytest.approx(-0.13)
-    assert block["ci_low"] == pytest.approx(-0.13 - 0.0410851, abs=1e-6)
-    assert block["ci_high"] == pytest.approx(-0.13 + 0.0410851, abs=1e-6)
+    # Δ (a2 − a1) at b1: -0.10, -0.12, -0.08; at b2: -0.16, -0.14, -0.16 (seeds 0, 1, 2).
+    # Seed means: -0.13, -0.13, -0.12 → mean -0.1266667; deviations -1/300, -1/300, +2/300
+    # → SS = 6/90000, s² = 3.333e-5, s = 0.0057735; half-width = 4.302653·0.0057735/√3 =
+    # 0.0143422 (df = 3 seeds − 1 = 2, not 6 pairs − 1 = 5).
+    assert (block["n_seeds"], block["n_settings"], block["n_pairs"]) == (3, 2, 6)
+    assert block["df"] == 2 and block["reference"] == "a1"
+    assert block["mean_delta"] == pytest.approx(-0.38 / 3)
+    assert block["std_delta"] == pytest.approx(0.0057735, abs=1e-7)
+    assert block["ci_low"] == pytest.approx(-0.38 / 3 - 0.0143422, abs=1e-6)
+    assert block["ci_high"] == pytest.approx(-0.38 / 3 + 0.0143422, abs=1e-6)
+    # t = -0.1266667/(0.0057735/√3) = -38; p = 1 − 38/√(2 + 38²) = 0.0006918
+    assert block["p"] == pytest.approx(0.0006918, abs=1e-7)
     norm = effects.loc["model.norm"]
-    # pairs (seed, block): +0.20, +0.14, +0.20, +0.18 → mean 0.18; deviations .02 -.04 .02 0
-    # → SS = .0024, s² = .0008, s = 0.0282843; half-width = 3.182446·0.0282843/2 = 0.0450061
-    assert norm["mean_delta"] == pytest.approx(0.18)
-    assert norm["ci_low"] == pytest.approx(0.18 - 0.0450061, abs=1e-6)
-    assert bool(norm["excludes_zero"]) is True
+    # Δ (b2 − b1) at a1: +0.20, +0.20, +0.20; at a2: +0.14, +0.18, +0.12 → seed means 0.17,
+    # 0.19, 0.16; mean 0.1733333; deviations -1/300, +5/300, -4/300 → SS = 42/90000,
+    # s² = 2.3333e-4, s = 0.0152753; half-width = 4.302653·0.0152753/√3 = 0.0379459
+    assert norm["mean_delta"] == pytest.approx(0.52 / 3)
+    assert norm["ci_low"] == pytest.approx(0.52 / 3 - 0.0379459, abs=1e-6)
+    # t = 0.1733333/(0.0152753/√3) = 19.654; p = 1 − 19.654/√(2 + 19.654²) = 0.0025787
+    assert norm["p"] == pytest.approx(0.0025787, abs=1e-6)
+    # Holm over the table's two comparisons: 2 · 0.0006918 = 0.0013836, then
+    # max(0.0013836, 1 · 0.0025787) = 0.0025787.
+    assert block["p_holm"] == pytest.approx(2 * block["p"])
+    assert norm["p_holm"] == pytest.approx(norm["p"])
+    assert bool(block["significant"]) is True and bool(norm["significant"]) is True
+
+
+def test_issue_example_pooled_pairs_are_not_independent(tmp_path: Path) -> None:
+    """Issue 12's example: 3 seeds whose Δ is +0.10, 0.00, +0.05 in every one of 4 settings."""
+    seed_delta = {0: 0.10, 1: 0.00, 2: 0.05}
+    settings = ["n1", "n2", "n3", "n4"]
+
+    def bpb(axes: dict[str, str], seed: int) -> float:
+        level = 2.0 + 0.1 * settings.index(axes["model.norm"]) + 0.03 * seed
+        return level + (seed_delta[seed] if axes["model.block"] == "pre" else 0.0)
+
+    runs = grid_runs({"model.block": ["post", "pre"], "model.norm": settings}, [0, 1, 2], bpb)
+    exp = load_experiment(build_experiment(tmp_path, "ex", runs,
+                                           axes=["model.block", "model.norm"]))
+    row = paired_effects(exp).set_index("factor").loc["model.block"]
+    # Seed means +0.10, 0.00, +0.05: mean 0.05, s = 0.05, half-width 4.302653·0.05/√3 = 0.1242069
+    # → [-0.0742069, +0.1742069]; t = 0.05/(0.05/√3) = √3, p = 1 − √3/√5 = 0.2254033.
+    assert (row["n_seeds"], row["n_settings"], row["df"]) == (3, 4, 2)
+    assert row["ci_low"] == pytest.approx(-0.0742069, abs=1e-6)
+    assert row["ci_high"] == pytest.approx(0.1742069, abs=1e-6)
+    assert row["p"] == pytest.approx(1 - math.sqrt(3 / 5), abs=1e-9)
+    assert bool(row["significant"]) is False
+    # The 12 pairs taken as independent (df = 11) would have excluded 0: [+0.0229, +0.0771].
+    pooled = mean_ci(paired_deltas(exp).query("factor == 'model.block'")["delta"])
+    assert (pooled.n, round(pooled.low, 4), round(pooled.high, 4)) == (12, 0.0229, 0.0771)
+    text = build_report(exp, PlotSet())
+    assert ("| model.block: pre vs post | 3 | 4 | 0.0500 | [-0.0742, 0.1742] | 0.2254 |"
+            in text)
+    assert "model.block: pre vs post | 3 | 4 | 0.0500 | [-0.0742, 0.1742] | 0.2254 | " \
+           "0.2254 | no: within seed noise |" in text
 
 
 def test_grid_main_effects_and_pivot_by_hand(tmp_path: Path) -> None:
     exp = load_experiment(_grid(tmp_path))
     main = main_effects(exp).set_index(["axis", "level"])
-    # a1: 2.00, 2.20, 2.10, 2.30 → mean 2.15; deviations ∓.15, ∓.05 → SS = .05, s² = .05/3,
-    # s = 0.1290994; half-width = 3.182446·0.1290994/2 = 0.2054260
+    # a1, each seed's mean over b1 and b2: (2.00+2.20)/2 = 2.10, 2.20, 2.15 → mean 2.15,
+    # s = 0.05, half-width = 4.302653·0.05/√3 = 0.1242069 (n = 3 seeds, not 6 runs)
     a1 = main.loc[("model.block", "a1")]
-    assert a1["n"] == 4 and a1["mean"] == pytest.approx(2.15)
-    assert a1["ci_low"] == pytest.approx(2.15 - 0.2054260, abs=1e-6)
-    # a2: 1.90+2.04+1.98+2.16 = 8.08; b1: 2.00+1.90+2.10+1.98 = 7.98; b2: 2.20+2.04+2.30+2.16
-    assert main.loc[("model.block", "a2"), "mean"] == pytest.approx(8.08 / 4)
-    assert main.loc[("model.norm", "b1"), "mean"] == pytest.approx(7.98 / 4)
-    assert main.loc[("model.norm", "b2"), "mean"] == pytest.approx(8.70 / 4)
+    assert a1["n"] == 3 and a1["mean"] == pytest.approx(2.15)
+    assert a1["std"] == pytest.approx(0.05)
+    assert a1["ci_low"] == pytest.approx(2.15 - 0.1242069, abs=1e-6)
+    # a2: 1.97, 2.07, 2.03; b1: 1.95, 2.04, 2.01; b2: 2.12, 2.23, 2.17
+    assert main.loc[("model.block", "a2"), "mean"] == pytest.approx(6.07 / 3)
+    assert main.loc[("model.norm", "b1"), "mean"] == pytest.approx(6.00 / 3)
+    assert main.loc[("model.norm", "b2"), "mean"] == pytest.approx(6.52 / 3)
     pivot = pivot_tables(exp)[("model.block", "model.norm")]
-    # each cell: mean of its two seeds
-    expected = pd.DataFrame([[2.05, 2.25], [1.94, 2.10]], index=["a1", "a2"],
+    # each cell: mean of its three seeds
+    expected = pd.DataFrame([[6.15 / 3, 6.75 / 3], [5.85 / 3, 6.29 / 3]], index=["a1", "a2"],
                             columns=["b1", "b2"])
     assert pivot.to_numpy() == pytest.approx(expected.to_numpy())
     assert list(pivot.index) == ["a1", "a2"] and list(pivot.columns) == ["b1", "b2"]
 
 
-def test_grid_diverged_run_loses_its_pairs(tmp_path: Path) -> None:
+def test_grid_diverged_run_leaves_out_a_seed_or_a_setting(tmp_path: Path) -> None:
     exp = load_experiment(_grid(tmp_path, diverged=("a1", "b2", 1)))
     effects = paired_effects(exp).set_index("factor")
-    # block: the (seed 1, b2) pair has no finished a1 partner → -0.10, -0.16, -0.12
-    assert effects.loc["model.block", "n_pairs"] == 3
-    assert effects.loc["model.block", "mean_delta"] == pytest.approx(-0.38 / 3)
-    # norm: the (seed 1, a1) pair loses its b2 run → 0.20, 0.14, 0.18
-    assert effects.loc["model.norm", "mean_delta"] == pytest.approx(0.52 / 3)
+    # block: seed 1 has no pair at b2. The complete blocks are seeds {0, 2} × {b1, b2} (4 pairs)
+    # and seeds {0, 1, 2} × {b1} (3 pairs): the larger one is used, so seed 1 is left out and
+    # the seed means are -0.13 and -0.12 → mean -0.125 on 1 df.
+    block = effects.loc["model.block"]
+    assert (block["n_seeds"], block["n_settings"], block["df"]) == (2, 2, 1)
+    assert block["mean_delta"] == pytest.approx(-0.125)
+    assert block["left_out"] == "seed 1"
+    # norm: seed 1 loses its pair at a1 → seeds 0, 2: 0.17, 0.16
+    assert effects.loc["model.norm", "mean_delta"] == pytest.approx(0.165)
     main = main_effects(exp).set_index(["axis", "level"])
-    assert main.loc[("model.block", "a1"), "n"] == 3
-    assert main.loc[("model.block", "a1"), "mean"] == pytest.approx(2.10)  # 2.00, 2.20, 2.10
+    assert main.loc[("model.block", "a1"), "n"] == 2
+    assert main.loc[("model.block", "a1"), "mean"] == pytest.approx(2.125)  # 2.10, 2.15
+    text = build_report(exp, PlotSet())
+    assert "model.block: a2 vs a1: seed 1; model.norm: b2 vs b1: seed 1." in text
 
 
 def test_numeric_axis_values_match_the_plan(tmp_path: Path) -> None:
@@ -251,7 +271,9 @@ def test_write_report_writes_markdown_and_plots(ladder: Path, capsys: pytest.Cap
         assert f"](plots/{png.name})" in text      # linked relative to the report
     assert not list(ladder.rglob("*.tmp"))         # atomic writes leave no temp files
     assert "**6 of 6 runs done**" in text
-    assert "| wide vs baseline | 3 | -0.0500 | [-0.0748, -0.0252] | yes: lower (better) |" in text
+    assert ("| wide vs baseline | 3 | -0.0500 | [-0.0748, -0.0252] | 0.0131 | 0.0131 | "
+            "yes: lower (better) |") in text
+    assert "The family is this table's one tested comparison" in text
     assert "ROMEO: a sample from wide seed 0." in text     # the best run's sample
     assert "```not a fence```" in text.split("## Sample")[1]  # the sample cannot close its fence
     assert "- **variants**: `baseline`; `wide`" in text
@@ -277,7 +299,7 @@ def test_edge_cases_one_seed_diverged_unfinished_mixed_tokenizers(tmp_path: Path
                                                                    "final_val_bpb_mean"])
     # mixed tokenizers: only bits per byte are comparable
     assert comparable_metrics(exp) == ["final_val_bpb"]
-    assert pd.isna(paired_effects(exp).set_index("level").loc["bpe", "excludes_zero"])
+    assert pd.isna(paired_effects(exp).set_index("level").loc["bpe", "significant"])
 
     text = write_report(exp_dir).read_text()
     assert "**2 of 5 runs done** (1 diverged, 1 running, 1 pending)" in text
@@ -304,10 +326,13 @@ def test_report_of_an_experiment_with_nothing_finished(tmp_path: Path) -> None:
 def test_grid_report_has_main_effects_and_pivot(tmp_path: Path) -> None:
     exp = load_experiment(_grid(tmp_path))
     text = build_report(exp, PlotSet())          # tables only: the plots are tested elsewhere
-    assert "| model.block | a1 | 4 | 2.1500 | [1.9446, 2.3554] |" in text
+    assert "| model.block | a1 | 3 | 2.1500 | [2.0258, 2.2742] |" in text
     assert "### `model.block` × `model.norm`: mean final val bpb (bits/byte)" in text
-    assert "| model.block=a2 | 1.9400 | 2.1000 |" in text
-    assert "| model.block: a2 vs a1 | 4 | -0.1300 | [-0.1711, -0.0889] |" in text
+    assert "| model.block=a2 | 1.9500 | 2.0967 |" in text
+    assert ("| model.block: a2 vs a1 | 3 | 2 | -0.1267 | [-0.1410, -0.1123] | 0.0007 | 0.0014 | "
+            "yes: lower (better) |") in text
+    assert ("The family is this table's 2 tested comparisons: Holm's correction holds the "
+            "chance of any false \"yes\" among them at 5%") in text
 
 
 def test_search_report_and_optuna_plots(tmp_path: Path) -> None:
@@ -402,21 +427,50 @@ def test_best_trial_is_scored_by_its_mean_over_seeds(tmp_path: Path) -> None:
     assert int(best["trial"]) == 1 and best["objective"] == pytest.approx(1.25)
 
 
+def test_search_ranks_only_trials_with_every_seed_finished(tmp_path: Path) -> None:
+    from analysis.report import best_trial
+
+    # Trial 1's second seed diverged (Optuna: PRUNED); its first seed alone would rank it first.
+    # Trial 2 was pruned on its first seed. Only trial 0 has every seed finished.
+    runs = [Run("trial-0", 0, 1.50, trial=0), Run("trial-0", 1, 1.60, trial=0),
+            Run("trial-1", 0, 1.20, trial=1, state="PRUNED"),
+            Run("trial-1", 1, 1.30, trial=1, state="PRUNED", status="diverged"),
+            Run("trial-2", 0, 1.10, trial=2, state="PRUNED", status="pruned")]
+    exp = load_experiment(build_experiment(
+        tmp_path, "s", runs, search={"storage": "sqlite:///none.db", "study_name": "s",
+                                     "metric": "val_bpb", "direction": "minimize"}))
+    assert int(best_trial(exp)["trial"]) == 0
+    text = build_report(exp, PlotSet())
+    ranked = text.split("## Results per variant")[1].split("###")[0]
+    assert "| trial-0 | 2 | 1.5500 |" in ranked
+    assert "trial-1" not in ranked and "trial-2" not in ranked
+    partial = text.split("### Trials with unfinished seeds (not ranked)")[1].split("###")[0]
+    assert "| trial-1 | PRUNED | 1 of 2 | seed 0: done, seed 1: diverged | 1.2000 |" in partial
+    assert "| trial-2 | PRUNED | 0 of 2 | seed 0: pruned | — |" in partial
+    assert "Best trial: **#0**" in text
+
+
 def test_grid_simple_effects_within_each_setting_by_hand(tmp_path: Path) -> None:
     exp = load_experiment(_grid(tmp_path))
     effects = simple_effects(exp).set_index(["factor", "setting"])
-    # block a2 vs a1 within norm b1: seeds 0, 1 → -0.10, -0.12: mean -0.11, s = 0.0141421,
-    # half-width = t(0.975, 1)·s/√2 = 12.706205·0.0141421/1.4142136 = 0.1270620
+    # block a2 vs a1 within norm b1: seeds 0, 1, 2 → -0.10, -0.12, -0.08: mean -0.10, s = 0.02,
+    # half-width = 4.302653·0.02/√3 = 0.0496828; t = -5√3, p = 1 − 5√3/√77 = 0.0130725
     b1 = effects.loc[("model.block", "model.norm=b1")]
-    assert b1["n_pairs"] == 2 and b1["mean_delta"] == pytest.approx(-0.11)
-    assert b1["ci_low"] == pytest.approx(-0.11 - 0.1270620, abs=1e-6)
-    assert bool(b1["excludes_zero"]) is False
-    # within b2: -0.16, -0.14 → mean -0.15; norm within block a1: +0.20, +0.20 → s = 0, CI a point
-    assert effects.loc[("model.block", "model.norm=b2"), "mean_delta"] == pytest.approx(-0.15)
+    assert (b1["n_seeds"], b1["n_settings"], b1["df"]) == (3, 1, 2)
+    assert b1["mean_delta"] == pytest.approx(-0.10)
+    assert b1["ci_low"] == pytest.approx(-0.10 - 0.0496828, abs=1e-6)
+    assert b1["p"] == pytest.approx(0.0130725, abs=1e-6)
+    # within b2: -0.16, -0.14, -0.16 (p = 0.0018850); norm within a1: +0.20 × 3 (s = 0, p = 0);
+    # norm within a2: +0.14, +0.18, +0.12 (p = 0.0141564). Holm over these 4: 0 · 4, then
+    # 3 · 0.0018850 = 0.0056550, 2 · 0.0130725 = 0.0261450, max(0.0261450, 0.0141564).
+    assert effects.loc[("model.block", "model.norm=b2"), "mean_delta"] == pytest.approx(-0.46 / 3)
     assert effects.loc[("model.norm", "model.block=a1"), "mean_delta"] == pytest.approx(0.20)
+    holm = effects["p_holm"].to_numpy()
+    assert holm == pytest.approx([0.0261450, 0.0056550, 0.0, 0.0261450], abs=1e-6)
     assert len(effects) == 4  # one per factor x setting of the other
     text = build_report(exp, PlotSet())
-    assert "| model.block: a2 vs a1 (at model.norm=b1) | 2 | -0.1100 | [-0.2371, 0.0171] |" in text
+    assert ("| model.block: a2 vs a1 (at model.norm=b1) | 3 | -0.1000 | [-0.1497, -0.0503] | "
+            "0.0131 | 0.0261 | yes: lower (better) |") in text
 
 
 def test_simple_effects_need_two_factors(ladder: Path) -> None:
@@ -424,17 +478,32 @@ def test_simple_effects_need_two_factors(ladder: Path) -> None:
 
 
 def test_consecutive_effects_compare_each_variant_with_the_one_before(tmp_path: Path) -> None:
-    steps = {"a": [2.00, 2.10, 2.20], "b": [1.80, 1.92, 1.98], "c": [1.81, 1.90, 1.99]}
+    steps = {"a": [2.00, 2.10, 2.20], "b": [1.95, 2.06, 2.14], "c": [2.05, 2.11, 2.215],
+             "d": [2.07, 2.12, 2.245]}
     runs = [Run(name, s, bpb) for name, values in steps.items() for s, bpb in enumerate(values)]
     exp = load_experiment(build_experiment(tmp_path, "steps", runs, variants=list(steps)))
     effects = consecutive_effects(exp).set_index("comparison")
-    assert list(effects.index) == ["b vs a", "c vs b"]
-    # b - a: -0.20, -0.18, -0.22 → mean -0.20, s = 0.02, half-width 4.302653·0.02/√3 = 0.0496828
-    assert effects.loc["b vs a", "mean_delta"] == pytest.approx(-0.20)
-    assert effects.loc["b vs a", "ci_high"] == pytest.approx(-0.20 + 0.0496828, abs=1e-6)
-    # c - b: +0.01, -0.02, +0.01 → mean 0, within the noise
-    assert effects.loc["c vs b", "mean_delta"] == pytest.approx(0.0, abs=1e-9)
-    assert bool(effects.loc["c vs b", "excludes_zero"]) is False
+    assert list(effects.index) == ["b vs a", "c vs b", "d vs c"]
+    # b - a: -0.05, -0.04, -0.06 → mean -0.05, s = 0.01, half-width 4.302653·0.01/√3 = 0.0248414,
+    # t = -5√3, p = 0.0130725 (on 2 df, P(|T| > t) = 1 − t/√(2 + t²))
+    assert effects.loc["b vs a", "mean_delta"] == pytest.approx(-0.05)
+    assert effects.loc["b vs a", "ci_high"] == pytest.approx(-0.05 + 0.0248414, abs=1e-6)
+    # c - b: +0.10, +0.05, +0.075 → mean 0.075, s = 0.025, t = 3√3, p = 1 − 3√3/√29 = 0.0350987
+    # d - c: +0.02, +0.01, +0.03 → mean 0.02, s = 0.01, t = 2√3, p = 1 − 2√3/√14 = 0.0741799
+    assert effects["p"].to_numpy() == pytest.approx([0.0130725, 0.0350987, 0.0741799], abs=1e-6)
+    # Holm over the 3 steps: 3 · 0.0130725 = 0.0392175 < 0.05: yes; 2 · 0.0350987 = 0.0701974:
+    # no, although its own interval excludes 0; then max(0.0701974, 0.0741799): no.
+    assert effects["p_holm"].to_numpy() == pytest.approx([0.0392175, 0.0701974, 0.0741799],
+                                                         abs=1e-6)
+    assert effects.loc["c vs b", "ci_low"] > 0
+    assert list(effects["significant"]) == [True, False, False]
     text = build_report(exp, PlotSet(), consecutive=True)
-    assert "## Each variant vs the one before it" in text and "| b vs a | 3 | -0.2000 |" in text
+    assert "## Each variant vs the one before it" in text
+    assert "| b vs a | 3 | -0.0500 | [-0.0748, -0.0252] | 0.0131 | 0.0392 | yes: lower (better) |" \
+        in text
+    assert "| c vs b | 3 | 0.0750 | [0.0129, 0.1371] | 0.0351 | 0.0702 | no: not after Holm's " \
+        "correction |" in text
+    assert "| d vs c | 3 | 0.0200 | [-0.0048, 0.0448] | 0.0742 | 0.0742 | no: within seed noise |" \
+        in text
+    assert "The family is this table's 3 tested comparisons" in text
     assert "## Each variant vs the one before it" not in build_report(exp, PlotSet())
