@@ -11,10 +11,11 @@ one), so under normality this is an exact test of the setting-averaged effect, w
 model to fit; averaging first is also what makes it fast.
 
 Why Holm. A table asks several questions at once; with m comparisons at 5% each, the chance that
-at least one null comparison says "yes" grows towards 1 − 0.95^m. Holm's step-down correction keeps
-that family-wise chance at 5% whatever the dependence between the comparisons (they share a baseline).
+at least one null comparison says "yes" grows to 1 − 0.95^m (for independent ones). Holm's step-down
+correction keeps that family-wise chance at 5% whatever the dependence between the comparisons
+(they share a baseline).
 
-These functions take arrays and are what the report's pandas tables call (analysis/tables.py), so
+These functions take arrays and are what the report's pandas tables call (analysis/effects.py), so
 the calibration test (tests/test_calibration.py) exercises the same code on thousands of simulated
 experiments in a few seconds. scipy is not a runtime dependency; tests/test_stats.py checks every
 quantile, p value and interval here against scipy.stats.
