@@ -1,8 +1,11 @@
-"""Data: corpus -> tokenizer -> cached token array -> train/val splits -> batches.
+"""Data: corpus -> train | test | val texts (split by bytes) -> tokenizer -> cached token array -> batches.
 
 Corpora are CORPUS variants (`embedded`, `shakespeare`) or paths to UTF-8 text files. A corpus is
-tokenized once per (corpus sha256, tokenizer spec) into the cache folder: $LAB_CACHE_DIR, else
-$XDG_CACHE_HOME/gpt2-ablation-lab (default ~/.cache/gpt2-ablation-lab). Later loads memory-map it.
+split by bytes, whatever the tokenizer: the validation text is its last val_fraction, the test text
+(test_fraction, often none) the bytes just before it, and each text is tokenized on its own, so no
+token spans two of them. That is done once per (corpus sha256, tokenizer spec, split) into the cache
+folder: $LAB_CACHE_DIR, else $XDG_CACHE_HOME/gpt2-ablation-lab (default ~/.cache/gpt2-ablation-lab).
+Later loads memory-map it.
 
     python -m experiments.data --corpus data.txt --tokenizer gpt2      # how many tokens is my data?
 
@@ -11,6 +14,7 @@ cache hit: it reads the corpus (for its sha256) and a small JSON, nothing more.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -28,7 +32,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-CACHE_FORMAT = 1  # bump when the files of a cache entry change meaning
+CACHE_FORMAT = 2  # bump when the files of a cache entry change meaning (2: texts split by bytes, tokenized apart)
 
 
 def cache_dir() -> Path:
@@ -171,64 +175,118 @@ def decode_corpus(raw: bytes, name: str) -> str:
                         "as UTF-8 (for example: iconv -f latin1 -t utf-8 in.txt > out.txt)") from None
 
 
+# -- the texts: train | test | val, split by bytes -------------------------------------------------
+PARTS = ("train", "test", "val")  # in the order of the text
+
+
+def char_boundary(raw: bytes, i: int) -> int:
+    """The first UTF-8 character boundary at or after byte i (a continuation byte is 10xxxxxx)."""
+    while i < len(raw) and raw[i] & 0xC0 == 0x80:
+        i += 1
+    return i
+
+
+def text_ranges(raw: bytes, val_fraction: float, test_fraction: float = 0.0) -> dict[str, tuple[int, int]]:
+    """Byte ranges [start, end) of the train, test and val texts. The val text is the last
+    val_fraction of the bytes, the test text the test_fraction just before it; each start moves
+    forward to a character boundary. They depend on the corpus alone, never on the tokenizer, so
+    every tokenizer is validated (and tested) on the same text."""
+    n = len(raw)
+    val_start = char_boundary(raw, n - int(n * val_fraction))
+    test_start = char_boundary(raw, val_start - int(n * test_fraction))
+    return {"train": (0, test_start), "test": (test_start, val_start), "val": (val_start, n)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Text:
+    """One part of a corpus: its bytes [start, end) of `total`, their sha256 and its tokens [first, stop)."""
+
+    start: int
+    end: int
+    total: int
+    sha256: str
+    first: int
+    stop: int
+
+    @property
+    def n_bytes(self) -> int:
+        return self.end - self.start
+
+    @property
+    def n_tokens(self) -> int:
+        return self.stop - self.first
+
+    def describe(self) -> str:
+        return f"bytes {self.start}-{self.end} of {self.total}, sha256 {self.sha256}"
+
+
+def fraction_problems(val_fraction: Any, test_fraction: Any) -> list[str]:
+    """The split fields checked against the spec's own rules (experiments/spec.py: one schema)."""
+    from experiments.spec import DATA
+    given = {"val_fraction": val_fraction, "test_fraction": test_fraction}
+    return [f"data.{key} = {value!r} must be {DATA[key].rule}: {DATA[key].doc}"
+            for key, value in given.items() if not DATA[key].valid(value)]
+
+
 # -- token cache -------------------------------------------------------------------------------
-def split_sizes(n_tokens: int, val_fraction: float) -> tuple[int, int]:
-    """(train, val) token counts: the last `val_fraction` of the tokens is validation."""
-    n_train = int(n_tokens * (1 - val_fraction))
-    return n_train, n_tokens - n_train
-
-
-def count_bytes(tokens: np.ndarray, token_bytes: np.ndarray) -> int:
-    """UTF-8 bytes of text that `tokens` cover, summed in chunks so a memory map stays paged out."""
-    chunk = 1 << 22
-    return sum(int(token_bytes[tokens[i:i + chunk]].sum(dtype="u8")) for i in range(0, len(tokens), chunk))
-
-
 class TokenCache:
-    """Token arrays on disk, one entry per (corpus sha256, tokenizer spec), built once.
+    """Token arrays on disk, one entry per (corpus sha256, tokenizer spec, split ranges), built once.
 
-    An entry is `<key>.npy` (the ids, uint16 when the vocabulary fits, else uint32),
-    `<key>.token-bytes.npy` (UTF-8 bytes per id, for exact split byte counts) and `<key>.json`
-    (counts, written last, so its presence means the arrays are complete).
+    An entry is `<key>.npy` (the ids of the train, test and val texts, each tokenized on its own and
+    then concatenated, uint16 when the vocabulary fits, else uint32), `<key>.token-bytes.npy` (UTF-8
+    bytes per id, for exact byte counts) and `<key>.json` (each text's byte range, sha256 and token
+    range; written last, so its presence means the arrays are complete).
     """
 
     def __init__(self, root: Path | None = None) -> None:
         self.root = root or cache_dir() / "tokens"
 
     @staticmethod
-    def key(corpus_sha256: str, spec: dict[str, Any]) -> str:
-        spec_hash = sha256(json.dumps(spec, sort_keys=True).encode())
+    def key(corpus_sha256: str, spec: dict[str, Any], ranges: dict[str, tuple[int, int]]) -> str:
+        identity = {"format": CACHE_FORMAT, "tokenizer": spec, "ranges": ranges}
+        spec_hash = sha256(json.dumps(identity, sort_keys=True).encode())
         return f"{corpus_sha256[:16]}-{spec_hash[:16]}"
 
     def files(self, key: str) -> tuple[Path, Path, Path]:
         return self.root / f"{key}.npy", self.root / f"{key}.token-bytes.npy", self.root / f"{key}.json"
 
-    def lookup(self, key: str, corpus_sha256: str, spec: dict[str, Any]) -> dict[str, Any] | None:
+    def lookup(self, key: str, corpus_sha256: str, spec: dict[str, Any],
+               ranges: dict[str, tuple[int, int]]) -> dict[str, Any] | None:
         tokens, lengths, meta_path = self.files(key)
         try:
             meta = json.loads(meta_path.read_bytes())
             complete = tokens.stat().st_size == meta["tokens_file_bytes"] and lengths.is_file()
-        except (OSError, ValueError, KeyError):
+            same_texts = {p: tuple(meta["texts"][p]["bytes"]) for p in PARTS} == ranges
+            complete = complete and all("sha256" in meta["texts"][p] for p in PARTS)
+        except (OSError, ValueError, KeyError, TypeError):
             return None
-        same = meta.get("corpus_sha256") == corpus_sha256 and meta.get("tokenizer") == spec
+        same = meta.get("corpus_sha256") == corpus_sha256 and meta.get("tokenizer") == spec and same_texts
         return meta if complete and same and meta.get("format") == CACHE_FORMAT else None
 
-    def build(self, key: str, corpus: str, corpus_sha256: str, text: str, n_bytes: int,
+    def build(self, key: str, corpus: str, corpus_sha256: str, raw: bytes, ranges: dict[str, tuple[int, int]],
               tokenizer: Tokenizer) -> dict[str, Any]:
+        """Tokenize each text on its own (no token spans two texts), check every one covers its bytes."""
         import numpy as np
         dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
-        tokens = tokenizer.encode_array(text).astype(dtype)
         lengths = tokenizer.token_bytes()
-        covered = count_bytes(tokens, lengths)
-        if covered != n_bytes:  # every split's byte count (so bits per byte) rests on this
-            raise RuntimeError(f"tokenizer {tokenizer.name}: its tokens cover {covered} bytes of a "
-                               f"{n_bytes}-byte corpus")
+        parts, texts, first = [], {}, 0
+        for name in PARTS:
+            start, end = ranges[name]
+            ids = tokenizer.encode_array(raw[start:end].decode("utf-8")).astype(dtype)
+            covered = int(lengths[ids].sum(dtype="u8"))
+            if covered != end - start:  # every byte count (so bits per byte) rests on this
+                raise RuntimeError(f"tokenizer {tokenizer.name}: its tokens of the {name} text cover "
+                                   f"{covered} bytes of {end - start}")
+            parts.append(ids)
+            texts[name] = {"bytes": [start, end], "sha256": sha256(raw[start:end]), "tokens": [first, first + len(ids)]}
+            first += len(ids)
+        tokens = np.concatenate(parts)
         tokens_path, lengths_path, meta_path = self.files(key)
         atomic_write(tokens_path, lambda f: np.save(f, tokens), mode="wb")
         atomic_write(lengths_path, lambda f: np.save(f, lengths), mode="wb")
         meta = {"format": CACHE_FORMAT, "corpus": corpus, "corpus_sha256": corpus_sha256,
                 "tokenizer": tokenizer.spec(), "vocab_size": tokenizer.vocab_size,
-                "characters": len(text), "bytes": n_bytes, "tokens": len(tokens),
+                "bytes": len(raw), "tokens": len(tokens), "texts": texts,
                 "dtype": np.dtype(dtype).name, "tokens_file_bytes": tokens_path.stat().st_size}
         atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()), mode="wb")
         return meta
@@ -237,26 +295,20 @@ class TokenCache:
 class CacheEntry:
     """A corpus and tokenizer matched with their token cache entry (built if it was missing)."""
 
-    def __init__(self, corpus_name: str, tokenizer: Tokenizer, val_fraction: float, meta: dict[str, Any],
-                 files: tuple[Path, Path, Path], hit: bool) -> None:
-        self.corpus_name, self.tokenizer, self.val_fraction = corpus_name, tokenizer, val_fraction
+    def __init__(self, corpus_name: str, tokenizer: Tokenizer, characters: int, fractions: tuple[float, float],
+                 meta: dict[str, Any], files: tuple[Path, Path, Path], hit: bool) -> None:
+        self.corpus_name, self.tokenizer, self.characters = corpus_name, tokenizer, characters
+        self.val_fraction, self.test_fraction = fractions
         self.meta, self.hit = meta, hit
         self.tokens_path, self.token_bytes_path, self.meta_path = files
-        self.n_train, self.n_val = split_sizes(meta["tokens"], val_fraction)
-
-
-def val_fraction_problems(val_fraction: Any) -> list[str]:
-    number = isinstance(val_fraction, (int, float)) and not isinstance(val_fraction, bool)
-    if number and 0 < val_fraction <= 0.5:
-        return []
-    return [f"data.val_fraction = {val_fraction!r} must be a number in (0, 0.5]: the last val_fraction "
-            "of the tokens is held out for validation (0.1 is usual)"]
+        self.texts = {name: Text(*part["bytes"], meta["bytes"], part["sha256"], *part["tokens"])
+                      for name, part in meta["texts"].items()}
 
 
 def prepare(corpus: Any = "embedded", tokenizer: Any = "char", val_fraction: float = 0.1,
-            cache: TokenCache | None = None) -> CacheEntry:
+            test_fraction: float = 0.0, cache: TokenCache | None = None) -> CacheEntry:
     """Validate everything (reporting every problem at once), then find or build the cache entry."""
-    problems = val_fraction_problems(val_fraction) + TOKENIZER.check(tokenizer, "data.tokenizer")
+    problems = fraction_problems(val_fraction, test_fraction) + TOKENIZER.check(tokenizer, "data.tokenizer")
     try:
         source = open_corpus(corpus)
         raw = source.read()
@@ -267,17 +319,18 @@ def prepare(corpus: Any = "embedded", tokenizer: Any = "char", val_fraction: flo
         raise SpecError(problems)
     built = TOKENIZER.build(tokenizer, {"text": text}, path="data.tokenizer")
     corpus_sha256, spec, cache = sha256(raw), built.spec(), cache or TokenCache()
-    key = cache.key(corpus_sha256, spec)
-    meta = cache.lookup(key, corpus_sha256, spec)
+    ranges = text_ranges(raw, val_fraction, test_fraction)
+    key = cache.key(corpus_sha256, spec, ranges)
+    meta = cache.lookup(key, corpus_sha256, spec, ranges)
     hit = meta is not None
     if meta is None:
-        meta = cache.build(key, source.name, corpus_sha256, text, len(raw), built)
-    return CacheEntry(source.name, built, val_fraction, meta, cache.files(key), hit)
+        meta = cache.build(key, source.name, corpus_sha256, raw, ranges, built)
+    return CacheEntry(source.name, built, len(text), (val_fraction, test_fraction), meta, cache.files(key), hit)
 
 
 # -- dataset -----------------------------------------------------------------------------------
 class Dataset:
-    """A tokenized corpus: train is the first 1 - val_fraction of its tokens, val the rest."""
+    """A tokenized corpus in three texts: train, then test (often empty), then val, the last bytes."""
 
     def __init__(self, entry: CacheEntry) -> None:
         import numpy as np
@@ -285,37 +338,42 @@ class Dataset:
         self.vocab_size: int = entry.tokenizer.vocab_size
         self.corpus_name, self.corpus_sha256 = entry.corpus_name, entry.meta["corpus_sha256"]
         self.cache_path, self.cache_hit = entry.tokens_path, entry.hit
-        self.val_fraction, self.meta = entry.val_fraction, entry.meta
+        self.val_fraction, self.test_fraction, self.meta = entry.val_fraction, entry.test_fraction, entry.meta
+        self.texts: dict[str, Text] = entry.texts
         self.tokens = np.load(entry.tokens_path, mmap_mode="r")
-        self.train, self.val = self.tokens[:entry.n_train], self.tokens[entry.n_train:]
-        val_bytes = count_bytes(self.val, np.load(entry.token_bytes_path))
-        self.split_bytes = {"train": entry.meta["bytes"] - val_bytes, "val": val_bytes}
+        self.token_bytes = np.load(entry.token_bytes_path)  # UTF-8 bytes of each id
+        self.train, self.test, self.val = (self.tokens[self.texts[p].first:self.texts[p].stop] for p in PARTS)
+        self.split_bytes = {name: text.n_bytes for name, text in self.texts.items()}
 
     def split(self, name: str) -> np.ndarray:
-        return self.train if split_name(name) == "train" else self.val
+        return {"train": self.train, "val": self.val, "test": self.test}[split_name(name)]
 
-    def bits_per_byte(self, loss_nats_per_token: float, split: str = "val") -> float:
-        """A loss in nats per token as bits per UTF-8 byte: comparable across tokenizers."""
-        return loss_nats_per_token * len(self.split(split)) / self.split_bytes[split] / math.log(2)
+    def scored(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """A text's tokens and the UTF-8 bytes of each (what experiments/evaluate.py scores)."""
+        import numpy as np
+        tokens = np.asarray(self.split(name))
+        return tokens, self.token_bytes[tokens]
 
     def check_context(self, context_length: int) -> None:
-        short = [f"the {name} split has {len(self.split(name)):,} tokens" for name in SPLITS
+        splits = [name for name in SPLITS if name != "test" or self.texts["test"].n_bytes]
+        short = [f"the {name} split has {len(self.split(name)):,} tokens" for name in splits
                  if len(self.split(name)) < context_length + 1]
         if short:
             raise SpecError(f"model.context_length = {context_length} is too long for corpus "
                             f"{self.corpus_name!r} with tokenizer {self.tokenizer.name}: "
-                            f"{' and '.join(short)}, but a training window needs context_length + 1 = "
+                            f"{' and '.join(short)}, but a window needs context_length + 1 = "
                             f"{context_length + 1}; use a shorter context, a larger data.val_fraction "
-                            "or a bigger corpus")
+                            "(or data.test_fraction) or a bigger corpus")
 
 
-def load_dataset(corpus: Any = "embedded", tokenizer: Any = "char", val_fraction: float = 0.1) -> Dataset:
-    """The corpus tokenized (from the cache when it can be) and split; SpecError on bad input."""
-    return Dataset(prepare(corpus, tokenizer, val_fraction))
+def load_dataset(corpus: Any = "embedded", tokenizer: Any = "char", val_fraction: float = 0.1,
+                 test_fraction: float = 0.0) -> Dataset:
+    """The corpus split into its texts, each tokenized (from the cache when it can be); SpecError on bad input."""
+    return Dataset(prepare(corpus, tokenizer, val_fraction, test_fraction))
 
 
 # -- batches -----------------------------------------------------------------------------------
-SPLITS = {"train": 0, "val": 1}    # the split's code in a batch's seed
+SPLITS = {"train": 0, "val": 1, "test": 2}  # the split's code in a batch's seed
 TRAIN_STREAM, EVAL_STREAM = 0, 1   # training and evaluation batches never share draws
 
 
@@ -342,6 +400,7 @@ class Batches:
         self.dataset, self.context_length, self.batch_size, self.seed = dataset, context_length, batch_size, seed
         self.device = torch.device(device)
         self.evals: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {name: [] for name in SPLITS}
+        self.eval_bytes: dict[str, list[int]] = {name: [] for name in SPLITS}  # of each batch's targets
 
     def windows(self, split: str, stream: int, index: int) -> np.ndarray:
         """(batch_size, context_length + 1) int64 token windows."""
@@ -364,21 +423,35 @@ class Batches:
 
     def eval_batches(self, split: str, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The first n of this seed's fixed evaluation batches for `split` (made once, then reused)."""
-        cached = self.evals[split_name(split)]
-        cached += [self.to_device(self.windows(split, EVAL_STREAM, i)) for i in range(len(cached), n)]
+        cached, sizes = self.evals[split_name(split)], self.eval_bytes[split]
+        for i in range(len(cached), n):
+            windows = self.windows(split, EVAL_STREAM, i)
+            cached.append(self.to_device(windows))
+            sizes.append(int(self.dataset.token_bytes[windows[:, 1:]].sum()))
         return cached[:n]
+
+    def eval_bits_per_byte(self, split: str, n: int, loss: float) -> float:
+        """The mean loss (nats/token) of the first n evaluation batches in bits per byte of the text
+        they score: their total nats over the UTF-8 bytes of their target tokens, over ln 2."""
+        self.eval_batches(split, n)
+        nats = loss * n * self.batch_size * self.context_length
+        return nats / sum(self.eval_bytes[split][:n]) / math.log(2)
 
 
 # -- command line ------------------------------------------------------------------------------
 def table(entry: CacheEntry, seconds: float) -> str:
-    meta = entry.meta
+    meta, texts = entry.meta, entry.texts
+    test = texts["test"].n_bytes > 0
     rows = [("corpus", entry.corpus_name), ("sha256", meta["corpus_sha256"]),
             ("tokenizer", entry.tokenizer.name),
-            ("characters", f"{meta['characters']:,}"), ("bytes", f"{meta['bytes']:,}"),
+            ("characters", f"{entry.characters:,}"), ("bytes", f"{meta['bytes']:,}"),
             ("tokens", f"{meta['tokens']:,}"), ("vocabulary", f"{meta['vocab_size']:,}"),
-            ("bytes per token", f"{meta['bytes'] / meta['tokens']:.3f}"),
-            ("train tokens", f"{entry.n_train:,}"),
-            ("val tokens", f"{entry.n_val:,} (last {entry.val_fraction:g})"),
+            ("bytes per token", f"{meta['bytes'] / max(meta['tokens'], 1):.3f}"),
+            ("train tokens", f"{texts['train'].n_tokens:,}"),
+            *([("test tokens", f"{texts['test'].n_tokens:,} ({entry.test_fraction:g} of the bytes, just before val)")] if test else []),
+            ("val tokens", f"{texts['val'].n_tokens:,} (the last {entry.val_fraction:g} of the bytes)"),
+            ("validation text", texts["val"].describe()),
+            *([("test text", texts["test"].describe())] if test else []),
             ("cache", str(entry.tokens_path)), ("cache hit", "yes" if entry.hit else "no"),
             ("time", f"{seconds:.3f} s (read, hash, {'load' if entry.hit else 'tokenize and cache'})")]
     width = max(len(label) for label, _ in rows)
@@ -405,11 +478,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokenizer", default="char",
                         help=f"a tokenizer name ({', '.join(TOKENIZER.names())}) or a JSON spec")
     parser.add_argument("--val-fraction", type=float, default=0.1,
-                        help="the last fraction of tokens held out for validation, in (0, 0.5]")
+                        help="the last fraction of the text's bytes held out for validation, in (0, 0.5]")
+    parser.add_argument("--test-fraction", type=float, default=0.0,
+                        help="the fraction of the bytes just before the validation text held out as a "
+                             "test text, in [0, 0.5) (default 0: none)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
-        entry = prepare(args.corpus, parse_tokenizer(args.tokenizer), args.val_fraction)
+        entry = prepare(args.corpus, parse_tokenizer(args.tokenizer), args.val_fraction, args.test_fraction)
     except SpecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -41,7 +41,8 @@ def bind_data(runs: list[RunSpec]) -> dict[tuple, Any]:
         key = data_key(run)
         if key not in datasets:
             try:
-                datasets[key] = load_dataset(run.data["corpus"], run.data["tokenizer"], run.data["val_fraction"])
+                datasets[key] = load_dataset(run.data["corpus"], run.data["tokenizer"], run.data["val_fraction"],
+                                             run.data["test_fraction"])
             except SpecError as err:
                 datasets[key] = None
                 problems += err.problems
@@ -61,7 +62,7 @@ def bind_data(runs: list[RunSpec]) -> dict[tuple, Any]:
 
 
 def data_key(run: RunSpec) -> tuple:
-    return (run.data["corpus"], repr(run.data["tokenizer"]), run.data["val_fraction"])
+    return (run.data["corpus"], repr(run.data["tokenizer"]), run.data["val_fraction"], run.data["test_fraction"])
 
 
 # -- the plan ------------------------------------------------------------------------------------

@@ -59,7 +59,9 @@ DATA = {
                     lambda v: isinstance(v, str) and v != "", "the text to train on"),
     "tokenizer": component("tokenizer", "char", "char | byte | gpt2 (BPE, offline)"),
     "val_fraction": Field(0.1, "a number in (0, 0.5]", lambda v: is_number(v) and 0 < v <= 0.5,
-                          "the last fraction of the tokens held out for validation"),
+                          "the last fraction of the text's bytes held out for validation, whatever the tokenizer"),
+    "test_fraction": Field(0.0, "a number in [0, 0.5)", lambda v: is_number(v) and 0 <= v < 0.5,
+                           "the fraction of the bytes just before the validation text held out as a test text"),
 }
 
 MODEL = {

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from components.model import GPT, ModelConfig
-from experiments import ddp, files
+from experiments import ddp, evaluate, files
 from experiments.spec import RunSpec
 
 METRIC_COLUMNS = ["step", "tokens", "lr", "train_loss", "val_loss", "val_bpb", "elapsed_s"]
@@ -337,6 +337,7 @@ class Trainer:
         self.tokens_per_step = run.train["batch_size"] * run.train["grad_accum"] * ctx
         self.cpu_threads = self.setup_cpu() if device.type == "cpu" else None
         self.step, self.metrics, self.train_seconds, self.wall_seconds = 0, [], 0.0, 0.0
+        self.final_scores: dict[str, Any] = {}  # the exact final evaluation's, once the run is done
 
     def setup_cpu(self) -> CpuThreads:
         """The allocator and the intra-op threads of this run (see CpuThreads)."""
@@ -401,7 +402,8 @@ class Trainer:
         losses = self.evaluate()
         row = {"step": self.step, "tokens": self.step * self.tokens_per_step, "lr": lr_at(max(self.step - 1, 0), self.train_cfg),
                "train_loss": losses["train"], "val_loss": losses["val"],
-               "val_bpb": self.dataset.bits_per_byte(losses["val"], "val"), "elapsed_s": round(elapsed, 3)}
+               "val_bpb": self.batches.eval_bits_per_byte("val", self.train_cfg["eval_batches"], losses["val"]),
+               "elapsed_s": round(elapsed, 3)}
         self.metrics.append(row)
         if self.writer:
             files.write_csv(self.dir / "metrics.csv", self.metrics, METRIC_COLUMNS)
@@ -482,6 +484,10 @@ class Trainer:
             status, error = err.status, str(err)
         finally:
             bar.close()
+        if status == "done":  # score the whole validation (and test) text: experiments/evaluate.py
+            self.final_scores = evaluate.final_scores(self.model, self.dataset, cfg["batch_size"], self.device, self.dtype)
+            if not math.isfinite(self.final_scores["final_val_loss"]):
+                status, error = "diverged", "the final validation loss is not finite"
         self.wall_seconds = time.perf_counter() - start_wall
         if status == "done" and self.writer:
             self.write_sample()
@@ -518,7 +524,7 @@ class Trainer:
             "corpus": self.dataset.corpus_name, "corpus_sha256": self.dataset.corpus_sha256,
             "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
             "threads": torch.get_num_threads(), "threads_reason": self.cpu_threads.reason if self.cpu_threads else None,
-        }
+        } | self.final_scores  # a finished run's final_val_* are the exact ones, not the last sampled row's
 
 
 def load_model(run_dir: Path, device: str = "cpu"):

@@ -147,35 +147,69 @@ def test_ids_are_uint16_when_the_vocabulary_fits_else_uint32(lab_cache: Path, wr
     assert ds.split_bytes["train"] + ds.split_bytes["val"] == len(text.encode("utf-8"))
 
 
-# -- splits and bits per byte ------------------------------------------------------------------
-def test_split_sizes_and_byte_counts_char(lab_cache: Path, embedded_text: str) -> None:
-    ds = load_dataset("embedded", "char", val_fraction=0.2)
-    n = len(embedded_text)
-    n_train = int(n * 0.8)
-    assert (len(ds.train), len(ds.val)) == (n_train, n - n_train)
-    assert ds.split_bytes == {"train": len(embedded_text[:n_train].encode()),
-                              "val": len(embedded_text[n_train:].encode())}
-    assert ds.vocab_size == len(set(embedded_text))
+# -- the texts: split by bytes, one validation text for every tokenizer --------------------------
+def test_the_validation_text_is_the_last_bytes_whatever_the_tokenizer(lab_cache: Path, embedded_text: str) -> None:
+    raw = embedded_text.encode()
+    val_start = len(raw) - int(len(raw) * 0.2)
+    for tokenizer in ("char", "byte", "gpt2"):
+        ds = load_dataset("embedded", tokenizer, val_fraction=0.2)
+        assert (ds.texts["val"].start, ds.texts["val"].end) == (val_start, len(raw))  # ASCII there: no shift
+        assert ds.texts["val"].sha256 == hashlib.sha256(raw[val_start:]).hexdigest()
+        assert ds.split_bytes == {"train": val_start, "test": 0, "val": len(raw) - val_start}
+        # each text is tokenized on its own: its tokens decode to exactly its bytes, and cover them
+        for name, (start, end) in {"train": (0, val_start), "val": (val_start, len(raw))}.items():
+            assert ds.tokenizer.decode(ds.split(name).tolist()).encode() == raw[start:end], (tokenizer, name)
+            assert ds.token_bytes[ds.split(name)].sum() == end - start
+        assert len(ds.test) == 0 and len(ds.tokens) == len(ds.train) + len(ds.val)
 
 
-def test_split_byte_counts_gpt2_are_exact(lab_cache: Path, embedded_text: str) -> None:
-    ds = load_dataset("embedded", "gpt2")
-    decode_bytes = ds.tokenizer.encoding.decode_bytes
-    assert len(ds.train) == int(len(ds.tokens) * 0.9)
-    assert ds.split_bytes == {"train": len(decode_bytes(ds.train.tolist())),
-                              "val": len(decode_bytes(ds.val.tolist()))}
-    assert sum(ds.split_bytes.values()) == len(embedded_text.encode())
+def test_a_cut_inside_a_character_moves_to_the_next_character(lab_cache: Path, write) -> None:
+    text = "é" * 100 + "abcdefghij"  # 210 bytes, each 'é' two of them from an even offset
+    raw = text.encode()
+    # the last 10% would start at byte 189, the 10% before it at 169: both inside an 'é'
+    assert data.text_ranges(raw, 0.1) == {"train": (0, 190), "test": (190, 190), "val": (190, 210)}
+    assert data.text_ranges(raw, 0.1, 0.1) == {"train": (0, 170), "test": (170, 190), "val": (190, 210)}
+    path = write("accents.txt", text)
+    texts = {t: load_dataset(path, t, 0.1, 0.1).texts for t in ("char", "byte", "gpt2")}
+    assert [(t.start, t.end, t.sha256) for t in texts["char"].values()] == \
+        [(t.start, t.end, t.sha256) for t in texts["gpt2"].values()] == \
+        [(t.start, t.end, t.sha256) for t in texts["byte"].values()]
+    assert texts["char"]["test"].n_tokens == 10 and texts["byte"]["test"].n_tokens == 20
 
 
-def test_bits_per_byte(lab_cache: Path) -> None:
-    ds = load_dataset("embedded", "gpt2")
-    for split in ("train", "val"):
-        tokens = len(ds.train if split == "train" else ds.val)
-        assert ds.bits_per_byte(2.5, split) == pytest.approx(2.5 * tokens / ds.split_bytes[split] / math.log(2))
-    assert ds.bits_per_byte(1.0) == ds.bits_per_byte(1.0, "val")
-    # On ASCII text, with one character per token, bits per byte is just nats per token in bits.
-    ascii = load_dataset("embedded", "byte")
-    assert ascii.bits_per_byte(math.log(2)) == pytest.approx(1.0)
+def test_a_test_text_is_held_out_just_before_the_validation_text(lab_cache: Path, embedded_text: str) -> None:
+    raw = embedded_text.encode()
+    ds = load_dataset("embedded", "gpt2", val_fraction=0.1, test_fraction=0.15)
+    train, test, val = (ds.texts[p] for p in ("train", "test", "val"))
+    assert (train.start, train.end, test.end, val.end) == (0, test.start, val.start, len(raw))
+    assert test.n_bytes == pytest.approx(0.15 * len(raw), abs=4) and val.n_bytes == pytest.approx(0.1 * len(raw), abs=4)
+    assert test.sha256 == hashlib.sha256(raw[test.start:test.end]).hexdigest()
+    assert ds.tokenizer.decode(ds.test.tolist()).encode() == raw[test.start:test.end]
+    assert (train.stop, test.first, test.stop, val.first) == (test.first, len(ds.train), val.first, len(ds.train) + len(ds.test))
+    # the validation text (and its tokens) do not depend on whether a test text is held out
+    plain = load_dataset("embedded", "gpt2").texts["val"]
+    assert (plain.start, plain.end, plain.sha256, plain.n_tokens) == (val.start, val.end, val.sha256, val.n_tokens)
+
+
+def test_an_old_cache_format_is_never_read(lab_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data, "CACHE_FORMAT", 1)
+    old = load_dataset("embedded", "byte")
+    monkeypatch.setattr(data, "CACHE_FORMAT", 2)
+    new = load_dataset("embedded", "byte")
+    assert not new.cache_hit and new.cache_path != old.cache_path
+    key = new.cache_path.stem
+    meta_path = new.cache_path.with_suffix(".json")
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps(meta | {"format": 1}))  # an entry of another format under this key
+    assert data.TokenCache().lookup(key, new.corpus_sha256, new.tokenizer.spec(),
+                                    data.text_ranges(data.Embedded().read(), 0.1)) is None
+    assert not load_dataset("embedded", "byte").cache_hit
+
+
+def test_each_split_gets_its_own_cache_entry(lab_cache: Path) -> None:
+    a, b = load_dataset("embedded", "char", 0.1), load_dataset("embedded", "char", 0.2)
+    assert a.cache_path != b.cache_path and not b.cache_hit
+    assert load_dataset("embedded", "char", 0.1, 0.0).cache_hit
 
 
 # -- batches -----------------------------------------------------------------------------------
@@ -244,8 +278,20 @@ def test_batches_leave_torch_global_rng_alone(dataset) -> None:
 
 
 def test_unknown_split_is_refused(dataset) -> None:
-    with pytest.raises(ValueError, match="split must be one of train, val"):
-        Batches(dataset, context_length=16, batch_size=4, seed=0).batch("test", 0)
+    with pytest.raises(ValueError, match="split must be one of train, val, test"):
+        Batches(dataset, context_length=16, batch_size=4, seed=0).batch("dev", 0)
+
+
+def test_sampled_bits_per_byte_are_the_windows_nats_over_their_target_bytes(lab_cache: Path) -> None:
+    ds = load_dataset("embedded", "gpt2")
+    batches = Batches(ds, context_length=16, batch_size=4, seed=0)
+    targets = np.concatenate([y.numpy().ravel() for _, y in batches.eval_batches("val", 3)])
+    assert len(targets) == 3 * 4 * 16
+    expected = 2.5 * len(targets) / ds.token_bytes[targets].sum() / math.log(2)
+    assert batches.eval_bits_per_byte("val", 3, 2.5) == pytest.approx(expected, rel=1e-12)
+    # On a byte-level text every token is one byte: bits per byte is nats per token in bits.
+    ascii = Batches(load_dataset("embedded", "byte"), context_length=16, batch_size=4, seed=0)
+    assert ascii.eval_bits_per_byte("val", 2, math.log(2)) == pytest.approx(1.0)
 
 
 # -- bad input ---------------------------------------------------------------------------------
@@ -275,7 +321,13 @@ def test_val_fraction_outside_the_range(lab_cache: Path, fraction) -> None:
 
 def test_val_fraction_half_is_allowed(lab_cache: Path) -> None:
     ds = load_dataset("embedded", "byte", val_fraction=0.5)
-    assert abs(len(ds.train) - len(ds.val)) <= 1
+    assert abs(len(ds.train) - len(ds.val)) <= 4  # the cut moves to a character boundary
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 0.5, True, "0.1", None])
+def test_test_fraction_outside_the_range(lab_cache: Path, fraction) -> None:
+    m = message(corpus="embedded", tokenizer="char", test_fraction=fraction)
+    assert "data.test_fraction" in m and "[0, 0.5)" in m
 
 
 def test_unknown_corpus_and_tokenizer_suggest_close_names(lab_cache: Path) -> None:
@@ -367,10 +419,30 @@ def test_cli_prints_the_table(lab_cache: Path) -> None:
     assert rows["tokens"] == rows["characters"] and rows["cache hit"] == "no"
     assert rows["vocabulary"] == str(len(set(data.Embedded().read().decode())))
     second = run_cli("--tokenizer", "char", "--val-fraction", "0.2", cache=lab_cache)
-    assert "cache hit        yes" in second.stdout and "(last 0.2)" in second.stdout
+    assert "cache hit        no" in second.stdout and "(the last 0.2 of the bytes)" in second.stdout
+    assert "cache hit        yes" in run_cli("--tokenizer", "char", "--val-fraction", "0.2", cache=lab_cache).stdout
 
 
-@pytest.mark.parametrize("args", [["--corpus", "no/such/file.txt"], ["--val-fraction", "0.6"],
+def cli_lines(capsys: pytest.CaptureFixture, *args: str) -> dict[str, str]:
+    assert data.main(list(args)) == 0
+    return {line.split("  ")[0]: line for line in capsys.readouterr().out.splitlines()}
+
+
+@pytest.mark.parametrize("corpus", ["embedded", "accents"])
+def test_cli_prints_one_validation_text_for_every_tokenizer(lab_cache: Path, write, capsys, corpus: str) -> None:
+    corpus = write("accents.txt", "naïve café " * 3000) if corpus == "accents" else corpus
+    raw = data.open_corpus(corpus).read()
+    lines = [cli_lines(capsys, "--corpus", corpus, "--tokenizer", t, "--test-fraction", "0.1")
+             for t in ("char", "byte", "gpt2")]
+    for label in ("validation text", "test text"):
+        assert lines[0][label] == lines[1][label] == lines[2][label]
+        start, end, total, digest = re.fullmatch(r"\S+ text +bytes (\d+)-(\d+) of (\d+), sha256 ([0-9a-f]{64})",
+                                                 lines[0][label]).groups()
+        assert int(total) == len(raw) and hashlib.sha256(raw[int(start):int(end)]).hexdigest() == digest
+    assert "test text" not in cli_lines(capsys, "--corpus", corpus)
+
+
+@pytest.mark.parametrize("args", [["--corpus", "no/such/file.txt"], ["--val-fraction", "0.6"], ["--test-fraction", "0.5"],
                                   ["--tokenizer", "gtp2"], ["--tokenizer", "{bad json"]])
 def test_cli_bad_input_exits_2_without_traceback(lab_cache: Path, args: list[str]) -> None:
     out = run_cli(*args, cache=lab_cache)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,10 @@ def metrics(results: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def summary(results: Path) -> dict:
+    return json.loads(next(results.glob("ddp/runs/*/summary.json")).read_text())
+
+
 def test_two_gloo_processes_train_what_one_process_trains(tmp_path):
     # grad_accum 2: each rank takes half of each micro-batch, and gradients sync on the last one only
     spec = tmp_path / "spec.yaml"
@@ -52,6 +57,11 @@ def test_two_gloo_processes_train_what_one_process_trains(tmp_path):
         for key in ("train_loss", "val_loss"):
             assert float(a[key]) == pytest.approx(float(b[key]), abs=1e-5), (a["step"], key)
     assert float(two[-1]["val_loss"]) < float(two[0]["val_loss"])
+    # The exact final evaluation: each process scores its share of the windows, the sums agree.
+    first, second = summary(tmp_path / "one"), summary(tmp_path / "two")
+    assert (first["final_val_tokens"], first["final_val_bytes"]) == (second["final_val_tokens"], second["final_val_bytes"])
+    assert second["final_val_loss"] == pytest.approx(first["final_val_loss"], rel=1e-5)
+    assert second["final_val_bpb"] == pytest.approx(first["final_val_bpb"], rel=1e-5)
 
     # Only rank 0 wrote: the same files as a single process, one row in runs.csv, one progress line.
     one_files = sorted(p.name for p in next((tmp_path / "one").glob("ddp/runs/*")).iterdir())

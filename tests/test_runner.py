@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -66,8 +67,9 @@ def test_results_layout(tmp_path, capsys):
         assert [int(m["step"]) for m in metrics] == [0, 10, 20]
         assert int(metrics[-1]["tokens"]) == 20 * 4 * 16
         summary = json.loads((run_dir / "summary.json").read_text())
-        assert summary["final_val_loss"] == pytest.approx(float(metrics[-1]["val_loss"]))
+        assert summary["final_val_tokens"] > 40_000 and summary["final_val_bytes"] >= summary["final_val_tokens"]
         assert summary["final_val_loss"] < float(metrics[0]["val_loss"])  # it learned something
+        assert "final_test_loss" not in summary  # no test text unless data.test_fraction holds one out
         for key in ("params", "flops_per_token", "tokens_per_s", "wall_s", "torch", "python", "device",
                     "git_commit", "corpus_sha256"):
             assert summary[key] not in (None, ""), key
@@ -202,14 +204,27 @@ def test_lock_is_exclusive_and_freed_when_its_holder_dies(tmp_path):
 
 
 def test_bits_per_byte_follow_the_formula(tmp_path):
-    from experiments.data import load_dataset
+    """Curves: the sampled windows' nats over their target bytes; summary: the whole text's."""
+    from experiments.data import Batches, load_dataset
 
-    spec = write_spec(tmp_path / "s.yaml")
+    from experiments.data import Embedded
+
+    corpus = tmp_path / "docs.txt"  # a fifth of the embedded corpus: a shorter final evaluation
+    corpus.write_bytes(Embedded().read()[:90_000])
+    spec = write_spec(tmp_path / "s.yaml", data={"corpus": str(corpus), "tokenizer": "gpt2"})  # bytes per token vary
     assert run_main(spec, tmp_path / "r") == 0
     metrics = read_csv(next((tmp_path / "r" / "t").glob("runs/*/metrics.csv")))[-1]
-    ds = load_dataset("embedded", "char", 0.1)
-    expected = float(metrics["val_loss"]) * len(ds.val) / ds.split_bytes["val"] / math.log(2)
+    ds = load_dataset(str(corpus), "gpt2", 0.1)
+    batches = Batches(ds, TINY_MODEL["context_length"], TINY_TRAIN["batch_size"], seed=0)
+    targets = np.concatenate([y.numpy().ravel() for _, y in batches.eval_batches("val", TINY_TRAIN["eval_batches"])])
+    expected = float(metrics["val_loss"]) * len(targets) / ds.token_bytes[targets].sum() / math.log(2)
     assert float(metrics["val_bpb"]) == pytest.approx(expected, rel=1e-6)
+    summary = json.loads(next((tmp_path / "r" / "t").glob("runs/*/summary.json")).read_text())
+    assert (summary["final_val_tokens"], summary["final_val_bytes"]) == (len(ds.val) - 1, ds.token_bytes[ds.val[1:]].sum())
+    assert summary["final_val_bpb"] == pytest.approx(
+        summary["final_val_loss"] * summary["final_val_tokens"] / summary["final_val_bytes"] / math.log(2), rel=1e-12)
+    # The final evaluation covers the whole validation text but its first token (issue 12: >= 99%).
+    assert summary["final_val_bytes"] / ds.texts["val"].n_bytes >= 0.99
 
 
 def test_sample_uses_the_runs_own_tokenizer(tmp_path):
