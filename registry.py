@@ -205,10 +205,16 @@ FAMILIES = {r.family: r for r in (POSITIONAL, ATTENTION, NORM, BLOCK, FEEDFORWAR
 
 
 def load_all() -> dict[str, Registry]:
-    """Import every module that registers variants, so each registry is complete."""
-    import components.model  # noqa: F401  (registers every model part)
+    """Import every module that registers variants, so each registry is complete. (These imports,
+    of modules that import this one, are the one exception to imports pointing down.)"""
+    import components.attention  # noqa: F401
+    import components.block  # noqa: F401
+    import components.feedforward  # noqa: F401
+    import components.head  # noqa: F401
+    import components.norm  # noqa: F401
+    import components.positional  # noqa: F401
     import components.tokenizer  # noqa: F401
-    import experiments.data  # noqa: F401  (registers the corpora)
+    import experiments.data  # noqa: F401  (the corpora)
     return FAMILIES
 
 

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from components import attention, block, feedforward, fused, head, norm, positional  # noqa: F401  (registers)
+from components import attention, block, feedforward, head, norm, positional  # noqa: F401  (registers)
+from components.kernels import fused
 from registry import ATTENTION, BLOCK, FEEDFORWARD, HEAD, NORM, POSITIONAL
 
 # Presets are data: sizes and, where a preset stands for a known model, its components.

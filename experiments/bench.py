@@ -22,6 +22,7 @@ the kernel and optimizer switches are timed step by step in turn with the base r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -107,14 +108,17 @@ class Switch:
     compares them under the same machine load (this machine's speed drifts by ~10% over minutes)."""
 
     def __init__(self, trainer):
+        from components.kernels import settings
+
         self.trainer, self.own_optimizer, self.torch_adamw = trainer, trainer.optimizer, None
+        self.kernels = settings.current()  # the process's own setting: each knob switches one part off
 
     def set(self, knob: str | None) -> None:
         import torch
 
-        from components import fused
-        fused.ENABLED = knob != "fused_kernels"
-        fused.C_KERNELS = knob != "c_kernels"
+        from components.kernels import settings
+        settings.configure(dataclasses.replace(self.kernels, fused=self.kernels.fused and knob != "fused_kernels",
+                                               c_loops=self.kernels.c_loops and knob != "c_kernels"))
         self.trainer.optimizer = self.own_optimizer
         if knob == "fused_adamw":
             if self.torch_adamw is None:

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from components import cpu_kernels, fused
+from components.kernels import c_loader, fused, settings
 from components.attention import naive_attention, share_heads
 from components.positional import ALiBi
 
@@ -13,11 +13,11 @@ PATHS = ["c", "torch"]
 
 
 @pytest.fixture(params=PATHS)
-def path(request, monkeypatch):
-    if request.param == "c" and cpu_kernels.load() is None:
+def path(request):
+    if request.param == "c" and c_loader.load() is None:
         pytest.skip("no C compiler: the torch-op path serves")
-    monkeypatch.setattr(fused, "C_KERNELS", request.param == "c")
-    return request.param
+    with settings.using(c_loops=request.param == "c"):
+        yield request.param
 
 
 def with_grads(f, *inputs, seed=1):
@@ -97,14 +97,27 @@ def test_dropout_keeps_one_minus_p_scales_and_backpropagates_its_mask(path):
     assert torch.equal(fused._Dropout.apply(x, 0.2), y)  # masks follow torch's seed (so runs resume exactly)
 
 
-def test_stock_ops_serve_where_the_kernels_do_not(monkeypatch):
+def test_stock_ops_serve_where_the_kernels_do_not():
     x = torch.randn(8, requires_grad=True)
     assert fused.use_fused(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not fused.use_fused(x)
     assert not fused.use_fused(x.double())
-    monkeypatch.setattr(fused, "ENABLED", False)
-    assert not fused.use_fused(x)
+    with settings.using(fused=False):
+        assert not fused.use_fused(x)
+    assert fused.use_fused(x)  # the setting is back once the block ends
+
+
+def test_the_setting_switches_the_c_loops_and_restores_them():
+    before = settings.current()
+    with settings.using(c_loops=False):
+        assert fused.c_lib() is None and settings.current().fused == before.fused
+    assert settings.current() == before
+    previous = settings.configure(settings.KernelSettings(fused=False, c_loops=False))
+    try:
+        assert previous == before and not fused.use_fused(torch.randn(4))
+    finally:
+        settings.configure(previous)
 
 
 # -- the training loop's CPU pieces (experiments/train.py) ----------------------------------------
