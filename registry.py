@@ -48,8 +48,18 @@ def choices_hint(word: Any, choices: Any, label: str = "valid") -> str:
 
 
 def type_problem(value: Any, annotation: Any) -> str | None:
-    """Why `value` does not fit `annotation` (int, float, bool, str, Literal, unions), or None."""
+    """Why `value` does not fit `annotation` (int, float, bool, str, dict, list[X], Literal, unions), or
+    None. The one type check of the lab: component options here, spec fields (experiments/schema.py)
+    and search ranges use it."""
     origin = typing.get_origin(annotation)
+    if annotation is list or origin is list:
+        item = (typing.get_args(annotation) or (Any,))[0]
+        if not isinstance(value, list):
+            return "a list"
+        wrong = next((want for v in value if (want := type_problem(v, item)) is not None), None)
+        return None if wrong is None else f"a list, each item {wrong}"
+    if annotation is dict:
+        return None if isinstance(value, dict) else "a mapping"
     if origin is Literal:
         choices = typing.get_args(annotation)
         return None if value in choices else "one of " + ", ".join(repr(c) for c in choices)

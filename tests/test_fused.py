@@ -120,7 +120,7 @@ def test_the_setting_switches_the_c_loops_and_restores_them():
         settings.configure(previous)
 
 
-# -- the training loop's CPU pieces (experiments/train.py) ----------------------------------------
+# -- the training loop's CPU pieces (experiments/optim.py, cpu_runtime.py)------------------------------------
 def two_models():
     def make():
         torch.manual_seed(0)
@@ -134,7 +134,7 @@ def groups(model):
 
 
 def test_fused_adamw_steps_and_saves_like_torchs_fused_adamw():
-    from experiments.train import FusedAdamW, clip_grad_norm
+    from experiments.optim import FusedAdamW, clip_grad_norm
 
     ours_model, torch_model = two_models()
     ours = FusedAdamW(groups(ours_model), lr=1e-2, betas=(0.9, 0.99))
@@ -161,7 +161,7 @@ def test_fused_adamw_steps_and_saves_like_torchs_fused_adamw():
 
 
 def test_thread_policy(monkeypatch):
-    from experiments import train
+    from experiments import cpu_runtime as train
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
@@ -198,7 +198,8 @@ def test_linear_cross_entropy_matches_logits_then_cross_entropy(path, vocab, mon
 
 @pytest.mark.parametrize("head", ["tied", "untied"])
 def test_model_loss_without_logits_matches_the_logits_path(head):
-    from components.model import GPT, ModelConfig
+    from components.model import GPT
+    from experiments.schema import ModelConfig
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=300, d_model=32, n_layers=1, n_heads=2, context_length=16, head=head))
     idx, targets = torch.randint(300, (3, 16)), torch.randint(300, (3, 16))
