@@ -48,8 +48,18 @@ def choices_hint(word: Any, choices: Any, label: str = "valid") -> str:
 
 
 def type_problem(value: Any, annotation: Any) -> str | None:
-    """Why `value` does not fit `annotation` (int, float, bool, str, Literal, unions), or None."""
+    """Why `value` does not fit `annotation` (int, float, bool, str, dict, list[X], Literal, unions), or
+    None. The one type check of the lab: component options here, spec fields (experiments/schema.py)
+    and search ranges use it."""
     origin = typing.get_origin(annotation)
+    if annotation is list or origin is list:
+        item = (typing.get_args(annotation) or (Any,))[0]
+        if not isinstance(value, list):
+            return "a list"
+        wrong = next((want for v in value if (want := type_problem(v, item)) is not None), None)
+        return None if wrong is None else f"a list, each item {wrong}"
+    if annotation is dict:
+        return None if isinstance(value, dict) else "a mapping"
     if origin is Literal:
         choices = typing.get_args(annotation)
         return None if value in choices else "one of " + ", ".join(repr(c) for c in choices)
@@ -205,10 +215,16 @@ FAMILIES = {r.family: r for r in (POSITIONAL, ATTENTION, NORM, BLOCK, FEEDFORWAR
 
 
 def load_all() -> dict[str, Registry]:
-    """Import every module that registers variants, so each registry is complete."""
-    import components.model  # noqa: F401  (registers every model part)
+    """Import every module that registers variants, so each registry is complete. (These imports,
+    of modules that import this one, are the one exception to imports pointing down.)"""
+    import components.attention  # noqa: F401
+    import components.block  # noqa: F401
+    import components.feedforward  # noqa: F401
+    import components.head  # noqa: F401
+    import components.norm  # noqa: F401
+    import components.positional  # noqa: F401
     import components.tokenizer  # noqa: F401
-    import experiments.data  # noqa: F401  (registers the corpora)
+    import experiments.data  # noqa: F401  (the corpora)
     return FAMILIES
 
 

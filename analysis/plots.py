@@ -8,10 +8,8 @@ the report. Only finished runs are drawn; with one seed there is no band or bar 
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -32,6 +30,7 @@ from analysis.effects import factors, paired_effects, seed_means  # noqa: E402
 from analysis.stats import mean_ci  # noqa: E402
 from analysis.tables import (  # noqa: E402
     LABELS, UNITS, Experiment, complete_variants, done_runs, mixed_tokenizers)
+from experiments.search.study import quiet_optuna, sqlite_file, sqlite_url  # noqa: E402
 
 MAX_LINES = 10          # more curves than this is a tangle: the best ones are drawn
 MAX_ROWS = 30           # rows of a point plot (a search can have hundreds of trials)
@@ -327,29 +326,14 @@ def _storage_url(url: str, exp_dir: Path) -> str:
     """A relative SQLite path is tried as given, then relative to the experiment folder and the
     folder `results/` sits in; refusing to go on when no file exists, because Optuna would
     silently create an empty database instead."""
-    prefix = "sqlite:///"
-    if not url.startswith(prefix):
+    db = sqlite_file(url)
+    if db is None:
         return url
-    db = Path(url[len(prefix):])
     candidates = [db] if db.is_absolute() else [db, exp_dir / db, exp_dir.parent.parent / db]
     for candidate in candidates:
         if candidate.is_file():
-            return prefix + str(candidate.resolve())
+            return sqlite_url(candidate)
     raise Skip(f"Optuna plots: the study database {db} was not found.")
-
-
-@contextlib.contextmanager
-def _quiet_optuna() -> Iterator[Any]:
-    import optuna
-
-    level = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            yield optuna
-    finally:
-        optuna.logging.set_verbosity(level)
 
 
 def load_study(exp: Experiment) -> Any:
@@ -359,7 +343,7 @@ def load_study(exp: Experiment) -> Any:
     if not exp.search.get("storage") or not exp.search.get("study_name"):
         raise Skip("Optuna plots: experiment.json's search names no storage and study_name.")
     url = _storage_url(str(exp.search.get("storage", "")), exp.path)
-    with _quiet_optuna() as optuna:
+    with quiet_optuna() as optuna:
         try:
             return optuna.load_study(study_name=str(exp.search.get("study_name")), storage=url)
         except KeyError:
@@ -403,7 +387,7 @@ def plot_search(exp: Experiment, out_dir: Path, plots: PlotSet) -> None:
         if exp.search:
             plots.notes.append(str(skip))
         return
-    with _quiet_optuna() as optuna:
+    with quiet_optuna() as optuna:
         complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         if not complete:
             plots.notes.append("Optuna plots: the study has no completed trial yet.")

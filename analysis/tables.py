@@ -22,17 +22,14 @@ import numpy as np
 import pandas as pd
 
 from analysis.stats import mean_ci
+from experiments import metrics
+from experiments.metrics import LABELS, UNITS  # noqa: F401  (plots and report read them from here)
 
-UNITS = {"final_val_loss": "nats/token", "final_val_bpb": "bits/byte",
-         "val_loss": "nats/token", "val_bpb": "bits/byte"}
-LABELS = {"final_val_loss": "final val loss", "final_val_bpb": "final val bpb",
-          "val_loss": "val loss", "val_bpb": "val bpb"}
-NUMERIC = ("seed", "trial", "params", "flops_per_token", "tokens_seen", "final_train_loss",
-           "final_val_loss", "final_val_bpb", "best_val_loss", "best_val_bpb",
-           "tokens_per_s", "wall_s")
+NUMERIC = ("seed", "trial", metrics.PARAMS, metrics.FLOPS_PER_TOKEN, metrics.TOKENS_SEEN, *metrics.LOSSES,
+           metrics.TOKENS_PER_S, metrics.WALL_S)
 # Columns a runs.csv row may lack (older runner, run still going) that summary.json can supply.
 FROM_SUMMARY = NUMERIC[2:] + ("tokenizer", "corpus")
-COST_COLUMNS = ("params", "flops_per_token", "tokens_seen", "tokens_per_s", "wall_s")
+COST_COLUMNS = metrics.COSTS
 REQUIRED = ("run_id", "variant", "seed", "status")
 
 

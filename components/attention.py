@@ -2,7 +2,7 @@
 
 Every variant is causal, has attention dropout, residual (output) dropout and an output projection,
 and takes ``impl``: ``sdpa`` (the fastest fused kernel for the case: torch's scaled_dot_product_attention,
-or on the CPU the lab's own, components/fused.py) or ``naive`` (the explicit matmul -> causal mask ->
+or on the CPU the lab's own, components/kernels/fused.py) or ``naive`` (the explicit matmul -> causal mask ->
 softmax -> dropout -> matmul path). Both compute the same function.
 Positional encodings that act inside attention reach it through ``positional.rotate`` and
 ``positional.attention_bias``; the attention never knows which encoding it has.
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from components import fused
+from components.kernels import fused
 from registry import ATTENTION
 
 Impl = Literal["sdpa", "naive"]

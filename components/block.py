@@ -15,17 +15,20 @@ from registry import BLOCK
 
 
 class Block(nn.Module):
-    """Base: holds the sub-layers; `final_norm` says whether the backbone adds a norm after the last block."""
+    """Base: holds the sub-layers and their norms; a variant says where the norms sit (its forward),
+    how many each sub-layer has, and whether the backbone adds a norm after the last block."""
 
     final_norm = True
+    norms_per_sublayer = 1
 
-    def __init__(self, attention: nn.Module, feedforward: nn.Module) -> None:
+    def __init__(self, *, attention: nn.Module, feedforward: nn.Module, make_norm: Callable[[], nn.Module]) -> None:
         super().__init__()
         self.attention = attention if attention.mixes_tokens else None
         self.feedforward = feedforward
+        self.norm = self.make_norms(make_norm)
 
-    def norms(self, make_norm: Callable[[], nn.Module], per_sublayer: int) -> nn.ModuleList:
-        count = per_sublayer * (1 + (self.attention is not None))
+    def make_norms(self, make_norm: Callable[[], nn.Module]) -> nn.Module:
+        count = self.norms_per_sublayer * (1 + (self.attention is not None))
         return nn.ModuleList(make_norm() for _ in range(count))
 
 
@@ -34,10 +37,6 @@ class PostNorm(Block):
     """Norm after each residual add: x = norm(x + f(x)) (Vaswani et al. 2017; the tutorial's block)."""
 
     final_norm = False  # the last block's output is already normalised
-
-    def __init__(self, *, attention: nn.Module, feedforward: nn.Module, make_norm: Callable[[], nn.Module]) -> None:
-        super().__init__(attention, feedforward)
-        self.norm = self.norms(make_norm, 1)
 
     def forward(self, x: torch.Tensor, positional: nn.Module) -> torch.Tensor:
         if self.attention is not None:
@@ -49,10 +48,6 @@ class PostNorm(Block):
 class PreNorm(Block):
     """Norm on each sub-layer's input: x = x + f(norm(x)), final norm before the head (GPT-2; Xiong et al. 2020)."""
 
-    def __init__(self, *, attention: nn.Module, feedforward: nn.Module, make_norm: Callable[[], nn.Module]) -> None:
-        super().__init__(attention, feedforward)
-        self.norm = self.norms(make_norm, 1)
-
     def forward(self, x: torch.Tensor, positional: nn.Module) -> torch.Tensor:
         if self.attention is not None:
             x = x + self.attention(self.norm[0](x), positional)
@@ -63,9 +58,7 @@ class PreNorm(Block):
 class SandwichNorm(Block):
     """Norm on each sub-layer's input and output: x = x + norm(f(norm(x))) (Ding et al. 2021, CogView)."""
 
-    def __init__(self, *, attention: nn.Module, feedforward: nn.Module, make_norm: Callable[[], nn.Module]) -> None:
-        super().__init__(attention, feedforward)
-        self.norm = self.norms(make_norm, 2)  # [in, out] for each sub-layer
+    norms_per_sublayer = 2  # [in, out] for each sub-layer
 
     def forward(self, x: torch.Tensor, positional: nn.Module) -> torch.Tensor:
         if self.attention is not None:
@@ -77,9 +70,8 @@ class SandwichNorm(Block):
 class ParallelBlock(Block):
     """Attention and MLP side by side on one norm: x = x + attn(norm(x)) + mlp(norm(x)) (Wang & Komatsuzaki 2021, GPT-J)."""
 
-    def __init__(self, *, attention: nn.Module, feedforward: nn.Module, make_norm: Callable[[], nn.Module]) -> None:
-        super().__init__(attention, feedforward)
-        self.norm = make_norm()
+    def make_norms(self, make_norm: Callable[[], nn.Module]) -> nn.Module:
+        return make_norm()  # one norm, shared by both sub-layers
 
     def forward(self, x: torch.Tensor, positional: nn.Module) -> torch.Tensor:
         h = self.norm(x)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from components import fused
+from components.kernels import fused
 from registry import FEEDFORWARD
 
 

@@ -5,13 +5,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from components import fused
+from components.kernels import fused
 from registry import HEAD
 
 
 class LinearHead(nn.Module):
     """Shared: logits = x W^T with W: (vocab_size, d_model), and the loss computed without holding
-    every logit at once where that is faster (components/fused.py)."""
+    every logit at once where that is faster (components/kernels/fused.py)."""
 
     weight: torch.Tensor
 

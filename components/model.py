@@ -1,18 +1,20 @@
 """The backbone: token embedding -> positional -> dropout -> blocks -> final norm -> head.
 
-It builds every part through the registries and never looks at a component's name.
+It builds every part through the registries and never looks at a component's name. Its config is
+a `ModelConfig` (experiments/schema.py: the spec's model fields, with their defaults, plus the
+vocabulary size); any object with those fields and `dims()` will do.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from components import attention, block, feedforward, fused, head, norm, positional  # noqa: F401  (registers)
+from components import attention, block, feedforward, head, norm, positional  # noqa: F401  (registers)
+from components.kernels import fused
 from registry import ATTENTION, BLOCK, FEEDFORWARD, HEAD, NORM, POSITIONAL
 
 # Presets are data: sizes and, where a preset stands for a known model, its components.
@@ -29,34 +31,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """Everything that defines a model; component fields take a name or {name: ..., option: ...}."""
-
-    vocab_size: int
-    d_model: int = 64
-    n_layers: int = 2
-    n_heads: int = 4
-    context_length: int = 64
-    positional: Any = "learned"
-    attention: Any = "multi_head"
-    norm: Any = "layernorm"
-    block: Any = "pre"
-    feedforward: Any = "gelu_mlp"
-    head: Any = "tied"
-    dropout: float = 0.0
-    init: Literal["gpt2", "torch"] = "gpt2"
-
-    def dims(self) -> dict[str, Any]:
-        """The shared sizes every variant may ask for."""
-        return dict(vocab_size=self.vocab_size, d_model=self.d_model, n_layers=self.n_layers,
-                    n_heads=self.n_heads, context_length=self.context_length, dropout=self.dropout)
-
-
 class GPT(nn.Module):
     """A decoder-only transformer assembled from registered components."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: Any) -> None:
         super().__init__()
         self.config, dims = config, config.dims()
         self.context_length = config.context_length

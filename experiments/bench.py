@@ -22,6 +22,7 @@ the kernel and optimizer switches are timed step by step in turn with the base r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -107,21 +108,24 @@ class Switch:
     compares them under the same machine load (this machine's speed drifts by ~10% over minutes)."""
 
     def __init__(self, trainer):
+        from components.kernels import settings
+
         self.trainer, self.own_optimizer, self.torch_adamw = trainer, trainer.optimizer, None
+        self.kernels = settings.current()  # the process's own setting: each knob switches one part off
 
     def set(self, knob: str | None) -> None:
         import torch
 
-        from components import fused
-        fused.ENABLED = knob != "fused_kernels"
-        fused.C_KERNELS = knob != "c_kernels"
+        from components.kernels import settings
+        settings.configure(dataclasses.replace(self.kernels, fused=self.kernels.fused and knob != "fused_kernels",
+                                               c_loops=self.kernels.c_loops and knob != "c_kernels"))
         self.trainer.optimizer = self.own_optimizer
         if knob == "fused_adamw":
             if self.torch_adamw is None:
                 groups = [{k: v for k, v in g.items() if k in ("params", "weight_decay")}
                           for g in self.own_optimizer.param_groups]
                 cfg = self.trainer.train_cfg
-                self.torch_adamw = torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg["betas"]))
+                self.torch_adamw = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
             self.trainer.optimizer = self.torch_adamw
 
 
@@ -129,23 +133,23 @@ def measure(cfg: dict[str, Any]) -> dict[str, Any]:
     """Time full training steps of one combination and of its interleaved variants (a fresh process)."""
     import torch
 
-    from experiments import train
-    from experiments.run import bind_data, data_key
+    from experiments.cpu_runtime import DEFAULT_THREADS
+    from experiments.hardware import resolve_device
+    from experiments.runner import bind_data, data_key
+    from experiments.train import Trainer
 
-    if cfg["without"] == "allocator":
-        train.tune_cpu_allocator = lambda: False
     run = run_spec(cfg)
     dataset = bind_data([run])[data_key(run)]
-    device = train.resolve_device(cfg["device"])
+    device = resolve_device(cfg["device"])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     rss_before = rss_mb()
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = train.Trainer(run, dataset, Path(tmp), device)
+        trainer = Trainer(run, dataset, Path(tmp), device, tune_allocator=cfg["without"] != "allocator")
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
     elif device.type == "cpu":
-        torch.set_num_threads(train.DEFAULT_THREADS)  # the device's peak is all cores'; see --threads
+        torch.set_num_threads(DEFAULT_THREADS)  # the device's peak is all cores'; see --threads
     switch, variants = Switch(trainer), [cfg["without"], *cfg.get("interleave", [])]
     t = time.perf_counter()
     for variant in variants:
@@ -191,14 +195,15 @@ def fixed_cost(cfg: dict[str, Any]) -> dict[str, float]:
     marks = {"start": time.perf_counter()}
     import torch  # noqa: F401
 
-    from experiments import train
-    from experiments.run import bind_data, data_key
+    from experiments.hardware import resolve_device
+    from experiments.runner import bind_data, data_key
+    from experiments.train import Trainer
     marks["imports"] = time.perf_counter()
     run = run_spec(cfg)
     dataset = bind_data([run])[data_key(run)]
     marks["data"] = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        train.Trainer(run, dataset, Path(tmp), train.resolve_device(cfg["device"]))
+        Trainer(run, dataset, Path(tmp), resolve_device(cfg["device"]))
     marks["build"] = time.perf_counter()
     names = list(marks)
     return {f"{b}_s": marks[b] - marks[a] for a, b in zip(names, names[1:])}
@@ -271,7 +276,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     p.add_argument("--batch-size", type=int, help="override the presets' recipe batch sizes")
     p.add_argument("--threads", type=int, help="CPU intra-op threads (default: one per physical core, "
-                                               "the peak's; runs pick their own, see train.cpu_threads)")
+                                               "the peak's; runs pick their own, see experiments/cpu_runtime.py)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--corpus", default="embedded", help="corpus for the batches (a name or a text file)")
     p.add_argument("--tokenizer", help="default: gpt2 for gpt2-124m, char otherwise")
@@ -315,17 +320,35 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     import torch
 
-    from experiments.train import DEFAULT_THREADS, bf16_is_fast, resolve_device
+    from experiments import hardware
+    from experiments.cpu_runtime import DEFAULT_THREADS
 
-    device = resolve_device(args.device)
+    device = hardware.resolve_device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads or DEFAULT_THREADS)
-    precisions = args.precision or (["fp32", "bf16"] if bf16_is_fast(device) else ["fp32"])
+    bf16_fast = hardware.bf16_is_fast(device)
+    precisions = args.precision or (["fp32", "bf16"] if bf16_fast else ["fp32"])
     print(f"device: {describe_device(device)}; torch {torch.__version__}; threads "
           f"{torch.get_num_threads() if device.type == 'cpu' else '-'}; bf16 matrix units: "
-          f"{'yes' if bf16_is_fast(device) else 'no'}; loadavg {loadavg()}", flush=True)
+          f"{'yes' if bf16_fast else 'no'}; loadavg {loadavg()}", flush=True)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # the fp32 peak a run gets (TF32, as train.py sets)
+    peaks = measure_peaks(device, precisions)
+    if not args.no_fixed_cost:
+        print_fixed_cost(args, device)
+    rows = time_combos(args, device, precisions, peaks, bf16_fast)
+    print_summary(rows)
+    if args.csv:
+        from experiments import files
+        files.write_csv(Path(args.csv), rows, COLUMNS)
+        print(f"-> {args.csv}")
+    return 0
+
+
+def measure_peaks(device, precisions: list[str]) -> dict[str, float]:
+    """The matmul peak of each precision, GFLOP/s."""
+    import torch
+
     peaks = {}
     for precision in precisions:
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
@@ -333,16 +356,24 @@ def main(argv: list[str] | None = None) -> int:
         peak = matmul_peak(device, dtype, sizes)
         peaks[precision] = peak["gflops"]
         print(f"matmul peak {precision}: {peak['gflops']:.1f} GFLOP/s  (by size: {peak['by_size']})", flush=True)
-    if not args.no_fixed_cost:
-        cfg = combos(args, device, ["fp32"])[0] | {"preset": "tiny", "batch_size": 32, "impl": "sdpa",
-                                                   "compile": False, "tokenizer": "char"}
-        in_subprocess("fixed-cost", cfg)  # the first one may build the token cache
-        cost, wall = in_subprocess("fixed-cost", cfg)
-        print("fixed cost per run (tiny preset, token cache warm): " + ", ".join(
-            f"{k[:-2]} {v:.2f} s" for k, v in cost.items()) + f"; fresh process in total {wall:.2f} s", flush=True)
+    return peaks
+
+
+def print_fixed_cost(args: argparse.Namespace, device) -> None:
+    cfg = combos(args, device, ["fp32"])[0] | {"preset": "tiny", "batch_size": 32, "impl": "sdpa",
+                                               "compile": False, "tokenizer": "char"}
+    in_subprocess("fixed-cost", cfg)  # the first one may build the token cache
+    cost, wall = in_subprocess("fixed-cost", cfg)
+    print("fixed cost per run (tiny preset, token cache warm): " + ", ".join(
+        f"{k[:-2]} {v:.2f} s" for k, v in cost.items()) + f"; fresh process in total {wall:.2f} s", flush=True)
+
+
+def time_combos(args: argparse.Namespace, device, precisions: list[str], peaks: dict[str, float],
+                bf16_fast: bool) -> list[dict[str, Any]]:
+    """One table row per combination (and per --without knob), each timed in its own process."""
     rows = []
     for cfg in combos(args, device, precisions):
-        if cfg["precision"] == "bf16" and not bf16_is_fast(device):
+        if cfg["precision"] == "bf16" and not bf16_fast:
             # emulated bf16 runs ~20-100x slower than float32: a few steps show it
             cfg |= {"steps": min(cfg["steps"], 3), "warmup": min(cfg["warmup"], 1)}
             print(f"  note: no bf16 matrix units here; {cfg['preset']} bf16 is timed over {cfg['steps']} steps only")
@@ -351,6 +382,10 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row_for(cfg | {"without": None if variant == "-" else variant}, result, peaks[cfg["precision"]]))
             print(f"  {cfg['preset']} {cfg['precision']} {cfg['impl']} compile={cfg['compile']} "
                   f"without={variant}: {rows[-1]['step_ms']} ms/step, mfu {rows[-1]['mfu']:.3f}", flush=True)
+    return rows
+
+
+def print_summary(rows: list[dict[str, Any]]) -> None:
     print(f"\nFLOPs per token = {FORMULA} (N = parameters in matmuls, L layers, d attention width, T context); "
           "mfu = achieved / measured matmul peak of that precision; peak_mem_mb: CUDA max allocated, CPU peak "
           "RSS growth of the process from before the model was built")
@@ -366,11 +401,6 @@ def main(argv: list[str] | None = None) -> int:
         print("note: an mfu above 1 means that precision has no fast matmul path here (emulated bf16): its square-"
               "matmul 'peak' is slower than the model's small matmuls, so that mfu is not a fraction of a peak")
     print(f"loadavg at the end: {loadavg()}")
-    if args.csv:
-        from experiments import files
-        files.write_csv(Path(args.csv), rows, COLUMNS)
-        print(f"-> {args.csv}")
-    return 0
 
 
 if __name__ == "__main__":

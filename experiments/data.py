@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from components.tokenizer import Tokenizer
 from experiments.files import atomic_write
+from experiments.schema import DATA
 from registry import CORPUS, TOKENIZER, SpecError
 
 if TYPE_CHECKING:
@@ -221,11 +222,10 @@ class Text:
 
 
 def fraction_problems(val_fraction: Any, test_fraction: Any) -> list[str]:
-    """The split fields checked against the spec's own rules (experiments/spec.py: one schema)."""
-    from experiments.spec import DATA
+    """The split fields checked against the spec's own rules (experiments/schema.py: one schema)."""
     given = {"val_fraction": val_fraction, "test_fraction": test_fraction}
-    return [f"data.{key} = {value!r} must be {DATA[key].rule}: {DATA[key].doc}"
-            for key, value in given.items() if not DATA[key].valid(value)]
+    return [f"{problem}: {DATA[key].doc}" for key, value in given.items()
+            if (problem := DATA[key].problem(value, f"data.{key}"))]
 
 
 # -- token cache -------------------------------------------------------------------------------

@@ -25,7 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from experiments import ddp
+from experiments import ddp, files
+from experiments.checkpoint import load_model
+from experiments.data import load_dataset
+from experiments.hardware import autocast_dtype, resolve_device
+from registry import SpecError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +72,7 @@ def score(model: torch.nn.Module, tokens: np.ndarray, token_bytes: np.ndarray, b
 
     token_bytes: the UTF-8 bytes of each token (same length as tokens); dtype: the autocast dtype
     or None. The model is called through its loss path (model(x, y, return_logits=False)), which on
-    the CPU in float32 is the fused output-layer + cross-entropy kernel (components/fused.py)."""
+    the CPU in float32 is the fused output-layer + cross-entropy kernel (components/kernels/fused.py)."""
     start, n_targets, context = time.perf_counter(), len(tokens) - 1, model.context_length
     if n_targets < 1 or len(token_bytes) != len(tokens):
         raise ValueError(f"need at least 2 tokens and one byte count per token, got {len(tokens)} tokens "
@@ -110,11 +114,6 @@ def final_scores(model: torch.nn.Module, dataset, batch_size: int, device: torch
 def score_run(run_dir: str | Path, split: str = "test", device: str = "cpu", batch_size: int | None = None) -> Score:
     """Score a finished run's checkpoint on one of its texts ('val' or 'test'), from its folder alone:
     what a selection (a search's best trial, say) needs to be reported on held-out text."""
-    from experiments import files
-    from experiments.data import load_dataset
-    from experiments.train import autocast_dtype, load_model, resolve_device
-    from registry import SpecError
-
     run_dir = Path(run_dir)
     model, tokenizer, spec = load_model(run_dir, str(resolve_device(device)))
     data = spec["data"]

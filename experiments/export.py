@@ -11,14 +11,14 @@ Exporting needs `safetensors` (pip install '.[hf]'); loading the result needs `t
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from experiments.generate import check_run_dir, load_run, read_run_spec
-from registry import SpecError
+from experiments import files
+from experiments.checkpoint import check_run_dir, load_run, read_run_spec
+from registry import Registry, SpecError
 
 ANY = None  # an option export accepts with every value
 
@@ -38,14 +38,6 @@ GPT2_END_OF_TEXT = 50256
 
 
 # -- what can be exported ------------------------------------------------------------------------
-def split_component(value: Any) -> tuple[str, dict[str, Any]]:
-    """'pre' or {name: pre, ...} -> (name, options)."""
-    if isinstance(value, dict):
-        options = dict(value)
-        return options.pop("name"), options
-    return value, {}
-
-
 def describe_supported(field: str) -> str:
     def one(name: str, options: dict[str, tuple | None]) -> str:
         limits = [f"{k}: {' | '.join(map(str, v)).lower()}" for k, v in options.items() if v is not ANY]
@@ -54,7 +46,7 @@ def describe_supported(field: str) -> str:
 
 
 def component_problems(field: str, value: Any) -> list[str]:
-    name, options = split_component(value)
+    name, options = Registry.split(value)
     supported = GPT2_EQUIVALENTS[field]
     if name not in supported:
         return [f"model.{field} = {name!r} has no GPT-2 equivalent; export --format hf supports "
@@ -77,8 +69,8 @@ def export_problems(model_spec: dict[str, Any]) -> list[str]:
 # -- config and weights --------------------------------------------------------------------------
 def hf_config(model_spec: dict[str, Any], vocab_size: int, tokenizer_name: str) -> dict[str, Any]:
     """transformers' GPT2Config fields for the run's model (written as plain JSON: no transformers needed)."""
-    _, norm = split_component(model_spec["norm"])
-    _, mlp = split_component(model_spec["feedforward"])
+    _, norm = Registry.split(model_spec["norm"])
+    _, mlp = Registry.split(model_spec["feedforward"])
     d_model, dropout = model_spec["d_model"], model_spec["dropout"]
     # Only GPT-2's own vocabulary has its <|endoftext|>; a char or byte vocabulary has no such token.
     end_of_text = GPT2_END_OF_TEXT if tokenizer_name == "gpt2" else None
@@ -92,7 +84,7 @@ def hf_config(model_spec: dict[str, Any], vocab_size: int, tokenizer_name: str) 
         "resid_pdrop": dropout, "embd_pdrop": dropout, "attn_pdrop": dropout,
         "initializer_range": 0.02, "scale_attn_weights": True,
         "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
-        "tie_word_embeddings": TIED[split_component(model_spec["head"])[0]],
+        "tie_word_embeddings": TIED[Registry.split(model_spec["head"])[0]],
         "bos_token_id": end_of_text, "eos_token_id": end_of_text, "use_cache": True,
     }
 
@@ -137,7 +129,7 @@ def write_gpt2_tokenizer(out: Path, tokenizer: Any, run_dir: Path, context_lengt
     folder = gpt2_data_dir()
     shutil.copyfile(folder / "encoder.json", out / "vocab.json")
     shutil.copyfile(folder / "vocab.bpe", out / "merges.txt")
-    write_json(out / "tokenizer_config.json", {
+    files.write_json(out / "tokenizer_config.json", {
         "tokenizer_class": "GPT2Tokenizer", "model_max_length": context_length, "add_prefix_space": False,
         "bos_token": END_OF_TEXT, "eos_token": END_OF_TEXT, "unk_token": END_OF_TEXT})
     return ("GPT-2's BPE: vocab.json and merges.txt are here, so `AutoTokenizer.from_pretrained(DIR)` "
@@ -163,7 +155,7 @@ def save_symbol_tokenizer(out: Path, vocab: dict[str, int], before: list, decode
     tok.pre_tokenizer = pre_tokenizers.Sequence([*before, pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")])
     tok.decoder = decoder
     tok.save(str(out / "tokenizer.json"))
-    write_json(out / "tokenizer_config.json", {"tokenizer_class": "PreTrainedTokenizerFast",
+    files.write_json(out / "tokenizer_config.json", {"tokenizer_class": "PreTrainedTokenizerFast",
                                                "model_max_length": context_length,
                                                "clean_up_tokenization_spaces": False})
 
@@ -209,10 +201,6 @@ def write_tokenizer(out: Path, tokenizer: Any, run_dir: Path, context_length: in
         return write_lab_only(out, tokenizer, run_dir, context_length)
 
 
-def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
 # -- export --------------------------------------------------------------------------------------
 def export_hf(run_dir: str | Path, out: str | Path) -> dict[str, Any]:
     """Write the run as a GPT2LMHeadModel folder; return what was written (for the CLI's summary)."""
@@ -229,7 +217,7 @@ def export_hf(run_dir: str | Path, out: str | Path) -> dict[str, Any]:
 
     config = hf_config(spec["model"], tokenizer.vocab_size, tokenizer.name)
     tied = config["tie_word_embeddings"]
-    write_json(out / "config.json", config)
+    files.write_json(out / "config.json", config)
     # metadata format=pt is what transformers checks for before it trusts a safetensors file.
     data = save(hf_tensors(model, tied), metadata={"format": "pt"})
     (out / "model.safetensors").write_bytes(data)
@@ -248,7 +236,7 @@ def safetensors_save() -> Callable[..., bytes]:
 
 
 def model_card(run_dir: Path, spec: dict[str, Any], config: dict[str, Any], tokenizer_note: str) -> str:
-    components = ", ".join(f"{field} {split_component(spec['model'][field])[0]}" for field in GPT2_EQUIVALENTS)
+    components = ", ".join(f"{field} {Registry.split(spec['model'][field])[0]}" for field in GPT2_EQUIVALENTS)
     return "\n".join([
         f"# {spec.get('experiment', 'run')} / {spec.get('variant', '')} (seed {spec.get('seed')})",
         "",

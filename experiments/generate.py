@@ -12,64 +12,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from experiments.checkpoint import load_run
+from experiments.hardware import resolve_device
 from registry import SpecError
-
-RUN_FILES = ("spec.yaml", "tokenizer.json", "checkpoint.pt")
-
-
-# -- loading a run -------------------------------------------------------------------------------
-def check_run_dir(run_dir: Path) -> None:
-    """Raise a SpecError saying what is missing when `run_dir` is not a trained run's folder."""
-    if not run_dir.is_dir():
-        raise SpecError(f"run folder {str(run_dir)!r} does not exist: give a folder "
-                        "results/<experiment>/runs/<run_id>/ written by python -m experiments.run")
-    missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
-    if missing == ["checkpoint.pt"]:
-        raise SpecError(f"run folder {str(run_dir)!r} has no checkpoint.pt: the run has not trained far "
-                        "enough to save one (or it failed; see its summary.json / error.txt); "
-                        "run its spec again with python -m experiments.run to finish it")
-    if missing:
-        raise SpecError(f"{str(run_dir)!r} is not a run folder: it lacks {', '.join(missing)}; a run folder is "
-                        "results/<experiment>/runs/<run_id>/ as python -m experiments.run writes it")
-
-
-def read_run_spec(run_dir: Path) -> dict[str, Any]:
-    """The resolved run spec a run folder records (its spec.yaml)."""
-    import yaml
-
-    try:
-        spec = yaml.safe_load((run_dir / "spec.yaml").read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise SpecError(f"{str(run_dir / 'spec.yaml')!r} is not valid YAML: {str(err).splitlines()[0]}") from None
-    if not isinstance(spec, dict) or not isinstance(spec.get("model"), dict):
-        raise SpecError(f"{str(run_dir / 'spec.yaml')!r} is not a resolved run spec (it has no model section)")
-    return spec
-
-
-def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[Any, Any, dict[str, Any]]:
-    """(model in eval mode, tokenizer, resolved run spec), or a SpecError saying why not."""
-    import pickle
-    import zipfile
-
-    from experiments.train import load_model
-
-    run_dir = Path(run_dir)
-    check_run_dir(run_dir)
-    read_run_spec(run_dir)
-    try:
-        return load_model(run_dir, device=device)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, KeyError) as err:
-        # A truncated file or a checkpoint from an incompatible version of the model code.
-        raise SpecError(f"the checkpoint in {str(run_dir)!r} cannot be loaded ({type(err).__name__}: "
-                        f"{str(err).splitlines()[0] if str(err) else 'no detail'})") from None
 
 
 def check_device(name: str) -> str:
     """'auto' -> the best device present; a named device that is absent -> SpecError."""
-    import torch
-
-    from experiments.train import resolve_device
-
     try:
         device = resolve_device(name)
     except RuntimeError:
@@ -102,8 +53,6 @@ def sample_settings(args: argparse.Namespace, run_sample: dict[str, Any]) -> dic
 def generate_text(model, tokenizer, prompt: str, tokens: int, temperature: float, top_k: int | None,
                   seed: int | None = None, device: str = "cpu") -> str:
     """The prompt followed by `tokens` sampled tokens, decoded."""
-    import torch
-
     try:
         prompt_ids = tokenizer.encode(prompt)
     except SpecError as err:  # a char tokenizer knows only its corpus's characters

@@ -1,8 +1,10 @@
 """Experiment specs: load YAML, validate everything at once, expand variants x grid x seeds into runs.
 
-A spec is plain data (``yaml.safe_load`` only). Every problem in it is collected and reported in
-one `SpecError` before anything is built or written. Each expanded run is a `RunSpec` whose id is
-a short hash of its canonical resolved form, so the same run always lands in the same folder.
+A spec is plain data (``yaml.safe_load`` only), checked against experiments/schema.py (every key's
+default, type and range) and, for a search block, experiments/search/space.py. Every problem in it
+is collected and reported in one `SpecError` before anything is built or written. Each expanded run
+is a `RunSpec` whose id is a short hash of its canonical resolved form, so the same run always
+lands in the same folder.
 """
 from __future__ import annotations
 
@@ -13,112 +15,16 @@ import itertools
 import json
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
-from registry import FAMILIES, SpecError, choices_hint, close_matches, format_problems
+from components.model import PRESETS
+from experiments.schema import (COMPONENT_FIELDS, DATA, MODEL, SECTIONS, TrainSettings, is_int, is_number,
+                                key_problem, label)
+from experiments.search import space
+from registry import FAMILIES, SpecError, choices_hint, load_all
 
-COMPONENT_FIELDS = ("positional", "attention", "norm", "block", "feedforward", "head")
-
-
-@dataclasses.dataclass(frozen=True)
-class Field:
-    """One spec key: its default, what it must be, and what it means (the README table follows these)."""
-
-    default: Any
-    rule: str                                  # what a valid value looks like, for messages and docs
-    valid: Callable[[Any], bool]
-    doc: str
-
-
-def is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def positive_int(doc: str, default: Any) -> Field:
-    return Field(default, "a positive integer", lambda v: is_int(v) and v > 0, doc)
-
-
-def one_of(doc: str, default: str, *choices: str) -> Field:
-    return Field(default, "one of " + ", ".join(choices), lambda v: v in choices, doc)
-
-
-def component(family: str, default: str, doc: str) -> Field:
-    # Names and options are checked by the family's registry, not here.
-    return Field(default, f"a registered {family} name or {{name: ..., option: ...}}",
-                 lambda v: isinstance(v, (str, dict)), doc)
-
-
-DATA = {
-    "corpus": Field("embedded", "'embedded', 'shakespeare' or a path to a UTF-8 text file",
-                    lambda v: isinstance(v, str) and v != "", "the text to train on"),
-    "tokenizer": component("tokenizer", "char", "char | byte | gpt2 (BPE, offline)"),
-    "val_fraction": Field(0.1, "a number in (0, 0.5]", lambda v: is_number(v) and 0 < v <= 0.5,
-                          "the last fraction of the text's bytes held out for validation, whatever the tokenizer"),
-    "test_fraction": Field(0.0, "a number in [0, 0.5)", lambda v: is_number(v) and 0 <= v < 0.5,
-                           "the fraction of the bytes just before the validation text held out as a test text"),
-}
-
-MODEL = {
-    "preset": Field(None, "a preset name", lambda v: v is None or isinstance(v, str),
-                    "start from a preset's sizes and components (explicit fields override it)"),
-    "d_model": positive_int("width of the residual stream", 64),
-    "n_layers": positive_int("number of decoder blocks", 2),
-    "n_heads": positive_int("attention heads (d_model must divide by it)", 4),
-    "context_length": positive_int("tokens of context", 64),
-    "positional": component("positional", "learned", "positional encoding"),
-    "attention": component("attention", "multi_head", "attention sub-layer"),
-    "norm": component("norm", "layernorm", "normalisation layer"),
-    "block": component("block", "pre", "where the norms sit (post | pre | sandwich | parallel)"),
-    "feedforward": component("feedforward", "gelu_mlp", "the MLP sub-layer"),
-    "head": component("head", "tied", "output head: tied to the token embedding or not"),
-    "dropout": Field(0.0, "a number in [0, 1)", lambda v: is_number(v) and 0 <= v < 1,
-                     "dropout on embeddings, attention weights and sub-layer outputs"),
-    "init": one_of("weight init: gpt2 = N(0, 0.02), residual projections / sqrt(2 n_layers); torch = PyTorch's",
-                   "gpt2", "gpt2", "torch"),
-}
-
-TRAIN = {
-    "steps": positive_int("optimizer steps", 600),
-    "batch_size": positive_int("sequences per micro-batch", 32),
-    "grad_accum": positive_int("micro-batches per optimizer step", 1),
-    "lr": Field(1e-3, "a positive number", lambda v: is_number(v) and v > 0, "peak learning rate"),
-    "min_lr": Field(None, "a number >= 0 (default 0.1 * lr)", lambda v: v is None or (is_number(v) and v >= 0),
-                    "learning rate at the end of the schedule"),
-    "warmup": Field(50, "an integer >= 0", lambda v: is_int(v) and v >= 0, "linear warm-up steps"),
-    "schedule": one_of("learning rate after warm-up", "cosine", "cosine", "constant", "linear"),
-    "weight_decay": Field(0.1, "a number >= 0", lambda v: is_number(v) and v >= 0,
-                          "AdamW weight decay, on weights with >= 2 dimensions only"),
-    "betas": Field([0.9, 0.95], "two numbers in [0, 1)",
-                   lambda v: isinstance(v, list) and len(v) == 2 and all(is_number(b) and 0 <= b < 1 for b in v),
-                   "AdamW betas"),
-    "grad_clip": Field(1.0, "a number >= 0 (0 = off)", lambda v: is_number(v) and v >= 0, "gradient norm clip"),
-    "eval_every": positive_int("steps between evaluations (and the last step)", 100),
-    "eval_batches": positive_int("batches per evaluation (fixed per seed)", 20),
-    "checkpoint_every": Field(None, "an integer >= 0 (default eval_every; 0 = only at the end)",
-                              lambda v: v is None or (is_int(v) and v >= 0), "steps between checkpoints"),
-    "precision": one_of("fp32, bf16 autocast, or auto (bf16 on CUDA, fp32 elsewhere)", "auto", "auto", "fp32", "bf16"),
-    "compile": Field(False, "true or false", lambda v: isinstance(v, bool), "torch.compile the model"),
-    "device": Field("auto", "auto, cpu, cuda, cuda:N or mps",
-                    lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None,
-                    "where to train (auto = CUDA > MPS > CPU)"),
-}
-
-SAMPLE = {
-    "prompt": Field(None, "a string (default: the first 16 tokens of the validation text)",
-                    lambda v: v is None or isinstance(v, str), "prompt for the sample written to samples.txt"),
-    "tokens": Field(200, "an integer >= 0", lambda v: is_int(v) and v >= 0, "tokens to sample at the end of a run"),
-    "temperature": Field(0.8, "a number >= 0 (0 = greedy)", lambda v: is_number(v) and v >= 0, "sampling temperature"),
-    "top_k": Field(200, "a positive integer or null", lambda v: v is None or (is_int(v) and v > 0),
-                   "sample among the k most likely tokens"),
-}
-
-SECTIONS: dict[str, dict[str, Field]] = {"data": DATA, "model": MODEL, "train": TRAIN, "sample": SAMPLE}
 TOP_LEVEL = ("experiment", "seeds", "data", "model", "train", "sample", "grid", "variants", "search")
 # Execution details that do not change what a run computes are left out of its id.
 NOT_IN_RUN_ID = {"train": ("device", "compile", "checkpoint_every")}
@@ -135,14 +41,14 @@ class RunSpec:
     seed: int
     data: dict[str, Any]
     model: dict[str, Any]             # ModelConfig fields but vocab_size, preset expanded
-    train: dict[str, Any]
+    train: TrainSettings
     sample: dict[str, Any]
     corpus_sha256: str = ""           # bound once the corpus is read, so an edited data file is a new run
     run_id: str = ""
 
     def identity(self) -> dict[str, Any]:
         """What the run computes (the id's input): data (and its content hash), model, train, seed."""
-        train = {k: v for k, v in self.train.items() if k not in NOT_IN_RUN_ID["train"]}
+        train = {k: v for k, v in dataclasses.asdict(self.train).items() if k not in NOT_IN_RUN_ID["train"]}
         return {"data": self.data, "corpus_sha256": self.corpus_sha256, "model": self.model,
                 "train": train, "seed": self.seed}
 
@@ -169,7 +75,7 @@ class Spec:
 
     def runs_for(self, overrides: dict[str, Any], variant: str, axes: dict[str, Any] | None = None) -> list[RunSpec]:
         """One run per seed of the base spec with dotted `overrides` applied (a search trial, say)."""
-        problems = [p for k in overrides if (p := key_problem(str(k), self.base, variant))]
+        problems = [p for k in overrides if (p := key_problem(str(k), variant))]
         if problems:
             raise SpecError(problems)
         runs, problems = expand(self.experiment, self.seeds, self.base, {}, {variant: overrides})
@@ -234,7 +140,7 @@ def parse_spec(raw: Any) -> Spec:
     grid = mapping(raw, "grid", problems)
     variants = mapping(raw, "variants", problems)
     for key, values in list(grid.items()):
-        problem = key_problem(str(key), base, "grid")
+        problem = key_problem(str(key), "grid")
         if not isinstance(values, list) or not values:
             problem = problem or f"grid.{key} = {values!r} must be a non-empty list of values"
         if problem:
@@ -248,13 +154,12 @@ def parse_spec(raw: Any) -> Spec:
             del variants[name]
             continue
         for key in list(overrides or {}):
-            if problem := key_problem(str(key), base, f"variants.{name}"):
+            if problem := key_problem(str(key), f"variants.{name}"):
                 problems.append(problem)
                 del overrides[key]
     search = raw.get("search")
     if search is not None:
-        from experiments import search as search_module  # only specs that search need Optuna's side
-        problems += search_module.check_block(search, base)
+        problems += space.check_block(search, base)
 
     runs, run_problems = expand(str(experiment), seeds, base, grid, variants)
     problems = dedupe(problems + run_problems)
@@ -284,22 +189,6 @@ def mapping(raw: dict, name: str, problems: list[str]) -> dict:
     return value
 
 
-def key_problem(key: str, base: dict, where_: str) -> str | None:
-    """Whether a dotted override key names a spec field (or a component's option)."""
-    parts = key.split(".")
-    if parts[0] not in SECTIONS:
-        return (f"{where_} key {key!r} does not exist: it must start with one of "
-                f"{', '.join(SECTIONS)}{close_matches(parts[0], list(SECTIONS))}")
-    fields = SECTIONS[parts[0]]
-    if len(parts) < 2 or parts[1] not in fields:
-        hint = close_matches(parts[1], list(fields)) if len(parts) > 1 else ""
-        return f"{where_} key {key!r} does not exist{hint or ' —'} valid: " + ", ".join(f"{parts[0]}.{f}" for f in fields)
-    is_component = parts[0] == "model" and parts[1] in COMPONENT_FIELDS or (parts[0], parts[1]) == ("data", "tokenizer")
-    if len(parts) > 3 or (len(parts) == 3 and not is_component):
-        return f"{where_} key {key!r} does not exist: only component fields take a third part (their options)"
-    return None
-
-
 def set_dotted(tree: dict, key: str, value: Any) -> None:
     section_name, field, *option = key.split(".")
     target = tree.setdefault(section_name, {})
@@ -310,13 +199,6 @@ def set_dotted(tree: dict, key: str, value: Any) -> None:
         target[field] = current
     else:
         target[field] = value
-
-
-def label(value: Any) -> str:
-    if isinstance(value, dict):
-        name = value.get("name", "")
-        return name + "(" + ",".join(f"{k}={v}" for k, v in value.items() if k != "name") + ")"
-    return str(value)
 
 
 def points(grid: dict, variants: dict) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
@@ -354,33 +236,13 @@ def expand(experiment: str, seeds: list[int], base: dict, grid: dict, variants: 
     return runs, problems
 
 
-def resolve(tree: dict) -> tuple[dict[str, dict], list[str]]:
+def resolve(tree: dict) -> tuple[dict[str, Any], list[str]]:
     """Defaults + preset + explicit fields, each value checked; components checked by their registry."""
-    from components.model import PRESETS
-    from registry import load_all
-
     load_all()  # every family's variants, tokenizers included
     problems: list[str] = []
-    model_given = dict(tree.get("model", {}))
-    preset = model_given.pop("preset", None)
-    start: dict[str, Any] = {}
-    if preset is not None:
-        if preset not in PRESETS:
-            problems.append(f"model.preset = {preset!r} is not a preset{choices_hint(preset, PRESETS, 'presets')}")
-        else:
-            start = dict(PRESETS[preset])
-    resolved = {}
-    for name, fields in SECTIONS.items():
-        given = model_given if name == "model" else tree.get(name, {})
-        values = {k: f.default for k, f in fields.items() if k != "preset"}
-        values.update(start if name == "model" else {})
-        values.update(given)
-        for key, value in values.items():
-            if not fields[key].valid(value):
-                problems.append(f"{name}.{key} = {value!r} must be {fields[key].rule}")
-        resolved[name] = values
-    train, model = resolved["train"], resolved["model"]
-    if isinstance(train["lr"], (int, float)) and train["min_lr"] is None:
+    resolved = section_values(tree, problems)
+    train, model, data = resolved["train"], resolved["model"], resolved["data"]
+    if is_number(train["lr"]) and train["min_lr"] is None:
         train["min_lr"] = 0.1 * train["lr"]
     if is_int(train["warmup"]) and is_int(train["steps"]) and train["warmup"] > train["steps"]:
         problems.append(f"train.warmup = {train['warmup']} is longer than train.steps = {train['steps']}")
@@ -394,13 +256,33 @@ def resolve(tree: dict) -> tuple[dict[str, dict], list[str]]:
     for field in COMPONENT_FIELDS:
         if MODEL[field].valid(model[field]):
             problems += FAMILIES[field].check(model[field], f"model.{field}", dims)
-    if DATA["tokenizer"].valid(resolved["data"]["tokenizer"]):
-        problems += FAMILIES["tokenizer"].check(resolved["data"]["tokenizer"], "data.tokenizer")
+    if DATA["tokenizer"].valid(data["tokenizer"]):
+        problems += FAMILIES["tokenizer"].check(data["tokenizer"], "data.tokenizer")
     if not problems:
         for field in COMPONENT_FIELDS:
             model[field] = FAMILIES[field].canonical(model[field])
-        resolved["data"]["tokenizer"] = FAMILIES["tokenizer"].canonical(resolved["data"]["tokenizer"])
+        data["tokenizer"] = FAMILIES["tokenizer"].canonical(data["tokenizer"])
+        resolved["train"] = TrainSettings(**train)
     return resolved, problems
+
+
+def section_values(tree: dict, problems: list[str]) -> dict[str, dict[str, Any]]:
+    """Every section's every key: its default, the preset's value, then the spec's; each checked."""
+    model_given = dict(tree.get("model", {}))
+    preset = model_given.pop("preset", None)
+    start: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            problems.append(f"model.preset = {preset!r} is not a preset{choices_hint(preset, PRESETS, 'presets')}")
+        else:
+            start = dict(PRESETS[preset])
+    resolved = {}
+    for name, fields in SECTIONS.items():
+        values = {k: copy.deepcopy(f.default) for k, f in fields.items() if k != "preset"}
+        values |= (start | model_given) if name == "model" else tree.get(name, {})
+        problems += [p for key, value in values.items() if (p := fields[key].problem(value, f"{name}.{key}"))]
+        resolved[name] = values
+    return resolved
 
 
 def run_id(run: RunSpec) -> str:
@@ -415,4 +297,4 @@ def dedupe(problems: list[str]) -> list[str]:
     return list(seen)
 
 
-__all__ = ["Spec", "RunSpec", "load_spec", "parse_spec", "read_yaml", "SpecError", "format_problems", "SECTIONS"]
+__all__ = ["Spec", "RunSpec", "load_spec", "parse_spec", "read_yaml", "SpecError"]

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from experiments import bench
-from components.model import GPT, ModelConfig, PRESETS
+from components.model import GPT, PRESETS
+from experiments.schema import ModelConfig
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +48,7 @@ def test_mfu_is_achieved_flops_over_the_peak_with_the_models_formula():
     ({"avx2", "avx512f", "avx512bw"}, False),      # AVX-512 without bf16 units (oneDNN still says "supported")
     ({"avx512f", "avx512_bf16"}, True), ({"avx512f", "amx_bf16", "amx_tile"}, True), (set(), False)])
 def test_bf16_units_are_read_from_the_cpu_flags(flags, expected):
-    from experiments.train import cpu_has_bf16_units
+    from experiments.hardware import cpu_has_bf16_units
     assert cpu_has_bf16_units(flags) is expected
 
 
@@ -55,8 +56,8 @@ def test_bf16_units_are_read_from_the_cpu_flags(flags, expected):
 def test_bench_times_a_tiny_config_and_writes_the_table(tmp_path, capsys, monkeypatch, bf16_units):
     """The default precisions follow the CPU: fp32, plus bf16 (with no --without rows) where the CPU has
     bf16 units. Both answers are pinned here, so the test says the same on every CPU."""
-    from experiments import train
-    monkeypatch.setattr(train, "bf16_is_fast", lambda device: bf16_units)
+    from experiments import hardware
+    monkeypatch.setattr(hardware, "bf16_is_fast", lambda device: bf16_units)
     out = tmp_path / "bench.csv"
     assert bench.main(["--preset", "tiny", "--steps", "2", "--warmup", "1", "--batch-size", "4", "--threads", "1",
                        "--device", "cpu", "--no-fixed-cost", "--without", "fused_kernels", "--csv", str(out)]) == 0

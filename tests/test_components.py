@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from components.model import GPT, PRESETS, ModelConfig
+from components.model import GPT, PRESETS
+from experiments.schema import ModelConfig
 from components.positional import alibi_slopes, sinusoid_table
 from registry import ATTENTION, BLOCK, FEEDFORWARD, HEAD, NORM, POSITIONAL
 

@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from components.model import GPT, ModelConfig
+from components.model import GPT
+from experiments.schema import ModelConfig
 from experiments import ddp, evaluate
-from experiments import run as runner
+from experiments import run, runner
 from experiments.data import load_dataset
 from registry import SpecError
 
@@ -103,7 +104,7 @@ SPEC = {"experiment": "t", "seeds": [0], "data": {"corpus": "embedded", "tokeniz
 def test_a_run_with_a_test_text_scores_it_and_its_checkpoint_can_be_scored_again(lab_cache: Path, tmp_path: Path) -> None:
     spec = tmp_path / "s.yaml"
     spec.write_text(yaml.safe_dump(SPEC))
-    assert runner.main([str(spec), "--results", str(tmp_path / "r"), "--no-report"]) == 0
+    assert run.main([str(spec), "--results", str(tmp_path / "r"), "--no-report"]) == 0
     run_dir = next((tmp_path / "r" / "t" / "runs").iterdir())
     summary = json.loads((run_dir / "summary.json").read_text())
     ds = load_dataset("embedded", "char", 0.1, 0.1)
@@ -118,7 +119,7 @@ def test_a_run_with_a_test_text_scores_it_and_its_checkpoint_can_be_scored_again
 
     plain = tmp_path / "plain.yaml"
     plain.write_text(yaml.safe_dump(SPEC | {"data": {"corpus": "embedded", "tokenizer": "char"}}))
-    assert runner.main([str(plain), "--results", str(tmp_path / "p"), "--no-report"]) == 0
+    assert run.main([str(plain), "--results", str(tmp_path / "p"), "--no-report"]) == 0
     with pytest.raises(SpecError, match="no test text"):
         evaluate.score_run(next((tmp_path / "p" / "t" / "runs").iterdir()), "test")
 

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from experiments import export
-from experiments.generate import load_run
+from experiments.checkpoint import load_run
 from tiny_runs import tiny_runs
 
 transformers = pytest.importorskip(

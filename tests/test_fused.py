@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from components import cpu_kernels, fused
+from components.kernels import c_loader, fused, settings
 from components.attention import naive_attention, share_heads
 from components.positional import ALiBi
 
@@ -13,11 +13,11 @@ PATHS = ["c", "torch"]
 
 
 @pytest.fixture(params=PATHS)
-def path(request, monkeypatch):
-    if request.param == "c" and cpu_kernels.load() is None:
+def path(request):
+    if request.param == "c" and c_loader.load() is None:
         pytest.skip("no C compiler: the torch-op path serves")
-    monkeypatch.setattr(fused, "C_KERNELS", request.param == "c")
-    return request.param
+    with settings.using(c_loops=request.param == "c"):
+        yield request.param
 
 
 def with_grads(f, *inputs, seed=1):
@@ -97,17 +97,30 @@ def test_dropout_keeps_one_minus_p_scales_and_backpropagates_its_mask(path):
     assert torch.equal(fused._Dropout.apply(x, 0.2), y)  # masks follow torch's seed (so runs resume exactly)
 
 
-def test_stock_ops_serve_where_the_kernels_do_not(monkeypatch):
+def test_stock_ops_serve_where_the_kernels_do_not():
     x = torch.randn(8, requires_grad=True)
     assert fused.use_fused(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not fused.use_fused(x)
     assert not fused.use_fused(x.double())
-    monkeypatch.setattr(fused, "ENABLED", False)
-    assert not fused.use_fused(x)
+    with settings.using(fused=False):
+        assert not fused.use_fused(x)
+    assert fused.use_fused(x)  # the setting is back once the block ends
 
 
-# -- the training loop's CPU pieces (experiments/train.py) ----------------------------------------
+def test_the_setting_switches_the_c_loops_and_restores_them():
+    before = settings.current()
+    with settings.using(c_loops=False):
+        assert fused.c_lib() is None and settings.current().fused == before.fused
+    assert settings.current() == before
+    previous = settings.configure(settings.KernelSettings(fused=False, c_loops=False))
+    try:
+        assert previous == before and not fused.use_fused(torch.randn(4))
+    finally:
+        settings.configure(previous)
+
+
+# -- the training loop's CPU pieces (experiments/optim.py, cpu_runtime.py)------------------------------------
 def two_models():
     def make():
         torch.manual_seed(0)
@@ -121,7 +134,7 @@ def groups(model):
 
 
 def test_fused_adamw_steps_and_saves_like_torchs_fused_adamw():
-    from experiments.train import FusedAdamW, clip_grad_norm
+    from experiments.optim import FusedAdamW, clip_grad_norm
 
     ours_model, torch_model = two_models()
     ours = FusedAdamW(groups(ours_model), lr=1e-2, betas=(0.9, 0.99))
@@ -148,7 +161,7 @@ def test_fused_adamw_steps_and_saves_like_torchs_fused_adamw():
 
 
 def test_thread_policy(monkeypatch):
-    from experiments import train
+    from experiments import cpu_runtime as train
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
@@ -185,7 +198,8 @@ def test_linear_cross_entropy_matches_logits_then_cross_entropy(path, vocab, mon
 
 @pytest.mark.parametrize("head", ["tied", "untied"])
 def test_model_loss_without_logits_matches_the_logits_path(head):
-    from components.model import GPT, ModelConfig
+    from components.model import GPT
+    from experiments.schema import ModelConfig
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=300, d_model=32, n_layers=1, n_heads=2, context_length=16, head=head))
     idx, targets = torch.randint(300, (3, 16)), torch.randint(300, (3, 16))

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from experiments import search
+from experiments.search import space
+from experiments.search import study as optuna_side
 from experiments.run import main
 from experiments.spec import parse_spec
 from registry import SpecError
@@ -119,8 +120,8 @@ def test_a_valid_block_parses_into_params_with_defaults():
     spec = parse_spec(make({"space": {"model.n_heads": [1, 2, 4], "model.n_layers": {"int": [1, 4]},
                                       "train.lr": {"float": [1e-4, 3e-3], "log": True},
                                       "model.positional": ["learned", {"name": "rope", "base": 500.0}]}}))
-    block, found = search.parse_block(spec.search, spec.base)
-    assert found == [] and block["trials"] == search.DEFAULT_TRIALS
+    block, found = space.parse_block(spec.search, spec.base)
+    assert found == [] and block["trials"] == space.DEFAULT_TRIALS
     assert (block["summary_key"], block["reported"], block["pruner"], block["sampler"]) == \
         ("final_val_bpb", "val_bpb", "median", "tpe")
     kinds = {p.key: p.kind for p in block["params"]}
@@ -129,10 +130,10 @@ def test_a_valid_block_parses_into_params_with_defaults():
     positional = block["params"][3]
     assert positional.encoded == ["learned", "rope(base=500.0)"]       # Optuna stores scalars only
     assert positional.decode("rope(base=500.0)") == {"name": "rope", "base": 500.0}
-    grid = search.parse_block({"sampler": "grid", "space": {"model.n_heads": [1, 2], "model.n_layers": {"int": [1, 3]}}},
+    grid = space.parse_block({"sampler": "grid", "space": {"model.n_heads": [1, 2], "model.n_layers": {"int": [1, 3]}}},
                               spec.base)[0]
     assert grid["trials"] == 6                                          # a grid's size caps trials
-    assert search.parse_block({"metric": "tokens_per_s", "space": {"model.n_heads": [1]}}, spec.base)[0]["pruner"] == "none"
+    assert space.parse_block({"metric": "tokens_per_s", "space": {"model.n_heads": [1]}}, spec.base)[0]["pruner"] == "none"
 
 
 def test_a_bad_space_through_the_cli_is_one_paragraph_and_writes_nothing(tmp_path, capsys):
@@ -170,7 +171,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys, lab_cache)
 
 def test_the_heads_layers_spec_is_valid():
     spec = parse_spec(yaml.safe_load((ROOT / "specs" / "search_heads_layers.yaml").read_text()))
-    block = search.parse_block(spec.search, spec.base)[0]
+    block = space.parse_block(spec.search, spec.base)[0]
     assert block["trials"] == 12
     assert {p.key: p.describe() for p in block["params"]} == {
         "model.n_heads": "one of 1, 2, 4, 8", "model.n_layers": "an integer in [1, 4]"}
@@ -240,7 +241,7 @@ def test_invalid_combinations_are_pruned_and_a_changed_study_is_refused(tmp_path
 def test_the_pruner_stops_a_trial_at_an_evaluation(tmp_path, one_thread, monkeypatch):
     import optuna
 
-    monkeypatch.setattr(search, "make_pruner", lambda plan: optuna.pruners.ThresholdPruner(upper=0.0))
+    monkeypatch.setattr(optuna_side, "make_pruner", lambda plan: optuna.pruners.ThresholdPruner(upper=0.0))
     raw = make({"trials": 2, "sampler": "grid", "space": {"model.n_layers": [1, 2]}}, seeds=[0, 1])
     results = tmp_path / "results"
     assert main([str(write(tmp_path, raw)), "--results", str(results), "--no-report"]) == 0
@@ -287,7 +288,7 @@ def test_two_workers_share_a_study_and_survive_a_sigkill(tmp_path, backend, lab_
     name = f"two-{backend}-{uuid.uuid4().hex[:8]}"
     if backend == "postgresql":
         url = postgres_url()
-        search.open_storage(url)  # a server that was promised must answer: a failure here is an error
+        optuna_side.open_storage(url)  # a server that was promised must answer: a failure here is an error
     else:
         url = f"sqlite:///{tmp_path / 'study.db'}"
     raw = make({"trials": 12, "pruner": "none",
@@ -297,7 +298,7 @@ def test_two_workers_share_a_study_and_survive_a_sigkill(tmp_path, backend, lab_
     spec = write(tmp_path, raw)
     results = tmp_path / "results"
     exp = results / name
-    env = {**os.environ, "OMP_NUM_THREADS": "1", search.HEARTBEAT_ENV: "1,3", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", optuna_side.HEARTBEAT_ENV: "1,3", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "experiments.run", str(spec), "--results", str(results), "--storage", url,
            "--no-report"]
     # SQLite: two separate invocations (as on two machines); PostgreSQL: one invocation with --workers 2.

@@ -16,8 +16,8 @@ def spec(**extra):
 def test_defaults_fill_every_field():
     run = spec().runs[0]
     assert run.model["block"] == {"name": "pre"} and run.model["attention"] == {"name": "multi_head", "impl": "sdpa"}
-    assert run.train["min_lr"] == pytest.approx(0.1 * run.train["lr"])
-    assert run.train["checkpoint_every"] == run.train["eval_every"]
+    assert run.train.min_lr == pytest.approx(0.1 * run.train.lr)
+    assert run.train.checkpoint_every == run.train.eval_every
     assert run.variant == "baseline" and run.seed == 0
 
 
@@ -79,8 +79,26 @@ def test_yaml_round_trip_of_a_run():
 def test_readme_documents_every_spec_key():
     from pathlib import Path
 
-    from experiments.spec import SECTIONS
+    from experiments.schema import SECTIONS
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
     missing = [f"{s}.{k}" for s, fields in SECTIONS.items() for k in fields if f"`{s}.{k}`" not in readme]
     assert not missing, f"README.md does not document: {missing}"
+
+
+def test_one_schema_checks_types_and_ranges_and_gives_the_typed_settings():
+    import dataclasses
+
+    from experiments.schema import MODEL, SECTIONS, TRAIN, ModelConfig, TrainSettings
+
+    for section, fields in SECTIONS.items():
+        for key, field in fields.items():
+            assert field.valid(field.default), f"{section}.{key}'s default breaks its own rule"
+    assert TRAIN["lr"].problem(True, "train.lr") == "train.lr = True must be a positive number"  # a bool is no number
+    assert TRAIN["betas"].problem([0.9, 1.0], "train.betas") == "train.betas = [0.9, 1.0] must be two numbers in [0, 1)"
+    assert MODEL["dropout"].problem(0.5, "model.dropout") is None
+    assert SECTIONS["sample"]["top_k"].describe() == "a positive integer or null"
+    assert [f.name for f in dataclasses.fields(TrainSettings)] == list(TRAIN)
+    config = ModelConfig(vocab_size=10)
+    assert all(getattr(config, k) == f.default for k, f in MODEL.items() if k != "preset")
+    assert TrainSettings().betas is not TrainSettings().betas  # a list default is each instance's own

@@ -1,30 +1,9 @@
-"""Single-pass CPU kernels in C, compiled once per machine with the system C compiler, called by ctypes.
+/* Single-pass CPU training kernels, called from components/kernels/fused.py through ctypes.
 
-Why: on the CPU a chain of torch ops (GELU's tanh form as square/mul/add/sigmoid/mul, a dropout
-mask as draw/compare/convert/multiply, softmax then dropout) reads and writes each activation-sized
-tensor once per op; these loops do it once. They share torch's OpenMP thread pool (torch ships
-libgomp.so.1, which the loader hands to this library too), so they follow torch.set_num_threads.
-
-Dropout masks come from a counter-based hash of (seed, element index), the seed drawn from torch's
-generator: the same draws whatever the thread count, nothing to store for the backward (the mask is
-regenerated), and a checkpoint's torch RNG state still resumes a run exactly.
-
-`load()` returns None when there is no C compiler or the build fails; callers then use torch ops.
-Build: `cc -O3 -march=native -fopenmp -fno-trapping-math` into <cache>/kernels/<hash of source, compiler, CPU>.so,
-written atomically, so concurrent processes and later runs share it (~1 s, once).
-"""
-from __future__ import annotations
-
-import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
-
-SOURCE = r"""
+   Built once per machine by components/kernels/c_loader.py:
+       cc -O3 -march=native -fopenmp -fPIC -shared -fno-math-errno -fno-trapping-math
+   The loops share torch's OpenMP thread pool, so they follow torch.set_num_threads.
+   -fno-trapping-math lets the compiler if-convert (so vectorise) the loops; NaNs still propagate. */
 #include <stdint.h>
 #include <math.h>
 
@@ -56,6 +35,25 @@ static inline uint32_t lab_hash(uint32_t x) {
 }
 static inline uint32_t lab_draw(uint64_t seed, uint64_t i) {
     return lab_hash(lab_hash((uint32_t)i ^ (uint32_t)seed) ^ (uint32_t)(seed >> 32) ^ (uint32_t)(i >> 32));
+}
+
+/* Softmax of row[0 .. n) scaled by `scale` (> 0), in place: row[j] = exp(scale row[j] - m) / sum,
+   m = scale max(row). Returns m + log(sum), the scaled row's log-sum-exp. Serves the attention
+   (scale 1/sqrt(head_dim)) and the cross-entropy (scale 1). */
+static inline float lab_softmax_row(float *row, int64_t n, float scale) {
+    float m = -INFINITY;
+    #pragma omp simd reduction(max:m)
+    for (int64_t j = 0; j < n; j++) m = row[j] > m ? row[j] : m;
+    m *= scale;
+    #pragma omp simd
+    for (int64_t j = 0; j < n; j++) row[j] = lab_exp(row[j] * scale - m);
+    float sum = 0.0f;
+    #pragma omp simd reduction(+:sum)
+    for (int64_t j = 0; j < n; j++) sum += row[j];
+    float inv = 1.0f / sum;
+    #pragma omp simd
+    for (int64_t j = 0; j < n; j++) row[j] *= inv;
+    return m + logf(sum);
 }
 
 #define GELU_C 1.5957691216057308f   /* 2 sqrt(2/pi): 0.5 x (1 + tanh(u)) = x sigmoid(2u) */
@@ -116,18 +114,7 @@ void attn_softmax(float *s, float *dropped, int64_t rows, int64_t chunk, int64_t
         float *row = s + r * len;
         int64_t seen = start + r % chunk + 1;
         if (seen > len) seen = len;
-        float m = -INFINITY;
-        #pragma omp simd reduction(max:m)
-        for (int64_t j = 0; j < seen; j++) m = row[j] > m ? row[j] : m;
-        m *= scale;
-        #pragma omp simd
-        for (int64_t j = 0; j < seen; j++) row[j] = lab_exp(row[j] * scale - m);
-        float sum = 0.0f;
-        #pragma omp simd reduction(+:sum)
-        for (int64_t j = 0; j < seen; j++) sum += row[j];
-        float inv = 1.0f / sum;
-        #pragma omp simd
-        for (int64_t j = 0; j < seen; j++) row[j] *= inv;
+        lab_softmax_row(row, seen, scale);
         for (int64_t j = seen; j < len; j++) row[j] = 0.0f;
         if (dropout) {
             float *d = dropped + r * len;
@@ -145,19 +132,9 @@ void softmax_xent(float *s, const int64_t *targets, float *loss, int64_t rows, i
     #pragma omp parallel for schedule(static) if (rows * len > PAR_MIN)
     for (int64_t r = 0; r < rows; r++) {
         float *row = s + r * len;
-        float target = row[targets[r]], m = -INFINITY;
-        #pragma omp simd reduction(max:m)
-        for (int64_t j = 0; j < len; j++) m = row[j] > m ? row[j] : m;
-        #pragma omp simd
-        for (int64_t j = 0; j < len; j++) row[j] = lab_exp(row[j] - m);
-        float sum = 0.0f;
-        #pragma omp simd reduction(+:sum)
-        for (int64_t j = 0; j < len; j++) sum += row[j];
-        float inv = 1.0f / sum;
-        #pragma omp simd
-        for (int64_t j = 0; j < len; j++) row[j] *= inv;
+        float target = row[targets[r]];
+        loss[r] = lab_softmax_row(row, len, 1.0f) - target;
         row[targets[r]] -= 1.0f;
-        loss[r] = m + logf(sum) - target;
     }
 }
 
@@ -174,80 +151,3 @@ void attn_softmax_bwd(float *dd, const float *probs, const float *dropped, int64
         for (int64_t j = 0; j < len; j++) g[j] = scale * (g[j] - p[j] * sum);
     }
 }
-"""
-
-# -fno-trapping-math lets the compiler if-convert (so vectorise) the loops; NaNs still propagate.
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math"]
-_lib: ctypes.CDLL | None | bool = False  # False: not tried yet
-
-
-def kernel_dir() -> Path:
-    """Shared by every run and test on this machine (a build artifact of the code, not of any data)."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "gpt2-ablation-lab" / "kernels"
-
-
-def compiler() -> str | None:
-    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-
-
-def build(cc: str) -> Path:
-    """The compiled library (built now unless this source, compiler and CPU have one already)."""
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256("\n".join([SOURCE, " ".join(FLAGS), version, platform.machine(), cpu_flags()]).encode())
-    target = kernel_dir() / f"lab-{key.hexdigest()[:16]}.so"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        src, out = Path(tmp) / "lab.c", Path(tmp) / "lab.so"
-        src.write_text(SOURCE)
-        subprocess.run([cc, *FLAGS, str(src), "-o", str(out)], check=True, capture_output=True, timeout=120)
-        os.replace(out, target)  # atomic: a concurrent build of the same key writes the same bytes
-    return target
-
-
-def cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return ""
-
-
-def openmp_runtimes() -> set[str]:
-    """The OpenMP libraries mapped into this process."""
-    try:
-        with open("/proc/self/maps") as f:
-            return {line.split()[-1] for line in f if any(n in line for n in ("libgomp", "libiomp", "libomp"))}
-    except OSError:
-        return set()
-
-
-def load() -> ctypes.CDLL | None:
-    """The kernels, or None where they cannot be built (no compiler, not Linux/x86, a failed build)."""
-    global _lib
-    if _lib is not False:
-        return _lib or None
-    _lib = None
-    cc = compiler()
-    if cc is None or os.environ.get("LAB_NO_C_KERNELS") or platform.system() != "Linux":
-        return None
-    try:
-        import torch  # noqa: F401  (its libgomp.so.1 must be loaded first, so the kernels share its threads)
-        lib = ctypes.CDLL(str(build(cc)))
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if len(openmp_runtimes()) > 1:  # torch built with another OpenMP: two thread pools would fight
-        return None
-    f, i64, u64, u32, ptr = ctypes.c_float, ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p
-    lib.gelu_fwd.argtypes = [ptr, ptr, i64]
-    lib.gelu_bwd.argtypes = [ptr, ptr, ptr, i64]
-    lib.dropout.argtypes = [ptr, ptr, i64, u64, u32, f]
-    lib.attn_softmax.argtypes = [ptr, ptr, i64, i64, i64, i64, f, u64, u32, f, ctypes.c_int]
-    lib.attn_softmax_bwd.argtypes = [ptr, ptr, ptr, i64, i64, f]
-    lib.softmax_xent.argtypes = [ptr, ptr, ptr, i64, i64]
-    for fn in (lib.gelu_fwd, lib.gelu_bwd, lib.dropout, lib.attn_softmax, lib.attn_softmax_bwd, lib.softmax_xent):
-        fn.restype = None
-    _lib = lib
-    return lib

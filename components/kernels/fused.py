@@ -6,9 +6,10 @@ masks from the same distribution) with a hand-written backward that keeps only w
 serve float32 tensors on the CPU outside autocast and torch.compile; everywhere else (CUDA, bf16
 autocast, compiled graphs) the stock ops run, because fused kernels exist there already.
 
-Two levels: single-pass C loops (components/cpu_kernels.py, built once with the system compiler) and,
-where no compiler is found, the same algorithms as chains of torch ops. Why each (measured with
-`python -m experiments.bench --without ...` on a 2-core AVX2 EPYC; see the bench's notes):
+Two levels: single-pass C loops (cpu_kernels.c, built once with the system compiler by c_loader.py)
+and, where no compiler is found, the same algorithms as chains of torch ops; settings.py switches
+either off. Why each (measured with `python -m experiments.bench --without ...` on a 2-core AVX2
+EPYC; see the bench's notes):
 - dropout: `bernoulli_` is ~2.5x slower than other draws and the stock op stores its mask; here the
   mask is a hash of (seed, index), regenerated in the backward.
 - GELU, tanh form: `tanh` is slow here and 0.5 x (1 + tanh u) = x sigmoid(2u); one pass each way.
@@ -27,22 +28,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from components import cpu_kernels
+from components.kernels import c_loader, settings
 
-ENABLED = True        # off: the stock ops everywhere (the bench's --without fused_kernels)
-C_KERNELS = True      # off: the torch-op versions of the same algorithms (--without c_kernels)
 ATTENTION_CHUNK = 64  # queries per block: small enough to skip most of the masked triangle, big enough for the GEMMs
 ATTENTION_MAX_T = 512  # longer contexts without dropout keep SDPA's flash kernel, whose memory is O(T)
 
 
 def use_fused(x: torch.Tensor) -> bool:
     """The fused kernels serve float32 on the CPU, in eager mode, outside autocast (whose casts they skip)."""
-    return (ENABLED and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling())
+    return (settings.current().fused and x.device.type == "cpu" and x.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
 
 
 def c_lib():
-    return cpu_kernels.load() if C_KERNELS else None
+    """The C loops, or None for their torch-op versions (switched off, or no compiler here)."""
+    return c_loader.load() if settings.current().c_loops else None
 
 
 def draw_seed() -> int:

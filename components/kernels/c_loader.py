@@ -1,0 +1,104 @@
+"""The C kernels (components/kernels/cpu_kernels.c), compiled once per machine with the system C
+compiler and called by ctypes.
+
+Why: on the CPU a chain of torch ops (GELU's tanh form as square/mul/add/sigmoid/mul, a dropout
+mask as draw/compare/convert/multiply, softmax then dropout) reads and writes each activation-sized
+tensor once per op; these loops do it once. They share torch's OpenMP thread pool (torch ships
+libgomp.so.1, which the loader hands to this library too), so they follow torch.set_num_threads.
+
+Dropout masks come from a counter-based hash of (seed, element index), the seed drawn from torch's
+generator: the same draws whatever the thread count, nothing to store for the backward (the mask is
+regenerated), and a checkpoint's torch RNG state still resumes a run exactly.
+
+`load()` returns None when there is no C compiler or the build fails; callers then use torch ops.
+Build: `cc -O3 -march=native -fopenmp -fno-trapping-math` into <cache>/kernels/<hash of source, compiler, CPU>.so,
+written atomically, so concurrent processes and later runs share it (~1 s, once).
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+SOURCE_FILE = Path(__file__).with_name("cpu_kernels.c")
+# -fno-trapping-math lets the compiler if-convert (so vectorise) the loops; NaNs still propagate.
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math"]
+_lib: ctypes.CDLL | None | bool = False  # False: not tried yet
+
+
+def kernel_dir() -> Path:
+    """Shared by every run and test on this machine (a build artifact of the code, not of any data)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "gpt2-ablation-lab" / "kernels"
+
+
+def compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+
+
+def build(cc: str) -> Path:
+    """The compiled library (built now unless this source, compiler and CPU have one already)."""
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+    source = SOURCE_FILE.read_text(encoding="utf-8")
+    key = hashlib.sha256("\n".join([source, " ".join(FLAGS), version, platform.machine(), cpu_flags()]).encode())
+    target = kernel_dir() / f"lab-{key.hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        src, out = Path(tmp) / "lab.c", Path(tmp) / "lab.so"
+        src.write_text(source, encoding="utf-8")  # the very text the key was made from
+        subprocess.run([cc, *FLAGS, str(src), "-o", str(out)], check=True, capture_output=True, timeout=120)
+        os.replace(out, target)  # atomic: a concurrent build of the same key writes the same bytes
+    return target
+
+
+def cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return ""
+
+
+def openmp_runtimes() -> set[str]:
+    """The OpenMP libraries mapped into this process."""
+    try:
+        with open("/proc/self/maps") as f:
+            return {line.split()[-1] for line in f if any(n in line for n in ("libgomp", "libiomp", "libomp"))}
+    except OSError:
+        return set()
+
+
+def load() -> ctypes.CDLL | None:
+    """The kernels, or None where they cannot be built (no compiler, not Linux/x86, a failed build)."""
+    global _lib
+    if _lib is not False:
+        return _lib or None
+    _lib = None
+    cc = compiler()
+    if cc is None or platform.system() != "Linux":
+        return None
+    try:
+        import torch  # noqa: F401  (its libgomp.so.1 must be loaded first, so the kernels share its threads)
+        lib = ctypes.CDLL(str(build(cc)))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if len(openmp_runtimes()) > 1:  # torch built with another OpenMP: two thread pools would fight
+        return None
+    f, i64, u64, u32, ptr = ctypes.c_float, ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p
+    lib.gelu_fwd.argtypes = [ptr, ptr, i64]
+    lib.gelu_bwd.argtypes = [ptr, ptr, ptr, i64]
+    lib.dropout.argtypes = [ptr, ptr, i64, u64, u32, f]
+    lib.attn_softmax.argtypes = [ptr, ptr, i64, i64, i64, i64, f, u64, u32, f, ctypes.c_int]
+    lib.attn_softmax_bwd.argtypes = [ptr, ptr, ptr, i64, i64, f]
+    lib.softmax_xent.argtypes = [ptr, ptr, ptr, i64, i64]
+    for fn in (lib.gelu_fwd, lib.gelu_bwd, lib.dropout, lib.attn_softmax, lib.attn_softmax_bwd, lib.softmax_xent):
+        fn.restype = None
+    _lib = lib
+    return lib

@@ -1,0 +1,32 @@
+"""The names of what a run measures, written once: the columns of metrics.csv, the metrics of
+summary.json, and their units. Training writes them, the runner and the search read them, the
+analysis tables them."""
+from __future__ import annotations
+
+# metrics.csv: one row per evaluation
+STEP, TOKENS, LR, ELAPSED = "step", "tokens", "lr", "elapsed_s"
+TRAIN_LOSS, VAL_LOSS, VAL_BPB = "train_loss", "val_loss", "val_bpb"
+EVAL_COLUMNS = [STEP, TOKENS, LR, TRAIN_LOSS, VAL_LOSS, VAL_BPB, ELAPSED]
+CURVES = (VAL_BPB, VAL_LOSS, TRAIN_LOSS)   # measured at every evaluation
+
+
+def final(metric: str) -> str:
+    """summary.json's key for a curve's value at the last evaluation."""
+    return f"final_{metric}"
+
+
+def best(metric: str) -> str:
+    """summary.json's key for a curve's value at the evaluation with the lowest val loss."""
+    return f"best_{metric}"
+
+
+# summary.json
+FINAL_TRAIN_LOSS, FINAL_VAL_LOSS, FINAL_VAL_BPB = final(TRAIN_LOSS), final(VAL_LOSS), final(VAL_BPB)
+BEST_VAL_LOSS, BEST_VAL_BPB = best(VAL_LOSS), best(VAL_BPB)
+PARAMS, FLOPS_PER_TOKEN, TOKENS_SEEN = "params", "flops_per_token", "tokens_seen"
+TOKENS_PER_S, WALL_S, TRAIN_S = "tokens_per_s", "wall_s", "train_s"
+LOSSES = (FINAL_TRAIN_LOSS, FINAL_VAL_LOSS, FINAL_VAL_BPB, BEST_VAL_LOSS, BEST_VAL_BPB)
+COSTS = (PARAMS, FLOPS_PER_TOKEN, TOKENS_SEEN, TOKENS_PER_S, WALL_S)
+
+UNITS = {FINAL_VAL_LOSS: "nats/token", FINAL_VAL_BPB: "bits/byte", VAL_LOSS: "nats/token", VAL_BPB: "bits/byte"}
+LABELS = {FINAL_VAL_LOSS: "final val loss", FINAL_VAL_BPB: "final val bpb", VAL_LOSS: "val loss", VAL_BPB: "val bpb"}

@@ -1,0 +1,113 @@
+"""What an experiment folder records, and the tables printed from it: experiment.json's plan,
+runs.csv rebuilt from the run folders (the source of truth), the report hooks, text tables."""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from experiments import files, metrics
+from experiments.schema import label
+
+if TYPE_CHECKING:
+    from experiments.spec import RunSpec, Spec
+
+FINISHED = ("done", "diverged", "pruned")
+RUN_COLUMNS = ["run_id", "variant", "seed", "status", metrics.PARAMS, metrics.FLOPS_PER_TOKEN, metrics.TOKENS_SEEN,
+               metrics.FINAL_TRAIN_LOSS, metrics.FINAL_VAL_LOSS, metrics.FINAL_VAL_BPB, metrics.BEST_VAL_LOSS,
+               metrics.BEST_VAL_BPB, metrics.TOKENS_PER_S, metrics.WALL_S, "tokenizer", "corpus"]
+
+
+# -- the plan ------------------------------------------------------------------------------------
+def axis_values(run: RunSpec) -> dict[str, str]:
+    return {k: label(v) for k, v in run.axes.items()}
+
+
+def plan_record(spec: Spec, runs: list[RunSpec], search: dict | None = None) -> dict[str, Any]:
+    return {"experiment": spec.experiment, "axes": spec.axes, "variants": spec.variants, "seeds": spec.seeds,
+            "runs": [{"run_id": r.run_id, "variant": r.variant, "axes": axis_values(r), "seed": r.seed} for r in runs],
+            "baseline": spec.baseline, "search": search}
+
+
+def start_experiment(exp_dir: Path, spec: Spec, spec_path: Path, runs: list[RunSpec]) -> None:
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(spec_path, exp_dir / ".spec.yaml.tmp")
+    os.replace(exp_dir / ".spec.yaml.tmp", exp_dir / "spec.yaml")
+    files.write_json(exp_dir / "experiment.json", plan_record(spec, runs))
+
+
+# -- runs.csv ------------------------------------------------------------------------------------
+def run_status(run_dir: Path) -> str:
+    summary = run_dir / "summary.json"
+    if summary.exists():
+        return files.read_json(summary)["status"]
+    if files.RunLock(run_dir).held_elsewhere():
+        return "running"
+    return "pending"
+
+
+def rebuild_runs_csv(exp_dir: Path) -> list[dict[str, Any]]:
+    """runs.csv from experiment.json's plan and the run folders (the source of truth)."""
+    plan = files.read_json(exp_dir / "experiment.json")
+    rows = []
+    for entry in plan["runs"]:
+        run_dir = exp_dir / "runs" / entry["run_id"]
+        summary_path = run_dir / "summary.json"
+        summary = files.read_json(summary_path) if summary_path.exists() else {}
+        row = {"run_id": entry["run_id"], "variant": entry["variant"], **entry["axes"], "seed": entry["seed"],
+               **{k: entry[k] for k in ("trial", "state") if k in entry}}
+        row |= {k: summary.get(k) for k in RUN_COLUMNS if k not in row}
+        row["status"] = summary.get("status") or run_status(run_dir)
+        rows.append(row)
+    extra = [k for k in ("trial", "state") if any(k in r for r in rows)]
+    columns = ["run_id", "variant", *plan["axes"], "seed", *extra] + [c for c in RUN_COLUMNS[3:]]
+    files.write_csv(exp_dir / "runs.csv", rows, columns)
+    return rows
+
+
+# -- the report ----------------------------------------------------------------------------------
+def write_report(exp_dir: Path) -> Path | None:
+    """The analysis report of the experiment, or None when it cannot be written (a warning says why)."""
+    try:
+        from analysis.report import write_report as analyse
+    except ImportError:
+        return None
+    try:
+        return analyse(exp_dir)
+    except Exception as err:  # the runs are safe on disk; a broken report must not hide that
+        print(f"warning: the report could not be written ({type(err).__name__}: {err}); "
+              f"retry with: python -m analysis {exp_dir}", file=sys.stderr)
+        return None
+
+
+def report_is_stale(exp_dir: Path) -> bool:
+    """Whether a run finished after report.md was written (or there is none)."""
+    report = exp_dir / "report.md"
+    if not report.exists():
+        return True
+    newest = max((p.stat().st_mtime for p in exp_dir.glob("runs/*/summary.json")), default=0)
+    return newest > report.stat().st_mtime
+
+
+# -- text tables ---------------------------------------------------------------------------------
+def text_table(rows: list[dict[str, Any]]) -> str:
+    """Rows as aligned columns of text (every key of every row, in order of appearance)."""
+    if not rows:
+        return "(no runs)"
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    cells = [[fmt(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4f}"
+    return str(value)
+

@@ -1,0 +1,173 @@
+"""`python -m experiments.run SPEC` for a spec with a search block, or a grid run as an Optuna study
+(--storage / --workers): check the plan, open the study, loop (or start N local workers), print the
+trials table and write the report. run.py hands such specs here.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from experiments import files
+from experiments.records import report_is_stale, text_table, write_report
+from experiments.runner import bind_data, dry_run_table
+from experiments.search.plan import WORKER_ENV, Plan, make_plan
+from experiments.search.space import label
+from experiments.search.study import (FINISHED_STATES, StorageError, heartbeat_settings, mask, open_study,
+                                      storage_problems)
+from experiments.search.trials import sync_records
+from experiments.search.worker import SINCE_ENV, Worker
+from registry import SpecError
+
+
+def fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(spec, spec_path: Path, args) -> int:
+    """`python -m experiments.run SPEC` for a spec with a search block, or with --storage / --workers."""
+    exp_dir = Path(args.results) / spec.experiment
+    if problem := argument_problem(args, exp_dir):
+        return fail(problem)
+    try:
+        plan = make_plan(spec, args, exp_dir)
+        heartbeat_settings()
+        if not plan.default_storage and (problems := storage_problems(plan.storage_url, "--storage")):
+            raise SpecError(problems)
+        datasets = bind_data(spec.runs)
+    except SpecError as err:
+        return fail(str(err))
+    if args.dry_run:
+        print(plan.describe())
+        print("runs:" if plan.mode == "grid" else "the spec's base runs (each trial overrides the keys above):")
+        print(dry_run_table(spec.runs, datasets))
+        return 0
+    try:
+        if plan.default_storage and plan.role is None:
+            exp_dir.mkdir(parents=True, exist_ok=True)
+        study = open_study(plan)
+    except StorageError as err:
+        return fail(str(err))
+    if plan.role is None:
+        files.write_text(exp_dir / "spec.yaml", Path(spec_path).read_text(encoding="utf-8"))
+    sync_records(plan, study)
+    return run_study(plan, study, datasets, spec_path)
+
+
+def argument_problem(args, exp_dir: Path) -> str | None:
+    if getattr(args, "force", False):
+        return ("--force does not apply to a search: a study keeps its trials and their runs. To start "
+                f"over, delete {exp_dir} (and the study in its storage) or use another experiment name")
+    if getattr(args, "only", None):
+        return ("--only does not apply to a search or a grid run as a study: every worker takes the "
+                "next trial the study hands out")
+    if (getattr(args, "workers", 1) or 1) < 1:
+        return f"--workers = {args.workers} must be at least 1"
+    return None
+
+
+def run_study(plan: Plan, study, datasets: dict, spec_path: Path) -> int:
+    """The worker loop here (or in N processes), then the trials table and the report."""
+    if plan.role is not None:  # a worker process started by --workers: the loop only
+        try:
+            return Worker(plan, study, datasets).loop()
+        except KeyboardInterrupt:
+            return 130
+    started = time.perf_counter()
+    print(plan.describe(), flush=True)
+    workers = getattr(plan.args, "workers", 1) or 1
+    if workers > 1:
+        code = spawn_workers(plan, spec_path, workers)
+    else:
+        try:
+            code = Worker(plan, study, datasets).loop()
+        except KeyboardInterrupt:
+            print("interrupted: rerun the same command to resume the study", file=sys.stderr)
+            return 130
+    return finish(plan, study, code, time.perf_counter() - started)
+
+
+def spawn_workers(plan: Plan, spec_path: Path, workers: int) -> int:
+    """N worker processes on the study; each is `python -m experiments.run` with the same spec."""
+    args = plan.args
+    cmd = [sys.executable, "-m", "experiments.run", str(spec_path), "--results", str(args.results),
+           "--storage", plan.storage_url, "--no-report"]
+    if args.device:
+        cmd += ["--device", args.device]
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    since = str(time.time())
+    procs = []
+    for index in range(workers):
+        env = {**os.environ, WORKER_ENV: str(index), SINCE_ENV: since}
+        env.setdefault("OMP_NUM_THREADS", threads)
+        procs.append(subprocess.Popen(cmd, env=env))
+    print(f"started {workers} workers: pids {', '.join(str(p.pid) for p in procs)}", flush=True)
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        # Ctrl-C in a terminal reaches the workers too; give them time to queue their trials again.
+        deadline = time.monotonic() + 20
+        for p in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        for p in procs:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    p.send_signal(signal.SIGINT)
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        print("interrupted: rerun the same command to resume the study", file=sys.stderr)
+        return 130
+    bad = [c for c in codes if c != 0]
+    if bad:
+        print(f"warning: {len(bad)} worker(s) exited with status {', '.join(map(str, bad))}", file=sys.stderr)
+    return 0 if not bad else 1
+
+
+def finish(plan: Plan, study, code: int, seconds: float) -> int:
+    """The trials table, the best trial and the report; 0 when the study has every trial it wants."""
+    sync_records(plan, study)
+    trials = study.get_trials(deepcopy=False)
+    rows = []
+    for t in trials:
+        if "surplus" in t.user_attrs:
+            continue
+        note = next((f"{k}: {t.user_attrs[k]}" for k in ("invalid", "error", "pruned", "diverged", "interrupted")
+                     if k in t.user_attrs), "")
+        if t.state.name == "FAIL" and not note:
+            note = "its worker died (stale heartbeat); retried once"
+        rows.append({"trial": t.number, "state": t.state.name, **{k: label(v) for k, v in t.params.items()},
+                     plan.summary_key: t.value if t.state.name == "COMPLETE" else None, "note": note[:80]})
+    print(text_table(rows))
+    finished = sum(t.state.name in FINISHED_STATES for t in trials)
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    print(f"{finished} finished trials ({len(complete)} complete) of {plan.trials} wanted in "
+          f"{seconds:.1f} s -> {plan.exp_dir / 'runs.csv'}; study '{plan.study_name}' in {mask(plan.storage_record)}")
+    if complete:
+        best = study.best_trial
+        print(f"best: trial {best.number}, {plan.summary_key} {best.value:.4f}: "
+              + ", ".join(f"{k}={label(v)}" for k, v in best.params.items()))
+    if not plan.args.no_report and report_is_stale(plan.exp_dir):
+        with warnings.catch_warnings():  # Optuna's plotting warns about flat importances and axes
+            warnings.simplefilter("ignore", UserWarning)
+            report = write_report(plan.exp_dir)
+        if report:
+            print(f"report: {report}")
+    if plan.points is not None:
+        finished = len({plan.point_key(t.params) for t in trials if t.state.name in FINISHED_STATES})
+    if finished >= plan.trials:
+        return 0  # the study is complete, even when a worker died on the way (its trial was retried)
+    code = code or 1
+    print(f"error: the study has {finished} of the {plan.trials} finished trials wanted; rerun the same "
+          "command to continue it", file=sys.stderr)
+    return code

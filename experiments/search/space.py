@@ -1,0 +1,279 @@
+"""A spec's `search:` block: its keys and defaults, the space as `Param`s, and the metrics a search
+can optimise. Every key and value is checked before anything is built, candidate values against
+the spec's own fields (experiments/schema.py). No Optuna here: spec.py reads search blocks with it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from components.model import PRESETS
+from experiments import metrics
+from experiments.schema import SECTIONS, is_component, key_problem, positive_int
+from experiments.schema import label as spec_label
+from experiments.search.study import storage_problems
+from registry import FAMILIES, choices_hint, close_matches, load_all, type_problem
+
+SEARCH_KEYS = ("trials", "metric", "direction", "sampler", "pruner", "storage", "space")
+SAMPLERS = ("tpe", "random", "grid")
+PRUNERS = ("median", "hyperband", "none")
+DIRECTIONS = ("minimize", "maximize")
+RANGE_KEYS = ("int", "float", "log", "step")
+DEFAULT_TRIALS = 20
+PRIMITIVE = (str, int, float, bool, type(None))
+POSITIVE_INT = positive_int(DEFAULT_TRIALS, "finished trials wanted")
+
+
+def metric_table() -> dict[str, tuple[str, str | None]]:
+    """search.metric -> (summary.json key, metrics.csv column reported at each evaluation or None).
+    A curve's name means its final value; final_* and best_* name themselves."""
+    table: dict[str, tuple[str, str | None]] = {}
+    for curve in metrics.CURVES:
+        table[curve] = table[metrics.final(curve)] = (metrics.final(curve), curve)
+    for curve in (metrics.VAL_BPB, metrics.VAL_LOSS):
+        table[metrics.best(curve)] = (metrics.best(curve), curve)
+    for cost in (metrics.TOKENS_PER_S, metrics.WALL_S, metrics.TRAIN_S, metrics.PARAMS, metrics.FLOPS_PER_TOKEN):
+        table[cost] = (cost, None)
+    return table
+
+
+METRICS = metric_table()
+
+
+@dataclasses.dataclass
+class Param:
+    """One dimension of the space: a categorical list or an int/float range."""
+
+    key: str
+    kind: str                          # categorical | int | float
+    choices: list[Any] = dataclasses.field(default_factory=list)   # categorical values as written
+    low: Any = None
+    high: Any = None
+    step: Any = None
+    log: bool = False
+
+    @property
+    def encoded(self) -> list[Any]:
+        """Categorical choices as Optuna stores them: the value, or its label when not a scalar."""
+        return [encode(v) for v in self.choices]
+
+    def suggest(self, trial) -> Any:
+        if self.kind == "categorical":
+            return trial.suggest_categorical(self.key, self.encoded)
+        if self.kind == "int":
+            return trial.suggest_int(self.key, self.low, self.high, step=self.step or 1, log=self.log)
+        return trial.suggest_float(self.key, float(self.low), float(self.high), step=self.step, log=self.log)
+
+    def decode(self, value: Any) -> Any:
+        if self.kind == "categorical":
+            return self.choices[self.encoded.index(value)]
+        return value
+
+    def grid(self) -> list[Any] | None:
+        """Every value, for the grid sampler (None for a continuous range)."""
+        if self.kind == "categorical":
+            return self.encoded
+        if self.kind == "int":
+            return list(range(self.low, self.high + 1, self.step or 1))
+        if self.step is None:
+            return None
+        n = int(math.floor((self.high - self.low) / self.step + 1e-9))
+        return [round(self.low + i * self.step, 12) for i in range(n + 1)]
+
+    def describe(self) -> str:
+        if self.kind == "categorical":
+            return "one of " + ", ".join(label(v) for v in self.choices)
+        extra = (f", step {self.step}" if self.step else "") + (", log scale" if self.log else "")
+        return f"{'an integer' if self.kind == 'int' else 'a number'} in [{self.low}, {self.high}]{extra}"
+
+
+def encode(value: Any) -> Any:
+    return value if isinstance(value, PRIMITIVE) else label(value)
+
+
+def label(value: Any) -> str:
+    """A value as a trial's parameters and tables show it: floats to 6 significant digits."""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return spec_label(value)
+
+
+def check_block(search: Any, base: dict) -> list[str]:
+    """Every problem with a spec's `search:` block, each a readable sentence ([] when it is fine)."""
+    return parse_block(search, base)[1]
+
+
+def parse_block(search: Any, base: dict) -> tuple[dict[str, Any], list[str]]:
+    """(the block with defaults filled and `space` parsed into Params, problems)."""
+    if not isinstance(search, dict):
+        return {}, [f"search must be a mapping with keys {', '.join(SEARCH_KEYS)} "
+                    f"(e.g. search: {{trials: 20, space: {{model.n_heads: [1, 2, 4]}}}}), not {search!r}"]
+    problems = [f"unknown key search.{key}{choices_hint(key, SEARCH_KEYS, 'valid keys')}"
+                for key in search if key not in SEARCH_KEYS]
+    trials = search.get("trials")
+    if trials is not None and not POSITIVE_INT.valid(trials):
+        problems.append(f"search.trials = {trials!r} must be {POSITIVE_INT.describe()} (finished trials wanted)")
+        trials = None
+    metric = search.get("metric", metrics.VAL_BPB)
+    if metric not in METRICS:
+        problems.append(f"search.metric = {metric!r} is not a summary metric"
+                        f"{choices_hint(metric, METRICS)}")
+        metric = metrics.VAL_BPB
+    direction = search.get("direction", "minimize")
+    if direction not in DIRECTIONS:
+        problems.append(f"search.direction = {direction!r} must be one of {', '.join(DIRECTIONS)}"
+                        f"{close_matches(str(direction), list(DIRECTIONS))}")
+    sampler = search.get("sampler", "tpe")
+    if sampler not in SAMPLERS:
+        problems.append(f"search.sampler = {sampler!r} is not a sampler"
+                        f"{choices_hint(sampler, SAMPLERS)}")
+    reported = METRICS[metric][1]
+    pruner = pruner_choice(search, metric, problems)
+    storage = search.get("storage")
+    if storage is not None:
+        problems += storage_problems(storage, "search.storage")
+    params, space_problems = parse_space(search.get("space"), base)
+    problems += space_problems
+    block = {"trials": trials, "metric": metric, "summary_key": METRICS[metric][0], "reported": reported,
+             "direction": direction, "sampler": sampler, "pruner": pruner, "storage": storage, "params": params}
+    if sampler == "grid" and not space_problems:
+        continuous = [p.key for p in params if p.grid() is None]
+        if continuous:
+            problems.append(f"search.sampler = 'grid' needs a finite set of values, but search.space."
+                            f"{continuous[0]} is a continuous range: give it a list, a step, or use "
+                            "sampler: tpe or random")
+        else:
+            size = math.prod(len(p.grid()) for p in params)
+            block["trials"] = min(trials or size, size)
+    if block["trials"] is None:
+        block["trials"] = DEFAULT_TRIALS
+    return block, problems
+
+
+def pruner_choice(search: dict, metric: str, problems: list[str]) -> str:
+    """search.pruner, by default median where the metric is reported at each evaluation (else none)."""
+    reported = METRICS[metric][1]
+    pruner = search.get("pruner", "median" if reported else "none")
+    if pruner is None or pruner is False:
+        pruner = "none"
+    if pruner not in PRUNERS:
+        problems.append(f"search.pruner = {pruner!r} is not a pruner"
+                        f"{choices_hint(pruner, PRUNERS)}")
+    elif pruner != "none" and reported is None:
+        problems.append(f"search.pruner = {pruner!r} needs a metric measured at every evaluation, and "
+                        f"search.metric = {metric!r} is only known at the end of a run: use pruner: none "
+                        f"or one of {', '.join(m for m, (_, r) in METRICS.items() if r)}")
+    return pruner
+
+
+def parse_space(space: Any, base: dict) -> tuple[list[Param], list[str]]:
+    if space is None:
+        return [], ["search.space is missing: give the keys to search, e.g. space: {model.n_heads: [1, 2, 4], "
+                    "model.n_layers: {int: [1, 4]}}"]
+    if not isinstance(space, dict) or not space:
+        return [], [f"search.space = {space!r} must be a non-empty mapping of dotted spec keys to a list "
+                    "(categorical) or {int: [low, high]} / {float: [low, high], log: true}"]
+    params, problems = [], []
+    for key, value in space.items():
+        key = str(key)
+        where = f"search.space.{key}"
+        if problem := key_problem(key, "search.space"):
+            problems.append(problem)
+            continue
+        if isinstance(value, list):
+            if not value:
+                problems.append(f"{where} = [] must be a non-empty list of values")
+                continue
+            found = [p for v in value for p in value_problems(key, v, base, space)]
+            labels = [encode(v) for v in value]
+            if len(set(map(repr, labels))) < len(labels):
+                found.append(f"{where} = {value!r} lists a value twice")
+            problems += found
+            if not found:
+                params.append(Param(key, "categorical", choices=list(value)))
+            continue
+        if not isinstance(value, dict):
+            problems.append(f"{where} = {value!r} must be a list of values (categorical) or a range: "
+                            "{int: [low, high]} or {float: [low, high], log: true}")
+            continue
+        param, found = parse_range(key, value, base, space)
+        problems += found
+        if param is not None:
+            params.append(param)
+    return params, problems
+
+
+def parse_range(key: str, value: dict, base: dict, space: dict) -> tuple[Param | None, list[str]]:
+    where = f"search.space.{key}"
+    problems = []
+    for k in value:
+        if k not in RANGE_KEYS:
+            problems.append(f"unknown key {k!r} in {where}{close_matches(str(k), list(RANGE_KEYS)) or ' —'} "
+                            f"a range is {{int: [low, high]}} or {{float: [low, high]}} with optional log: true "
+                            "or step; a list of values is categorical")
+    kinds = [k for k in ("int", "float") if k in value]
+    if len(kinds) != 1:
+        problems.append(f"{where} = {value!r} must name exactly one of int or float, e.g. {{int: [1, 6]}} "
+                        "or {float: [1.0e-4, 3.0e-3], log: true}")
+        return None, problems
+    kind = kinds[0]
+    bounds = value[kind]
+
+    def ok_number(v: Any) -> bool:
+        if kind == "int":
+            return type_problem(v, int) is None
+        return type_problem(v, float) is None and math.isfinite(v)
+
+    if not (isinstance(bounds, list) and len(bounds) == 2 and all(ok_number(b) for b in bounds)):
+        problems.append(f"{where}.{kind} = {bounds!r} must be [low, high], two "
+                        f"{'integers' if kind == 'int' else 'numbers'}")
+        return None, problems
+    low, high = bounds
+    log, step = value.get("log", False), value.get("step")
+    if low > high:
+        problems.append(f"{where}.{kind} = {bounds!r}: low {low} > high {high}")
+    if not isinstance(log, bool):
+        problems.append(f"{where}.log = {log!r} must be true or false")
+        log = False
+    if step is not None and not (ok_number(step) and step > 0):
+        problems.append(f"{where}.step = {step!r} must be a positive {'integer' if kind == 'int' else 'number'}")
+        step = None
+    if log and low <= 0:
+        problems.append(f"{where}: log: true needs low > 0, got {low}")
+    if log and step not in (None, 1):
+        problems.append(f"{where}: log: true and step cannot be used together")
+    for bound in (low, high):  # a float range suggests floats: the field must take them
+        problems += value_problems(key, float(bound) if kind == "float" else bound, base, space)
+    if problems:
+        return None, list(dict.fromkeys(problems))
+    return Param(key, kind, low=low, high=high, step=step, log=log), []
+
+
+def value_problems(key: str, value: Any, base: dict, space: dict) -> list[str]:
+    """Whether one candidate value fits its field (each alone; combinations are checked per trial)."""
+    load_all()
+    section, field, *option = key.split(".")
+    where = f"search.space.{key}"
+    component = is_component(section, field)
+    family = "tokenizer" if section == "data" else field
+    if component and option:
+        if f"{section}.{field}" in space:  # the component itself is searched: checked per trial
+            return []
+        given = base.get(section, {})
+        preset = PRESETS.get(given.get("preset"), {}) if section == "model" else {}
+        current = given.get(field, preset.get(field, SECTIONS[section][field].default))
+        name, given = FAMILIES[family].split(current)
+        return FAMILIES[family].check({**given, "name": name, option[0]: value}, f"{where}")
+    if component:
+        if not isinstance(value, (str, dict)):
+            return [f"{where} = {value!r} must be a registered {family} name or {{name: ..., option: ...}} "
+                    f"(registered: {', '.join(FAMILIES[family].names())})"]
+        return FAMILIES[family].check(value, where)
+    if (section, field) == ("model", "preset"):
+        if value not in PRESETS:
+            return [f"{where} = {value!r} is not a preset{choices_hint(value, PRESETS, 'presets')}"]
+        return []
+    problem = SECTIONS[section][field].problem(value, f"{section}.{field}")
+    return [f"{where}: {problem}"] if problem else []
+

@@ -1,0 +1,260 @@
+"""The Optuna side of a search: the storage (with heartbeats and one retry of stale trials), the
+sampler, the pruner, the study, and Optuna's logging kept quiet. Also the SQLite URL helpers the
+analysis uses to find a study again (analysis/plots.py).
+
+Optuna is imported inside the functions: importing this module costs nothing.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+from registry import SpecError
+
+HEARTBEAT_ENV = "LAB_SEARCH_HEARTBEAT_S"
+FINISHED_STATES = ("COMPLETE", "PRUNED")
+SQLITE = "sqlite:///"
+
+
+# -- storage URLs --------------------------------------------------------------------------------
+def sqlite_file(url: str) -> Path | None:
+    """The database file a sqlite:/// URL names; None for other databases and in-memory SQLite."""
+    if not url.startswith(SQLITE) or url[len(SQLITE):] in ("", ":memory:"):
+        return None
+    return Path(url[len(SQLITE):])
+
+
+def sqlite_url(path: Path) -> str:
+    """sqlite:////absolute/path of a database file, so every worker and reader opens the same one."""
+    return SQLITE + path.resolve().as_posix()
+
+
+def absolute_sqlite(url: str) -> str:
+    """sqlite:///relative/path -> sqlite:////absolute/path (relative to here); other URLs unchanged."""
+    db = sqlite_file(url)
+    return url if db is None or db.is_absolute() else sqlite_url(db)
+
+
+def mask(url: str) -> str:
+    """The URL with its password hidden, for messages."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def heartbeat_settings() -> tuple[int, int]:
+    """(seconds between heartbeats, seconds after which a RUNNING trial without one is stale)."""
+    raw = os.environ.get(HEARTBEAT_ENV, "10")
+    try:
+        parts = [int(float(x)) for x in raw.split(",")]
+        interval = max(1, parts[0])
+        grace = parts[1] if len(parts) > 1 else 3 * interval
+        return interval, max(grace, interval + 1)
+    except (ValueError, IndexError):
+        raise SpecError(f"{HEARTBEAT_ENV} = {raw!r} must be seconds between heartbeats, optionally "
+                        "followed by the grace period: e.g. 10 or 10,30") from None
+
+
+def storage_problems(url: Any, where: str) -> list[str]:
+    """Whether a storage URL can be read as one (the database itself is only tried when opened)."""
+    if not isinstance(url, str) or not url:
+        return [f"{where} = {url!r} must be a database URL such as sqlite:///study.db or "
+                "postgresql+psycopg2://user:password@host:5432/db (or null for the default)"]
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(url)
+    except ArgumentError:
+        return [f"{where} = {url!r} is not a database URL: write it as dialect+driver://user:password@host:port/db, "
+                "e.g. sqlite:///study.db or postgresql+psycopg2://lab@localhost:5432/lab"]
+    return []
+
+
+class StorageError(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def quiet_optuna() -> Iterator[Any]:
+    """optuna, with its log and warnings silenced inside the block: what matters is printed in our words."""
+    import optuna
+
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+            yield optuna
+    finally:
+        optuna.logging.set_verbosity(level)
+
+
+def open_storage(url: str):
+    """An RDBStorage with heartbeats and one retry of stale trials; StorageError in plain words."""
+    import inspect
+
+    with quiet_optuna() as optuna:
+        storages = optuna.storages
+        retry_cls = getattr(storages, "RetryHeartbeatStaleTrialCallback", None) or storages.RetryFailedTrialCallback
+        callback = retry_cls(max_retry=1, inherit_intermediate_values=True)
+        interval, grace = heartbeat_settings()
+        dialect = url.split(":", 1)[0].split("+", 1)[0]
+        engine: dict[str, Any] = {"pool_pre_ping": True}
+        if dialect == "sqlite":
+            engine["connect_args"] = {"timeout": 120}
+        elif dialect.startswith("postgres"):
+            engine["connect_args"] = {"connect_timeout": 10}
+        elif dialect == "mysql":
+            engine["connect_args"] = {"connect_timeout": 10}
+        params = inspect.signature(storages.RDBStorage.__init__).parameters
+        stale = ("heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params
+                 else "failed_trial_callback")
+        for attempt in range(6):
+            try:
+                return storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=interval,
+                                           grace_period=grace, **{stale: callback})
+            except Exception as err:  # any driver, any failure: one paragraph, no traceback
+                # Workers that start together race to create the tables of a new database: the
+                # losers see a duplicate row or table (or a locked SQLite file) and try again.
+                text = f"{type(err).__name__} {err}".lower()
+                racing = any(s in text for s in ("integrityerror", "already exists", "unique constraint",
+                                                 "duplicate", "database is locked"))
+                if not racing or attempt == 5:
+                    raise StorageError(storage_failure(url, err)) from None
+                time.sleep(0.2 * (attempt + 1))
+
+
+def storage_failure(url: str, err: BaseException) -> str:
+    detail = " ".join(str(getattr(err, "orig", None) or err).split())
+    detail = detail.split(" (Background on this error")[0]
+    if isinstance(err, (ImportError, ModuleNotFoundError)) or "NoSuchModuleError" in type(err).__name__:
+        hint = "the database driver this URL names is not installed (PostgreSQL needs psycopg2-binary)"
+    else:
+        hint = "check the URL, that the server runs and is reachable from here, and that the database exists"
+    return (f"cannot open the Optuna storage {mask(url)}: {type(err).__name__}: {detail[:400]} — {hint}; "
+            "nothing was written under the results folder")
+
+
+class KeepGoingGridSampler:
+    """Optuna's GridSampler without its `study.stop()` once the grid is covered: the ask/tell loop
+    here decides when the study is done (and a stop outside `optimize` is an error)."""
+
+    def __new__(cls, search_space, seed):
+        import optuna
+
+        class _Grid(optuna.samplers.GridSampler):
+            def after_trial(self, study, trial, state, values):  # noqa: D401
+                return None
+
+        return _Grid(search_space, seed=seed)
+
+
+def make_sampler(plan):
+    import optuna
+
+    if plan.sampler_name == "grid":
+        # Every worker must shuffle the grid alike (its first trials take grid point = trial number):
+        # the spec's seed, never a per-worker one.
+        return KeepGoingGridSampler(plan.grid_space(), plan.spec.seeds[0])
+    if plan.sampler_name == "random":
+        return optuna.samplers.RandomSampler(seed=plan.seed)
+    # 10 random trials before TPE models anything is Optuna's default; a short search starts earlier.
+    return optuna.samplers.TPESampler(seed=plan.seed, n_startup_trials=max(2, min(10, plan.trials // 3)))
+
+
+def make_pruner(plan):
+    import optuna
+
+    train = plan.spec.runs[0].train if plan.spec.runs else None
+    if plan.pruner_name == "median":
+        # No pruning in the first third of a run: deeper or wider models often start slower, and a
+        # search that stops them at the first evaluation answers a different question.
+        return optuna.pruners.MedianPruner(n_startup_trials=max(2, min(5, plan.trials // 4)),
+                                           n_warmup_steps=train.steps // 3 if train else 0)
+    if plan.pruner_name == "hyperband":
+        searched = {p.key for p in plan.params}
+        max_resource = "auto" if "train.steps" in searched or train is None else train.steps
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, train.eval_every if train else 1),
+                                              max_resource=max_resource, reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def distribution(param):
+    """The Optuna distribution of a search.space Param (a study keeps one per key)."""
+    import optuna
+
+    if param.kind == "categorical":
+        return optuna.distributions.CategoricalDistribution(param.encoded)
+    if param.kind == "int":
+        return optuna.distributions.IntDistribution(param.low, param.high, log=param.log, step=param.step or 1)
+    return optuna.distributions.FloatDistribution(float(param.low), float(param.high), log=param.log,
+                                                  step=None if param.step is None else float(param.step))
+
+
+def open_study(plan):
+    """Create or load the study; refuse a study that disagrees with the spec (direction, space)."""
+    storage = open_storage(plan.storage_url)
+    with quiet_optuna() as optuna:
+        try:
+            study = optuna.create_study(study_name=plan.study_name, storage=storage, sampler=make_sampler(plan),
+                                        pruner=make_pruner(plan), direction=plan.direction, load_if_exists=True)
+        except Exception as err:
+            raise StorageError(storage_failure(plan.storage_url, err)) from None
+        wanted = optuna.study.StudyDirection.MAXIMIZE if plan.direction == "maximize" else \
+            optuna.study.StudyDirection.MINIMIZE
+        if study.direction != wanted:
+            raise StorageError(f"the study '{plan.study_name}' in {mask(plan.storage_record)} was created to "
+                               f"{study.direction.name.lower()}, but the spec asks to {plan.direction}: use "
+                               "another experiment name, or delete the study (optuna delete-study "
+                               f"--study-name {plan.study_name} --storage URL)")
+        dists = {p.key: distribution(p) for p in plan.params}
+        for t in study.get_trials(deepcopy=False):
+            for name, dist in t.distributions.items():
+                if name in dists and dist != dists[name]:
+                    raise StorageError(
+                        f"the study '{plan.study_name}' in {mask(plan.storage_record)} already has trials "
+                        f"where {name} is {dist}, and the spec now makes it {dists[name]}: a study keeps "
+                        "one space; use another experiment name, or delete the study (optuna delete-study "
+                        f"--study-name {plan.study_name} --storage URL)")
+        for key in ("mode", "space"):
+            if key not in study.user_attrs:
+                with contextlib.suppress(Exception):
+                    study.set_user_attr(key, plan.search_record()[key])
+    return study
+
+
+class Heartbeat:
+    """Records the trial's heartbeat in the storage every `interval` seconds, in a thread."""
+
+    def __init__(self, storage, trial_id: int, interval: int):
+        self.storage, self.trial_id, self.interval = storage, trial_id, interval
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self.beat, daemon=True, name=f"heartbeat-{trial_id}")
+
+    def beat(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):  # a missed beat is better than a dead thread
+                self.storage.record_heartbeat(self.trial_id)
+            if self.stop_event.wait(self.interval):
+                return
+
+    def __enter__(self) -> Heartbeat:
+        with contextlib.suppress(Exception):
+            self.storage.record_heartbeat(self.trial_id)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=self.interval + 5)
