@@ -22,23 +22,35 @@ Impl = Literal["sdpa", "naive"]
 
 
 def sdpa_attention(q, k, v, bias: torch.Tensor | None, dropout_p: float) -> torch.Tensor:
-    """q: (B, H, T, hd); k, v: (B, KV, T, hd) with H % KV == 0; bias: (H, T, T) or None.
+    """q: (B, H, T, hd); k, v: (B, KV, T, hd) with H % KV == 0; bias: (H, T, T) with the causal
+    mask folded in, or None.
 
     The fastest fused path for each case: SDPA's own kernels on CUDA and for inference; on the CPU
     (float32) training goes through the lab's fused kernel, which SDPA lacks for attention dropout and
     ALiBi's bias (it falls back to its unfused math path, 2x slower at dropout 0.2) and which also beat
     SDPA's flash kernel by ~25% at context 256 (it skips the masked blocks and keeps the softmax).
     """
-    grouped = q.shape[1] != k.shape[1]
     # without dropout or bias, only while its saved probabilities (~T^2 / 2 per head) stay small
     training = torch.is_grad_enabled() and q.requires_grad and q.shape[2] <= fused.ATTENTION_MAX_T
     if (dropout_p > 0 or bias is not None or training) and fused.use_fused(q):
         k, v = share_heads(k, v, q.shape[1])
         return fused.causal_attention(q, k, v, bias, dropout_p)
+    grouped = q.shape[1] != k.shape[1]
+    if grouped and expand_kv_heads(q.device.type, q.dtype, bias is not None):
+        k, v = share_heads(k, v, q.shape[1])
+        grouped = False
     if bias is None:  # the kernel builds the causal mask itself
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=grouped)
-    mask = bias + fused.causal_bias(q.shape[2], bias)                         # (H, T, T), -inf above the diagonal
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=grouped)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, enable_gqa=grouped)
+
+
+def expand_kv_heads(device_type: str, dtype: torch.dtype, has_bias: bool) -> bool:
+    """Whether grouped key/value heads are repeated before SDPA, for queries of this device and dtype.
+
+    On CUDA only the flash kernel takes grouped heads (enable_gqa), and it refuses an additive bias
+    (ALiBi) and float32; SDPA then falls back to its math kernel, which stores all B x H x T^2 scores.
+    Repeating the heads first lets the memory-efficient kernel take those cases instead."""
+    return device_type == "cuda" and (has_bias or dtype == torch.float32)
 
 
 def share_heads(k: torch.Tensor, v: torch.Tensor, n_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,19 +67,11 @@ def naive_attention(q, k, v, bias: torch.Tensor | None, dropout_p: float) -> tor
     scores = (q @ k.transpose(-2, -1)) * hd ** -0.5                           # (B, H, T, T)
     if bias is not None:
         scores = scores + bias
-    weights = scores.masked_fill(future_mask(T, q.device), float("-inf")).softmax(dim=-1)
+    # The (T, T) mask is built per call, not cached per length: tiny next to the scores it masks.
+    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)       # True above the diagonal
+    weights = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
     weights = F.dropout(weights, p=dropout_p, training=dropout_p > 0)
     return weights @ v                                                        # (B, H, T, hd)
-
-
-_future: dict[tuple, torch.Tensor] = {}
-
-
-def future_mask(T: int, device: torch.device) -> torch.Tensor:
-    """(T, T) bool, True above the diagonal; built once per size and device, not every forward."""
-    if (T, device) not in _future:
-        _future[(T, device)] = torch.ones(T, T, dtype=torch.bool, device=device).triu(1)
-    return _future[(T, device)]
 
 
 KERNELS = {"sdpa": sdpa_attention, "naive": naive_attention}

@@ -42,6 +42,10 @@ class GPT(nn.Module):
         self.positional = POSITIONAL.build(config.positional, dims, path="model.positional")
         self.dropout = fused.Dropout(config.dropout)
         self.blocks = nn.ModuleList(self._block(dims) for _ in range(config.n_layers))
+        attention = self.blocks[0].attention  # every layer's has the same sizes; None without attention
+        if attention is not None:  # the positional's tables, built once here (no cache filled in forward)
+            self.positional.prepare(n_heads=attention.n_heads, head_dim=attention.head_dim,
+                                    context_length=config.context_length)
         self.final_norm = NORM.build(config.norm, dims, "model.norm") if self.blocks[0].final_norm else nn.Identity()
         self.head = HEAD.build(config.head, dims | {"embedding": self.token_embedding}, path="model.head")
         if config.init == "gpt2":

@@ -4,7 +4,17 @@ Every variant offers three hooks; the backbone and the attention call them witho
 encoding they hold:
   forward(x)                    (B, T, d_model) embeddings -> the same with positions added
   rotate(q, k)                  queries and keys -> rotated ones (RoPE), or unchanged
-  attention_bias(q)             (n_heads, T, T) additive score bias for q's heads (ALiBi), or None
+  attention_bias(q)             (n_heads, T, T) additive score bias for q's heads with the causal
+                                mask folded in (-inf above the diagonal; ALiBi), or None
+and one the backbone calls once, when the attention's sizes are known:
+  prepare(n_heads, head_dim, context_length)
+                                build the tables (RoPE's cos/sin, ALiBi's masked bias) at
+                                context_length, as non-persistent buffers
+
+Why buffers built up front rather than caches filled on first use: a cache keyed by sequence length
+grows by one table per length while generation feeds growing windows (ALiBi's reached ~17 GB at
+context 1024), and every lazily filled cache costs torch.compile a recompile. A forward slices the
+tables to its length.
 """
 from __future__ import annotations
 
@@ -27,6 +37,9 @@ class Positional(nn.Module):
 
     def attention_bias(self, q: torch.Tensor) -> torch.Tensor | None:
         return None
+
+    def prepare(self, *, n_heads: int, head_dim: int, context_length: int) -> None:
+        """Build whatever tables the attention's sizes call for (nothing here)."""
 
 
 def sinusoid_table(context_length: int, d_model: int) -> torch.Tensor:
@@ -79,21 +92,22 @@ class Learned(Positional):
 class Rotary(Positional):
     """Rotary position embedding on queries and keys (Su et al. 2021, RoFormer)."""
 
-    def __init__(self, *, context_length: int, base: float = 10000.0) -> None:
+    def __init__(self, *, base: float = 10000.0) -> None:
         super().__init__()
-        self.context_length, self.base = context_length, base
-        self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.base = base
+        self.head_dim = None  # the tables' head size, once prepare() has built them
+
+    def prepare(self, *, n_heads: int, head_dim: int, context_length: int) -> None:
+        cos, sin = rope_tables(context_length, head_dim, self.base)
+        self.register_buffer("cos", cos, persistent=False)                   # (context_length, head_dim)
+        self.register_buffer("sin", sin, persistent=False)
+        self.head_dim = head_dim
 
     def _cos_sin(self, head_dim: int, T: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # Built per head size on first use (single-head and multi-head attention differ), then cached.
-        key = (head_dim, like.device, like.dtype)
-        if key not in self._tables:
-            inv_freq = self.base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-            angles = torch.arange(self.context_length, dtype=torch.float64)[:, None] * inv_freq
-            angles = torch.cat([angles, angles], dim=-1)                      # (T_max, head_dim)
-            self._tables[key] = (angles.cos().to(like), angles.sin().to(like))
-        cos, sin = self._tables[key]
-        return cos[:T], sin[:T]
+        if head_dim == self.head_dim:
+            return self.cos[:T], self.sin[:T]
+        cos, sin = rope_tables(T, head_dim, self.base)  # not prepared for this size: built for this call only
+        return cos.to(like.device), sin.to(like.device)
 
     @staticmethod
     def _half_turn(x: torch.Tensor) -> torch.Tensor:
@@ -101,8 +115,12 @@ class Rotary(Positional):
         return torch.cat([-second, first], dim=-1)
 
     def rotate(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cos, sin = self._cos_sin(q.shape[-1], q.shape[-2], q)                 # (T, head_dim)
-        return q * cos + self._half_turn(q) * sin, k * cos + self._half_turn(k) * sin
+        """In float32 whatever q's dtype (under bf16 autocast too): bf16 tables would put errors of up
+        to ~0.4% on every angle; the rotated result is rounded once, to q's dtype."""
+        cos, sin = self._cos_sin(q.shape[-1], q.shape[-2], q)                 # (T, head_dim), float32
+        qf, kf = q.float(), k.float()
+        return ((qf * cos + self._half_turn(qf) * sin).to(q.dtype),
+                (kf * cos + self._half_turn(kf) * sin).to(k.dtype))
 
     @classmethod
     def check_dims(cls, dims: dict, options: dict) -> list[str]:
@@ -126,13 +144,29 @@ class ALiBi(Positional):
 
     def __init__(self) -> None:
         super().__init__()
-        self._bias: dict[tuple, torch.Tensor] = {}
+        self.n_heads = None  # the mask's heads, once prepare() has built it
+
+    def prepare(self, *, n_heads: int, head_dim: int, context_length: int) -> None:
+        # Built once at context_length, float32; a forward slices it (one mask for every length).
+        self.register_buffer("mask", alibi_mask(n_heads, context_length), persistent=False)
+        self.n_heads = n_heads
 
     def attention_bias(self, q: torch.Tensor) -> torch.Tensor:
         n_heads, T = q.shape[1], q.shape[2]                                    # q: (B, n_heads, T, head_dim)
-        key = (n_heads, T, q.device, q.dtype)
-        if key not in self._bias:                                              # built once per shape, then reused
-            distance = torch.arange(T)[None, :] - torch.arange(T)[:, None]     # (T, T): j - i, <= 0 for the past
-            bias = alibi_slopes(n_heads)[:, None, None] * distance.clamp(max=0)  # (n_heads, T, T)
-            self._bias[key] = bias.to(q)
-        return self._bias[key]
+        mask = self.mask[:, :T, :T] if n_heads == self.n_heads else alibi_mask(n_heads, T).to(q.device)
+        return mask.to(q.dtype)                                                # (n_heads, T, T); a view in float32
+
+
+def rope_tables(length: int, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin), each (length, head_dim) float32: angle t * base^(-2i/head_dim), the halves repeated."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.arange(length, dtype=torch.float64)[:, None] * inv_freq
+    angles = torch.cat([angles, angles], dim=-1)                              # (length, head_dim)
+    return angles.cos().float(), angles.sin().float()
+
+
+def alibi_mask(n_heads: int, length: int) -> torch.Tensor:
+    """(n_heads, length, length) float32: slope_h * (j - i) at and below the diagonal, -inf above it."""
+    distance = torch.arange(length)[None, :] - torch.arange(length)[:, None]  # (T, T): j - i, <= 0 for the past
+    bias = alibi_slopes(n_heads)[:, None, None] * distance.clamp(max=0)       # (n_heads, T, T)
+    return bias.masked_fill(distance > 0, float("-inf"))

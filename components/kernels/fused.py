@@ -160,11 +160,12 @@ _causal: dict[tuple, torch.Tensor] = {}
 
 
 def causal_bias(T: int, like: torch.Tensor) -> torch.Tensor:
-    """(T, T) additive mask, -inf above the diagonal; built once per size and device."""
-    key = (T, like.device, like.dtype)
-    if key not in _causal:
+    """(T, T) additive mask, -inf above the diagonal: a slice of the largest one built so far for this
+    device and dtype (one mask per device, not one per length)."""
+    key = (like.device, like.dtype)
+    if key not in _causal or _causal[key].shape[0] < T:
         _causal[key] = torch.full((T, T), float("-inf"), device=like.device, dtype=like.dtype).triu_(1)
-    return _causal[key]
+    return _causal[key][:T, :T]
 
 
 def chunks(T: int):
@@ -220,14 +221,14 @@ class _CausalAttention(torch.autograd.Function):
 
 
 def causal_attention(q, k, v, bias: torch.Tensor | None, dropout_p: float) -> torch.Tensor:
-    """softmax(q k^T / sqrt(hd) + bias + causal mask), dropout, @ v; q: (B, H, T, hd), k, v: (B, H, T, hd)
-    (key/value heads already shared out), bias: (H, T, T) or None."""
+    """softmax(q k^T / sqrt(hd) + bias), dropout, @ v; q: (B, H, T, hd), k, v: (B, H, T, hd)
+    (key/value heads already shared out), bias: (H, T, T) with the causal mask in it, or None (causal)."""
     B, H, T, hd = q.shape
     mask = None
-    if bias is not None or c_lib() is None:
+    if bias is not None:
+        mask = bias.repeat(B, 1, 1)                                            # (B * H, T, T), batch-major like q
+    elif c_lib() is None:
         mask = causal_bias(T, q)[None]                                         # (1, T, T), broadcast over B * H
-        if bias is not None:
-            mask = (bias + mask).repeat(B, 1, 1)                               # (B * H, T, T), batch-major like q
     out = _CausalAttention.apply(*(t.reshape(B * H, T, hd) for t in (q, k, v)), mask, dropout_p)
     return out.view(B, H, T, hd)
 
