@@ -2,21 +2,21 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from components.kernels import fused
+from components.kernels import chunked, fused
 from registry import HEAD
 
 
 class LinearHead(nn.Module):
     """Shared: logits = x W^T with W: (vocab_size, d_model), and the loss computed without holding
-    every logit at once where that is faster (components/kernels/fused.py)."""
+    every logit at once (components/kernels/: fused.py on the CPU, chunked.py elsewhere). On CUDA the
+    matmul runs on W padded to a multiple of 64 rows; the logits returned are the vocabulary's own."""
 
     weight: torch.Tensor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight)                                        # (B, T, vocab_size)
+        return chunked.linear_logits(x, self.weight)                           # (B, T, vocab_size)
 
     def loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy (nats/token) of the next-token logits of x (B, T, d) against targets (B, T)."""

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from components.kernels import c_loader, settings
+from components.kernels import c_loader, chunked, settings
 
 ATTENTION_CHUNK = 64  # queries per block: small enough to skip most of the masked triangle, big enough for the GEMMs
 ATTENTION_MAX_T = 512  # longer contexts without dropout keep SDPA's flash kernel, whose memory is O(T)
@@ -296,8 +296,8 @@ def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.T
     On the CPU in float32 the logits go in blocks of rows: a GPT-2 vocabulary makes them the largest
     tensor of a small model by far (batch 16 x 64 tokens x 50,257 = 206 MB, each pass of softmax,
     its backward and the zero-filled gradient a trip through main memory and fresh pages)."""
-    if not use_fused(x):
-        return F.cross_entropy((x @ weight.t()).float(), targets)
+    if not use_fused(x):  # CUDA, autocast, compiled graphs: chunks of rows in torch ops (chunked.py)
+        return chunked.linear_cross_entropy(x, weight, targets)
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return _LinearCrossEntropy.apply(x.contiguous(), weight, targets)
     return _blocked_cross_entropy(x, weight, targets)
