@@ -157,7 +157,7 @@ TRAIN = {
                               rule="an integer >= 0 (default eval_every; 0 = only at the end)"),
     "precision": one_of("auto", "fp32, bf16 autocast, or auto (bf16 on CUDA, fp32 elsewhere)",
                         "auto", "fp32", "bf16"),
-    "compile": Field(False, bool, "torch.compile the model"),
+    "compile": Field(False, bool, "torch.compile the model (a fresh dynamo per run; summary.json says if it ran compiled)"),
     "device": Field("auto", str, "where to train (auto = CUDA > MPS > CPU)", pattern=r"auto|cpu|mps|cuda(:\d+)?",
                     rule="auto, cpu, cuda, cuda:N or mps"),
 }

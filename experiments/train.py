@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from components.model import GPT
-from experiments import ddp, evaluate, files, metrics
+from experiments import compiling, ddp, evaluate, files, metrics
 from experiments.checkpoint import rng_state, seed_everything, set_rng_state
 from experiments.cpu_runtime import CpuThreads, tune_cpu_allocator
 from experiments.data import Batches
@@ -67,7 +67,9 @@ class Trainer:
         self.writer = ddp.is_writer()  # under torchrun only rank 0 writes; see experiments/ddp.py
         if ddp.rank():
             torch.manual_seed(rank_seed(run.seed, 0))  # same weights (DDP broadcasts rank 0's), own dropout
-        self.step_model = torch.compile(self.model) if run.train.compile else self.model
+        # A fresh dynamo per compiled run, each graph counted: summary.json says if it ran compiled.
+        self.compile_watch = compiling.watch_for(run.train.compile)
+        self.step_model = self.compiled(self.model)
         self.eval_model = self.step_model  # training goes through DDP under torchrun (see fit), eval does not
         self.optimizer = make_optimizer(self.model, run.train, device)
         self.dtype = autocast_dtype(run.train.precision, device)
@@ -90,6 +92,10 @@ class Trainer:
         self.cpu_threads = self.setup_cpu(tune_allocator) if device.type == "cpu" else None
         self.step, self.metrics, self.train_seconds, self.wall_seconds = 0, [], 0.0, 0.0
         self.final_scores: dict[str, Any] = {}  # the exact final evaluation's, once the run is done
+
+    def compiled(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model torch.compile'd through the run's compile watch, or as it is without train.compile."""
+        return compiling.compile_for_run(model, self.compile_watch) if self.run.train.compile else model
 
     def setup_cpu(self, tune_allocator: bool) -> CpuThreads:
         """The allocator and the intra-op threads of this run (experiments/cpu_runtime.py)."""
@@ -139,6 +145,7 @@ class Trainer:
     # -- evaluation -------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
+        self.compile_watch.step = self.step  # a graph compiled now is this step's
         self.model.eval()
         losses = {}
         for split, batches in self.eval_sets.items():
@@ -175,6 +182,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         accum, total = self.accum, torch.zeros((), device=self.device)
+        self.compile_watch.start_step(self.step)
         x, y = self.batches.batch("train", self.step)                          # (batch_size * accum, T)
         x, y = ddp.shard(x), ddp.shard(y)                                      # this process's rows
         for i, (xm, ym) in enumerate(zip(x.chunk(accum), y.chunk(accum))):     # (batch_size / world, T) each
@@ -187,6 +195,7 @@ class Trainer:
             clip_grad_norm(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.compile_watch.end_step()
         self.step += 1
         return total / accum
 
@@ -201,9 +210,7 @@ class Trainer:
         cfg = self.train_cfg
         resumed_at = self.step if self.share_state(self.resume()) else None
         if ddp.active():
-            self.step_model = ddp.wrap(self.model)
-            if cfg.compile:
-                self.step_model = torch.compile(self.step_model)
+            self.step_model = self.compiled(ddp.wrap(self.model))
         start_wall = time.perf_counter() - self.wall_seconds
         status, error = "done", None
         bar = tqdm(total=cfg.steps, initial=self.step, desc=self.run.run_id, unit="step", leave=False,
@@ -237,6 +244,7 @@ class Trainer:
             status, error = err.status, str(err)
         finally:
             bar.close()
+            self.compile_watch.warn_if_eager(self.run.run_id)
         if status == "done":  # score the whole validation (and test) text: experiments/evaluate.py
             self.final_scores = evaluate.final_scores(self.model, self.dataset, cfg.batch_size, self.device, self.dtype)
             if not math.isfinite(self.final_scores[metrics.FINAL_VAL_LOSS]):
@@ -278,4 +286,4 @@ class Trainer:
             "corpus": self.dataset.corpus_name, "corpus_sha256": self.dataset.corpus_sha256,
             "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
             "threads": torch.get_num_threads(), "threads_reason": self.cpu_threads.reason if self.cpu_threads else None,
-        } | self.final_scores  # a finished run's final_val_* are the exact ones, not the last sampled row's
+        } | self.compile_watch.summary() | self.final_scores  # a finished run's final_val_* are the exact ones
