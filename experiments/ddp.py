@@ -26,18 +26,35 @@ def launched() -> bool:
 
 
 def init() -> None:
-    """Join the process group from torchrun's environment: NCCL on CUDA, gloo on the CPU."""
+    """Join the process group from torchrun's environment, with a backend per device type.
+
+    The device is not chosen here: runs name their own (a spec on a GPU host may train on the CPU), so
+    gloo serves CPU tensors and, where CUDA and NCCL exist, NCCL serves CUDA tensors; each CUDA run
+    sets its device when it starts (use_device). Binding every process to cuda:LOCAL_RANK here broke
+    CPU runs on a host with fewer GPUs than processes ("invalid device ordinal") and handed NCCL CPU
+    tensors on hosts with more."""
     if not launched():
         return
-    import torch
     import torch.distributed as dist
     if dist.is_initialized():
         return
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank())
-        dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank()))
-    else:
-        dist.init_process_group("gloo")
+    dist.init_process_group(backend())
+
+
+def backend() -> str:
+    """gloo for CPU tensors, plus NCCL for CUDA tensors where both exist: 'cpu:gloo,cuda:nccl'."""
+    import torch
+    import torch.distributed as dist
+    if torch.cuda.is_available() and dist.is_nccl_available():
+        return "cpu:gloo,cuda:nccl"
+    return "gloo"
+
+
+def use_device(device: torch.device) -> None:
+    """A CUDA run under torchrun: make its device the current one (NCCL's collectives run there)."""
+    if active() and device.type == "cuda":
+        import torch
+        torch.cuda.set_device(device)
 
 
 def close() -> None:
@@ -78,7 +95,8 @@ def is_writer() -> bool:
 
 
 def device(name: str) -> str:
-    """Each rank on its own GPU: a run's `cuda` (or `auto` with CUDA) becomes cuda:LOCAL_RANK."""
+    """Each rank on its own GPU: a run's `cuda` (or `auto` with CUDA) becomes cuda:LOCAL_RANK; an
+    explicit cuda:N, cpu or mps is kept as it is."""
     if active() and name in ("auto", "cuda"):
         import torch
         if torch.cuda.is_available():

@@ -134,8 +134,10 @@ class Runner:
             Trainer(run, self.datasets[data_key(run)], self.exp_dir / "runs" / run.run_id, self.device_for(run)).fit()
 
     def device_for(self, run: RunSpec):
-        """--device, else the run's train.device; under torchrun each rank on its own GPU."""
-        return resolve_device(ddp.device(self.device_override or run.train.device))
+        """--device, else the run's train.device; under torchrun each rank on its own GPU (the current one)."""
+        device = resolve_device(ddp.device(self.device_override or run.train.device))
+        ddp.use_device(device)
+        return device
 
     @staticmethod
     def force_clean(run_dir: Path) -> None:

@@ -83,3 +83,48 @@ def test_a_batch_that_does_not_split_over_the_processes_is_refused(tmp_path):
     assert proc.returncode != 0
     assert "must be divisible by the 2 processes" in (tmp_path / "r").joinpath(
         "ddp", "runs", next((tmp_path / "r" / "ddp" / "runs").iterdir()).name, "error.txt").read_text()
+
+
+@pytest.fixture
+def fake_launch(monkeypatch):
+    """A torchrun environment with CUDA and NCCL present, and the calls that init() makes recorded."""
+    import torch
+    import torch.distributed as dist
+
+    calls: dict = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "is_nccl_available", lambda: True)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend=None, **kw: calls.update(backend=backend, **kw))
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.setdefault("set_device", []).append(device))
+    return calls
+
+
+def test_a_host_with_cuda_gets_a_backend_per_device_and_no_device_bound_at_start(fake_launch, monkeypatch):
+    """CPU runs on a GPU host (tests/test_ddp.py itself) need gloo and no cuda:LOCAL_RANK; CUDA runs NCCL."""
+    import torch
+    import torch.distributed as dist
+
+    from experiments import ddp
+    ddp.init()
+    assert fake_launch == {"backend": "cpu:gloo,cuda:nccl"}  # no set_device, no device_id
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert ddp.backend() == "gloo"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "is_nccl_available", lambda: False)
+    assert ddp.backend() == "gloo"
+
+
+def test_only_cuda_runs_set_their_device_and_an_explicit_cuda_n_is_kept(fake_launch, monkeypatch):
+    import torch
+
+    from experiments import ddp
+    monkeypatch.setattr(ddp, "active", lambda: True)
+    ddp.use_device(torch.device("cpu"))
+    assert "set_device" not in fake_launch
+    assert ddp.device("cuda:0") == "cuda:0" and ddp.device("cpu") == "cpu"
+    assert ddp.device("auto") == ddp.device("cuda") == "cuda:1"  # LOCAL_RANK
+    ddp.use_device(torch.device("cuda", 0))
+    assert fake_launch["set_device"] == [torch.device("cuda", 0)]

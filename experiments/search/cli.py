@@ -102,12 +102,16 @@ def spawn_workers(plan: Plan, spec_path: Path, workers: int) -> int:
         cmd += ["--device", args.device]
     threads = str(max(1, (os.cpu_count() or 1) // workers))
     since = str(time.time())
+    gpus = worker_gpus(args.device, {run.train.device for run in plan.spec.runs}, visible_gpus())
     procs = []
     for index in range(workers):
         env = {**os.environ, WORKER_ENV: str(index), SINCE_ENV: since}
         env.setdefault("OMP_NUM_THREADS", threads)
+        if gpus:  # each worker sees one GPU (as cuda:0), taken in turn
+            env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
         procs.append(subprocess.Popen(cmd, env=env))
-    print(f"started {workers} workers: pids {', '.join(str(p.pid) for p in procs)}", flush=True)
+    print(f"started {workers} workers: pids {', '.join(str(p.pid) for p in procs)}"
+          + (f", on GPUs {', '.join(gpus[i % len(gpus)] for i in range(workers))}" if gpus else ""), flush=True)
     try:
         codes = [p.wait() for p in procs]
     except KeyboardInterrupt:
@@ -132,6 +136,25 @@ def spawn_workers(plan: Plan, spec_path: Path, workers: int) -> int:
     if bad:
         print(f"warning: {len(bad)} worker(s) exited with status {', '.join(map(str, bad))}", file=sys.stderr)
     return 0 if not bad else 1
+
+
+def worker_gpus(device: str | None, run_devices: set[str], visible: list[str]) -> list[str]:
+    """The GPUs local workers take in turn, one each: the visible ones when the runs go to `cuda` or
+    `auto` (--device, else their train.device) and there are two or more; [] otherwise, so that one
+    GPU is shared and an explicit cuda:N or cpu is kept as written."""
+    names = {device} if device else run_devices
+    if not names or not names <= {"auto", "cuda", "cpu"} or not names & {"auto", "cuda"}:
+        return []
+    return visible if len(visible) > 1 else []
+
+
+def visible_gpus() -> list[str]:
+    """The CUDA devices this process may use, as CUDA_VISIBLE_DEVICES names them (or their indices)."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [name.strip() for name in listed.split(",") if name.strip()]
+    import torch
+    return [str(i) for i in range(torch.cuda.device_count())]
 
 
 def finish(plan: Plan, study, code: int, seconds: float) -> int:
