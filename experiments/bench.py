@@ -11,9 +11,12 @@
    Trainer.train_step (batch, forward, backward, clip, AdamW), median of --steps after --warmup, each
    combination in its own process (so peak memory and compile caches are its own), on one thread per
    physical core (the peak's; --threads to change). Columns:
-   step_ms, tokens_per_s, achieved GFLOP/s, mfu = achieved / peak of that precision, peak memory,
-   batch preparation time and its fraction of a step, and the FLOPs formula (model.flops_per_token():
-   6 N + 12 L d T, N = parameters in matmuls, full-context attention).
+   step_ms, tokens_per_s, achieved GFLOP/s, mfu = achieved / measured peak of that precision,
+   mfu_datasheet = achieved / the GPU's datasheet peak (experiments/datasheets.py; empty for a device
+   it does not list), peak memory, batch preparation time and its fraction of a step, and the FLOPs
+   formula (model.flops_per_token(): 6 N + 12 L d T, N = parameters in matmuls, full-context attention).
+   On CUDA every time is the GPU's own, from CUDA events recorded around the work: no host sync
+   between steps (a sync per step would time the launch queue draining, not the step).
 
 Timings on a shared machine vary by ~10%: compare rows of one invocation; the load average is printed.
 `--without` adds rows with one optimisation switched off, for before/after in the same invocation;
@@ -34,9 +37,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from experiments.datasheets import datasheet_peak
+
 COLUMNS = ["preset", "precision", "impl", "compile", "without", "threads", "batch_size", "step_ms", "step_ms_iqr",
-           "tokens_per_s", "gflops", "peak_gflops", "mfu", "peak_mem_mb", "batch_ms", "batch_frac",
-           "flops_per_token", "matmul_params", "formula", "device"]
+           "tokens_per_s", "gflops", "peak_gflops", "mfu", "datasheet_gflops", "mfu_datasheet", "peak_mem_mb",
+           "batch_ms", "batch_frac", "flops_per_token", "matmul_params", "formula", "device"]
 FORMULA = "6*N + 12*L*d*T"
 BATCH_SIZE = {"nanogpt-cpu": 12, "shakespeare-cpu": 16, "gpt2-124m": 16}  # the recipes' batches; others 32
 KNOBS = {  # --without: what each switches off
@@ -47,11 +52,45 @@ KNOBS = {  # --without: what each switches off
 }
 
 
-# -- the peak ------------------------------------------------------------------------------------
+# -- timing --------------------------------------------------------------------------------------
 def sync(device) -> None:
     import torch
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class Clock:
+    """Times pieces of work by key: on CUDA with events recorded on the stream around the work (the
+    GPU's own time, read after one sync at the end), elsewhere with the wall clock."""
+
+    def __init__(self, device) -> None:
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self.marks: list[tuple[Any, Any, Any]] = []
+
+    def now(self) -> Any:
+        if not self.cuda:
+            return time.perf_counter()
+        import torch
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def time(self, key: Any, work) -> None:
+        start = self.now()
+        work()
+        self.marks.append((key, start, self.now()))
+
+    def seconds(self) -> dict[Any, list[float]]:
+        """Each key's times, in the order they were taken."""
+        sync(self.device)
+        out: dict[Any, list[float]] = {}
+        for key, start, end in self.marks:
+            out.setdefault(key, []).append(start.elapsed_time(end) / 1e3 if self.cuda else end - start)
+        return out
+
+
+# -- the peak ------------------------------------------------------------------------------------
 
 
 def matmul_peak(device, dtype, sizes=(512, 1024, 2048, 4096), seconds: float = 1.0,
@@ -70,10 +109,9 @@ def matmul_peak(device, dtype, sizes=(512, 1024, 2048, 4096), seconds: float = 1
         sync(device)
         times: list[float] = []
         while sum(times) < seconds or len(times) < 5:
-            t = time.perf_counter()
-            a @ b
-            sync(device)
-            times.append(time.perf_counter() - t)
+            clock = Clock(device)
+            clock.time(n, lambda: a @ b)
+            times.append(clock.seconds()[n][0])
             if times[-1] > max_single_s:
                 break
         by_size[n] = 2 * n ** 3 / statistics.median(times)
@@ -158,21 +196,16 @@ def measure(cfg: dict[str, Any]) -> dict[str, Any]:
             trainer.train_step()
     sync(device)
     warmup_s = time.perf_counter() - t
-    times: dict[str | None, list[float]] = {v: [] for v in variants}
+    clock = Clock(device)
     for i in range(cfg["steps"]):
         for variant in variants[i % len(variants):] + variants[:i % len(variants)]:  # each goes first in turn
             switch.set(variant)
-            t = time.perf_counter()
-            trainer.train_step()
-            sync(device)
-            times[variant].append(time.perf_counter() - t)
+            clock.time(variant, trainer.train_step)
     switch.set(cfg["without"])
-    batch_times = []
     for i in range(cfg["steps"]):
-        t = time.perf_counter()
-        trainer.batches.batch("train", i)
-        sync(device)
-        batch_times.append(time.perf_counter() - t)
+        clock.time(("batch",), lambda: trainer.batches.batch("train", i))
+    measured = clock.seconds()
+    times, batch_times = {v: measured[v] for v in variants}, measured[("batch",)]
     model = trainer.model
     peak_mem = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before)
@@ -180,7 +213,8 @@ def measure(cfg: dict[str, Any]) -> dict[str, Any]:
               "tokens_per_step": trainer.tokens_per_step, "flops_per_token": model.flops_per_token(),
               "matmul_params": model.matmul_params(),
               "dims": {k: model.config.__dict__[k] for k in ("n_layers", "d_model", "context_length")},
-              "threads": torch.get_num_threads() if device.type == "cpu" else None, "device": describe_device(device)}
+              "threads": torch.get_num_threads() if device.type == "cpu" else None, "device": describe_device(device),
+              "compile": trainer.compile_watch.summary() if cfg["compile"] else None}
     results = {}
     for variant, ts in times.items():
         q = statistics.quantiles(ts, n=4) if len(ts) > 1 else [ts[0]] * 3
@@ -235,11 +269,13 @@ def row_for(cfg: dict[str, Any], result: dict[str, Any], peak: float) -> dict[st
     step = result["step_s"]
     gflops = result["flops_per_token"] * result["tokens_per_step"] / step / 1e9
     d = result["dims"]
+    sheet = datasheet_peak(result["device"], cfg["precision"])
     return {"preset": cfg["preset"], "precision": cfg["precision"], "impl": cfg["impl"], "compile": cfg["compile"],
             "without": cfg["without"] or "-", "threads": result["threads"], "batch_size": cfg["batch_size"],
             "step_ms": round(step * 1e3, 2), "step_ms_iqr": round(result["step_iqr_s"] * 1e3, 2),
             "tokens_per_s": round(result["tokens_per_step"] / step), "gflops": round(gflops, 1),
             "peak_gflops": round(peak, 1), "mfu": round(gflops / peak, 3),
+            "datasheet_gflops": sheet, "mfu_datasheet": round(gflops / sheet, 3) if sheet else None,
             "peak_mem_mb": None if result["peak_mem_mb"] is None else round(result["peak_mem_mb"], 1),
             "batch_ms": round(result["batch_s"] * 1e3, 3), "batch_frac": round(result["batch_s"] / step, 4), "flops_per_token": result["flops_per_token"],
             "matmul_params": result["matmul_params"],
@@ -355,7 +391,10 @@ def measure_peaks(device, precisions: list[str]) -> dict[str, float]:
         sizes = (512, 1024, 2048, 4096, 8192) if device.type == "cuda" else (512, 1024, 2048, 4096)
         peak = matmul_peak(device, dtype, sizes)
         peaks[precision] = peak["gflops"]
-        print(f"matmul peak {precision}: {peak['gflops']:.1f} GFLOP/s  (by size: {peak['by_size']})", flush=True)
+        sheet = datasheet_peak(describe_device(device), precision) if device.type == "cuda" else None
+        print(f"matmul peak {precision}: {peak['gflops']:.1f} GFLOP/s  (by size: {peak['by_size']})"
+              + (f"; datasheet {sheet:.0f} GFLOP/s, measured / datasheet {peak['gflops'] / sheet:.2f}" if sheet else ""),
+              flush=True)
     return peaks
 
 
@@ -380,15 +419,20 @@ def time_combos(args: argparse.Namespace, device, precisions: list[str], peaks: 
         results, _ = in_subprocess("measure", cfg)
         for variant, result in results.items():
             rows.append(row_for(cfg | {"without": None if variant == "-" else variant}, result, peaks[cfg["precision"]]))
+            sheet, watch = rows[-1]["mfu_datasheet"], result.get("compile")
             print(f"  {cfg['preset']} {cfg['precision']} {cfg['impl']} compile={cfg['compile']} "
-                  f"without={variant}: {rows[-1]['step_ms']} ms/step, mfu {rows[-1]['mfu']:.3f}", flush=True)
+                  f"without={variant}: {rows[-1]['step_ms']} ms/step, mfu {rows[-1]['mfu']:.3f} of the measured "
+                  f"peak" + (f", {sheet:.3f} of the datasheet's" if sheet else "")
+                  + (f"; {watch['compile_graphs']} graph(s), {watch['eager_steps']} step(s) uncompiled" if watch else ""),
+                  flush=True)
     return rows
 
 
 def print_summary(rows: list[dict[str, Any]]) -> None:
     print(f"\nFLOPs per token = {FORMULA} (N = parameters in matmuls, L layers, d attention width, T context); "
-          "mfu = achieved / measured matmul peak of that precision; peak_mem_mb: CUDA max allocated, CPU peak "
-          "RSS growth of the process from before the model was built")
+          "mfu = achieved / measured matmul peak of that precision; mfu_datasheet = achieved / the datasheet's "
+          "dense peak (bf16, or TF32 for fp32 on CUDA; experiments/datasheets.py); peak_mem_mb: CUDA max "
+          "allocated, CPU peak RSS growth of the process from before the model was built")
     print_table(rows, [c for c in COLUMNS if c not in ("formula", "device")])
     for preset in dict.fromkeys(r["preset"] for r in rows):
         print(f"{preset}: flops_per_token = {next(r['formula'] for r in rows if r['preset'] == preset)}")

@@ -69,7 +69,9 @@ def test_bench_times_a_tiny_config_and_writes_the_table(tmp_path, capsys, monkey
         [("tiny", "bf16", "sdpa", "-")] if bf16_units else [])
     for r in rows:
         assert float(r["step_ms"]) > 0 and float(r["tokens_per_s"]) > 0
-        assert float(r["mfu"]) == pytest.approx(float(r["gflops"]) / float(r["peak_gflops"]), abs=2e-3)
+        # gflops is rounded to 0.1: with emulated bf16 (~1 GFLOP/s) that alone moves the ratio by ~5%
+        assert float(r["mfu"]) == pytest.approx(float(r["gflops"]) / float(r["peak_gflops"]),
+                                               abs=2e-3 + 0.05 / float(r["peak_gflops"]))
         assert int(r["threads"]) == 1
     printed = capsys.readouterr().out
     assert "matmul peak fp32" in printed and "6*N + 12*L*d*T" in printed and "loadavg" in printed
