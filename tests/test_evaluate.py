@@ -97,7 +97,8 @@ def test_too_short_a_text_is_refused() -> None:
 
 SPEC = {"experiment": "t", "seeds": [0], "data": {"corpus": "embedded", "tokenizer": "char", "test_fraction": 0.1},
         "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "context_length": 16},
-        "train": {"steps": 10, "batch_size": 4, "lr": 3e-3, "warmup": 2, "eval_every": 10, "eval_batches": 2},
+        "train": {"steps": 10, "batch_size": 4, "lr": 3e-3, "warmup": 2, "eval_every": 10, "eval_batches": 2,
+                  "device": "cpu"},
         "sample": {"tokens": 0}}
 
 

@@ -21,7 +21,8 @@ from experiments.train import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_MODEL = {"d_model": 32, "n_layers": 1, "n_heads": 2, "context_length": 16}
-TINY_TRAIN = {"steps": 20, "batch_size": 4, "lr": 3e-3, "warmup": 2, "eval_every": 10, "eval_batches": 2}
+TINY_TRAIN = {"steps": 20, "batch_size": 4, "lr": 3e-3, "warmup": 2, "eval_every": 10, "eval_batches": 2,
+              "device": "cpu"}  # pinned: on a GPU host `auto` would train in bf16, where exact resume is not bit-exact
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -29,7 +29,8 @@ POSTGRES_ENV = "LAB_TEST_POSTGRES_URL"
 TINY = {"experiment": "srch", "seeds": [0],
         "data": {"corpus": "embedded", "tokenizer": "char"},
         "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "context_length": 16},
-        "train": {"steps": 20, "batch_size": 8, "warmup": 2, "eval_every": 5, "eval_batches": 2},
+        "train": {"steps": 20, "batch_size": 8, "warmup": 2, "eval_every": 5, "eval_batches": 2,
+                  "device": "cpu"},  # pinned to the CPU: its tolerances are float32 ones
         "sample": {"tokens": 0}}
 
 

@@ -24,7 +24,8 @@ SPEC = {
     "model": {"d_model": 32, "n_layers": 2, "n_heads": 4, "context_length": 16,
               "positional": "learned", "attention": "multi_head", "norm": "layernorm", "block": "pre",
               "feedforward": "gelu_mlp", "head": "tied"},
-    "train": {"steps": 200, "batch_size": 16, "lr": 1.0e-2, "warmup": 10, "eval_every": 200, "eval_batches": 2},
+    "train": {"steps": 200, "batch_size": 16, "lr": 1.0e-2, "warmup": 10, "eval_every": 200, "eval_batches": 2,
+              "device": "cpu"},  # pinned: the tests compare float32 CPU results
     "sample": {"tokens": 0},
     "variants": {
         "baseline": {},
