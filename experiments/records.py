@@ -2,8 +2,6 @@
 runs.csv rebuilt from the run folders (the source of truth), the report hooks, text tables."""
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,10 +29,10 @@ def plan_record(spec: Spec, runs: list[RunSpec], search: dict | None = None) -> 
             "baseline": spec.baseline, "search": search}
 
 
-def start_experiment(exp_dir: Path, spec: Spec, spec_path: Path, runs: list[RunSpec]) -> None:
+def start_experiment(exp_dir: Path, spec: Spec, spec_text: str, runs: list[RunSpec]) -> None:
+    """spec.yaml (the spec as it ran, with its command line: experiments/overrides.py) and experiment.json."""
     exp_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(spec_path, exp_dir / ".spec.yaml.tmp")
-    os.replace(exp_dir / ".spec.yaml.tmp", exp_dir / "spec.yaml")
+    files.write_text(exp_dir / "spec.yaml", spec_text)
     files.write_json(exp_dir / "experiment.json", plan_record(spec, runs))
 
 
