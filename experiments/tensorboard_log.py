@@ -21,6 +21,7 @@ checkpoint.
 """
 from __future__ import annotations
 
+import functools
 import re
 import sys
 import time
@@ -32,8 +33,8 @@ from experiments.schema import label
 
 FOLDER = "tensorboard"
 FLUSH_S = 10  # the writer's thread flushes at least this often; every evaluation flushes at once
-STATUS = {"done": "STATUS_SUCCESS", "pruned": "STATUS_ABORTED", "diverged": "STATUS_FAILURE",
-          "failed": "STATUS_FAILURE"}
+# HParams' session statuses are unknown, success, failure and running: a pruned run is none of them.
+STATUS = {"done": "STATUS_SUCCESS", "diverged": "STATUS_FAILURE", "failed": "STATUS_FAILURE"}
 EVAL_TAGS = {metrics.TRAIN_LOSS: "train/loss", metrics.TRAIN_BPB: "train/bpb",
              metrics.VAL_LOSS: "val/loss", metrics.VAL_BPB: "val/bpb"}
 FINAL_TAGS = {f"final_{split}_{unit}": f"final/{split}_{unit}" for split in ("val", "test") for unit in ("loss", "bpb")}
@@ -43,6 +44,22 @@ def board_dir(run_dir: Path, variant: str, seed: int) -> Path:
     """runs/<run_id>/tensorboard/<variant> seed=<seed>: what TensorBoard calls the run."""
     name = re.sub(r"[/\\\x00]", "_", f"{variant} seed={seed}")[:200]
     return run_dir / FOLDER / name
+
+
+def guarded(method):
+    """A Board method that never fails its run: the first error is a warning, and the Board stops writing."""
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        if self.broken:
+            return None
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as err:  # a full disk, a protobuf mismatch: the run goes on without events
+            self.broken = True
+            print(f"warning: TensorBoard events of run {self.run_id} stop here ({type(err).__name__}: {err})",
+                  file=sys.stderr)
+            return None
+    return call
 
 
 def hparam(value: Any) -> bool | int | float | str:
@@ -56,6 +73,7 @@ class Board:
     def __init__(self, run, run_dir: Path, resumed_at: int | None):
         from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
 
+        self.run_id, self.broken = run.run_id, False
         self.dir = board_dir(run_dir, run.variant, run.seed)
         # purge_step: TensorBoard drops what an earlier attempt wrote from this step on.
         self.writer = SummaryWriter(str(self.dir), purge_step=None if resumed_at is None else resumed_at + 1,
@@ -72,8 +90,12 @@ class Board:
         except ImportError as err:
             print(f"warning: no TensorBoard events for run {run.run_id} ({err}); install the project's "
                   "dependencies (pip install -e .) or set train.tensorboard=false", file=sys.stderr)
-            return None
+        except Exception as err:  # a folder it cannot write: the run goes on without events
+            print(f"warning: no TensorBoard events for run {run.run_id} ({type(err).__name__}: {err})",
+                  file=sys.stderr)
+        return None
 
+    @guarded
     def interval(self, step: int, loss: float, lr: float, tokens_per_s: float, grad_norm: float | None) -> None:
         """What the loop knows every 10 steps (it syncs with the device then anyway)."""
         self.writer.add_scalar("train/loss_running", loss, step)
@@ -82,6 +104,7 @@ class Board:
         if grad_norm is not None:
             self.writer.add_scalar("opt/grad_norm", grad_norm, step)
 
+    @guarded
     def evaluation(self, row: dict[str, float]) -> None:
         """One row of metrics.csv; flushed, so a TensorBoard watching the folder shows it now."""
         step = int(row[metrics.STEP])
@@ -90,6 +113,7 @@ class Board:
                 self.writer.add_scalar(tag, row[column], step)
         self.writer.flush()
 
+    @guarded
     def close(self, status: str, step: int, summary: dict[str, Any] | None = None) -> None:
         """The exact final scores (a finished run's), the session's end, and the file closed."""
         for key, tag in FINAL_TAGS.items():

@@ -82,3 +82,23 @@ def test_events_are_live_at_each_evaluation_and_a_resume_purges_the_rest(tmp_pat
     start = hparams_data(acc, "_hparams_/session_start_info").session_start_info
     assert start.hparams["model.attention"].string_value == "grouped_query(n_kv_heads=2)"
     assert start.hparams["train.lr"].number_value == pytest.approx(0.01)
+
+
+def test_a_pruned_run_ends_its_session_and_a_writer_error_never_stops_a_run(tmp_path, capsys):
+    run = fake_run("pruned")
+    board = Board(run, tmp_path / "a", resumed_at=None)
+    board.evaluation(row(0, 3.0))
+    board.close("pruned", 10)
+    end = hparams_data(accumulator(board.dir), "_hparams_/session_end_info").session_end_info
+    assert end.status == api_pb2.STATUS_UNKNOWN                    # HParams has no status for 'pruned'
+
+    board = Board(run, tmp_path / "b", resumed_at=None)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    board.writer.add_scalar = full_disk
+    assert board.evaluation(row(0, 3.0)) is None and board.broken   # a warning, and no more events
+    board.interval(10, 3.0, 1e-3, 100.0, None)
+    board.close("done", 10)
+    assert capsys.readouterr().err.count("warning: TensorBoard events of run abc123 stop here (OSError") == 1
