@@ -90,7 +90,8 @@ def samples(model, tokenizer, prompt: str, settings: dict[str, Any], args: argpa
               file=sys.stderr)
     if len(texts) == 1:
         return texts[0]
-    return "\n".join(f"--- sample {i + 1} of {len(texts)} (seed {seed + i}) ---\n{text}" for i, text in enumerate(texts))
+    return "\n".join(f"--- sample {i + 1} of {len(texts)} (seed {seed + i}) ---\n{text}"
+                     for i, text in enumerate(texts))
 
 
 # -- CLI -----------------------------------------------------------------------------------------
@@ -103,7 +104,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--top-k", type=int, help="sample among the k most likely tokens (default: the run's sample.top_k)")
     p.add_argument("--seed", type=int, help="random seed: the same seed draws the same text (default: a fresh "
                                             "one, printed to stderr)")
-    p.add_argument("--num-samples", type=int, default=1, metavar="N", help="draw N samples, with seeds seed, seed+1, ...")
+    p.add_argument("--num-samples", type=int, default=1, metavar="N",
+                   help="draw N samples, with seeds seed, seed+1, ...")
     p.add_argument("--no-stop", action="store_true",
                    help="go on past <|endoftext|> (gpt2 tokenizer) instead of ending the sample there")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps or auto")

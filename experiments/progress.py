@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 import re
 import socket
 import time
@@ -188,7 +189,7 @@ def run_state(exp_dir: Path, entry: dict[str, Any], holders: dict[int, int] | No
     last = last_metrics_row(run_dir)
     step = summary.get("steps") if status in FINISHED else live.get("step", number(last.get("step")))
     bpb = summary.get("final_val_bpb") if status in FINISHED else live.get("val_bpb") or number(last.get("val_bpb"))
-    speed = summary.get("tokens_per_s") if summary else live.get("tokens_per_s")
+    speed = live.get("tokens_per_s") if status == "running" else summary.get("tokens_per_s")
     return {"run_id": entry["run_id"], "variant": entry.get("variant"), "seed": entry.get("seed"),
             **{k: entry[k] for k in ("trial", "state") if k in entry},
             "status": status, "step": None if step is None else int(step), "steps": steps,
@@ -210,8 +211,10 @@ def experiment_runs(exp_dir: Path) -> list[dict[str, Any]]:
 def eta_seconds(rows: list[dict[str, Any]], extra_runs: int = 0) -> tuple[float | None, int]:
     """(seconds until every unfinished run is done, runners assumed), from the measured speeds: each
     variant's finished runs (tokens over wall time, so evaluations count), else all finished runs,
-    else the running runs' training speed. `extra_runs`: runs not planned yet (a search's trials to
-    come), each as long as the mean finished run. Failed runs are not counted: they wait for a rerun."""
+    else the running runs' training speed. A run whose length is not known yet (a search's run that
+    has not started) is as long as the most common known one. `extra_runs`: runs not planned yet (a
+    search's trials to come), each as long as the mean finished run. Failed runs are not counted:
+    they wait for a rerun."""
     done = [r for r in rows if r["wall_s"] and r["tokens_seen"]]
     rate_of = {}
     for variant in {r["variant"] for r in done}:
@@ -220,14 +223,17 @@ def eta_seconds(rows: list[dict[str, Any]], extra_runs: int = 0) -> tuple[float 
     running = [r for r in rows if r["status"] == "running"]
     overall = (sum(r["tokens_seen"] for r in done) / sum(r["wall_s"] for r in done) if done
                else (sum(r["tokens_per_s"] or 0 for r in running) / len(running) if running else None))
+    lengths = Counter((r["steps"], r["tokens_per_step"]) for r in rows if None not in (r["steps"], r["tokens_per_step"]))
+    typical = lengths.most_common(1)[0][0] if lengths else (None, None)
     seconds = 0.0
     for r in rows:
         if r["status"] not in ("running", "pending"):
             continue
         rate = rate_of.get(r["variant"]) or overall
-        if not rate or r["steps"] is None or r["tokens_per_step"] is None:
+        steps, tokens_per_step = (r["steps"], r["tokens_per_step"]) if r["steps"] is not None else typical
+        if not rate or steps is None or tokens_per_step is None:
             return None, max(1, len(running))
-        seconds += max(0, r["steps"] - (r["step"] or 0)) * r["tokens_per_step"] / rate
+        seconds += max(0, steps - (r["step"] or 0)) * tokens_per_step / rate
     if extra_runs:
         if not done:
             return None, max(1, len(running))

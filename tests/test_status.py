@@ -141,3 +141,11 @@ def test_the_command_refuses_a_folder_that_is_not_an_experiment(tmp_path, capsys
     assert status.main([str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "has no experiment.json" in err and err.count("\n") == 1
+
+
+def test_a_run_whose_length_is_not_known_yet_counts_as_the_common_one(tmp_path):
+    done, _, waiting = write_plan(tmp_path / "e")
+    finish(done, wall_s=10.0)
+    rows = progress.experiment_runs(tmp_path / "e")
+    rows[2] |= {"steps": None, "tokens_per_step": None}    # a search's second seed, not started yet
+    assert progress.eta_seconds(rows)[0] == pytest.approx(10.0 + 10.0)
