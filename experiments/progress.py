@@ -171,7 +171,8 @@ def run_length(run_dir: Path, entry: dict[str, Any]) -> tuple[int | None, int | 
     try:
         spec = yaml.safe_load((run_dir / "spec.yaml").read_text(encoding="utf-8"))
         train, model = spec["train"], spec["model"]
-        return int(train["steps"]), int(train["batch_size"]) * int(train.get("grad_accum", 1)) * int(model["context_length"])
+        tokens_per_step = int(train["batch_size"]) * int(train.get("grad_accum", 1)) * int(model["context_length"])
+        return int(train["steps"]), tokens_per_step
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError):
         return None, None  # not started yet, or its spec.yaml is being replaced right now
 
@@ -223,7 +224,8 @@ def eta_seconds(rows: list[dict[str, Any]], extra_runs: int = 0) -> tuple[float 
     running = [r for r in rows if r["status"] == "running"]
     overall = (sum(r["tokens_seen"] for r in done) / sum(r["wall_s"] for r in done) if done
                else (sum(r["tokens_per_s"] or 0 for r in running) / len(running) if running else None))
-    lengths = Counter((r["steps"], r["tokens_per_step"]) for r in rows if None not in (r["steps"], r["tokens_per_step"]))
+    lengths = Counter((r["steps"], r["tokens_per_step"]) for r in rows
+                      if r["steps"] is not None and r["tokens_per_step"] is not None)
     typical = lengths.most_common(1)[0][0] if lengths else (None, None)
     seconds = 0.0
     for r in rows:
