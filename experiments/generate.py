@@ -1,13 +1,17 @@
 """`python -m experiments.generate RUN_DIR --prompt TEXT`: sample text from a trained run.
 
 The run's own checkpoint and tokenizer are used; the prompt, temperature and top-k default to the
-run's `sample` section. Temperature 0 is greedy decoding.
+run's `sample` section. Temperature 0 is greedy decoding. A gpt2-tokenizer sample ends where the
+model draws <|endoftext|> (--no-stop goes on); --seed draws the same text again; --num-samples N
+draws N, with seeds seed, seed + 1, ...
 
     python -m experiments.generate results/quickstart/runs/<run_id> --prompt "def " --tokens 100 --temperature 0
 """
 from __future__ import annotations
 
 import argparse
+import math
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,18 +45,21 @@ def sample_settings(args: argparse.Namespace, run_sample: dict[str, Any]) -> dic
     problems = []
     if tokens < 0:
         problems.append(f"--tokens = {tokens} must be an integer >= 0")
-    if temperature < 0:
-        problems.append(f"--temperature = {temperature} must be a number >= 0 (0 = greedy)")
+    if not (math.isfinite(temperature) and temperature >= 0):  # nan compares false with everything
+        problems.append(f"--temperature = {temperature} must be a finite number >= 0 (0 = greedy)")
     if top_k is not None and top_k < 1:
         problems.append(f"--top-k = {top_k} must be a positive integer")
+    if args.num_samples < 1:
+        problems.append(f"--num-samples = {args.num_samples} must be a positive integer")
     if problems:
         raise SpecError(problems)
     return {"tokens": tokens, "temperature": temperature, "top_k": top_k or None}
 
 
 def generate_text(model, tokenizer, prompt: str, tokens: int, temperature: float, top_k: int | None,
-                  seed: int | None = None, device: str = "cpu") -> str:
-    """The prompt followed by `tokens` sampled tokens, decoded."""
+                  seed: int | None = None, device: str = "cpu", stop: bool = True) -> str:
+    """The prompt followed by up to `tokens` sampled tokens, decoded. With `stop`, the text ends where
+    the model draws its tokenizer's end-of-text token (gpt2's <|endoftext|>), which is not printed."""
     try:
         prompt_ids = tokenizer.encode(prompt)
     except SpecError as err:  # a char tokenizer knows only its corpus's characters
@@ -63,10 +70,28 @@ def generate_text(model, tokenizer, prompt: str, tokens: int, temperature: float
         generator.manual_seed(seed)
     else:
         generator.seed()
+    stop_token = tokenizer.end_of_text if stop else None
     idx = torch.tensor([start], device=device)
-    out = model.generate(idx, tokens, temperature=temperature, top_k=top_k, generator=generator)[0].tolist()
+    out = model.generate(idx, tokens, temperature=temperature, top_k=top_k, generator=generator,
+                         stop_token=stop_token)[0].tolist()
+    if stop_token is not None and stop_token in out[len(start):]:
+        out = out[:out.index(stop_token, len(start))]
     # Decode the whole sequence at once, so a byte tokenizer never splits a character at the seam.
     return tokenizer.decode(out if prompt_ids else out[len(start):])
+
+
+def samples(model, tokenizer, prompt: str, settings: dict[str, Any], args: argparse.Namespace, device: str) -> str:
+    """--num-samples texts, sample i drawn with seed + i, so any one of them can be drawn again alone."""
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    texts = [generate_text(model, tokenizer, prompt, seed=seed + i, device=device, stop=not args.no_stop, **settings)
+             for i in range(args.num_samples)]
+    if args.seed is None and settings["temperature"] > 0:
+        print(f"seed {seed} (pass --seed {seed} to draw the same sample{'s' if len(texts) > 1 else ''} again)",
+              file=sys.stderr)
+    if len(texts) == 1:
+        return texts[0]
+    return "\n".join(f"--- sample {i + 1} of {len(texts)} (seed {seed + i}) ---\n{text}"
+                     for i, text in enumerate(texts))
 
 
 # -- CLI -----------------------------------------------------------------------------------------
@@ -74,10 +99,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m experiments.generate", description=__doc__.splitlines()[0])
     p.add_argument("run_dir", help="a run folder: results/<experiment>/runs/<run_id>")
     p.add_argument("--prompt", help="text to continue (default: the run's sample.prompt, else token 0)")
-    p.add_argument("--tokens", type=int, default=200, help="tokens to generate (default: 200)")
+    p.add_argument("--tokens", type=int, default=200, help="tokens to generate at most (default: 200)")
     p.add_argument("--temperature", type=float, help="0 = greedy (default: the run's sample.temperature)")
     p.add_argument("--top-k", type=int, help="sample among the k most likely tokens (default: the run's sample.top_k)")
-    p.add_argument("--seed", type=int, help="random seed for sampling (default: a fresh one each call)")
+    p.add_argument("--seed", type=int, help="random seed: the same seed draws the same text (default: a fresh "
+                                            "one, printed to stderr)")
+    p.add_argument("--num-samples", type=int, default=1, metavar="N",
+                   help="draw N samples, with seeds seed, seed+1, ...")
+    p.add_argument("--no-stop", action="store_true",
+                   help="go on past <|endoftext|> (gpt2 tokenizer) instead of ending the sample there")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps or auto")
     return p.parse_args(argv)
 
@@ -89,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         model, tokenizer, spec = load_run(args.run_dir, device)
         settings = sample_settings(args, spec.get("sample") or {})
         prompt = args.prompt if args.prompt is not None else (spec.get("sample") or {}).get("prompt") or ""
-        text = generate_text(model, tokenizer, prompt, seed=args.seed, device=device, **settings)
+        text = samples(model, tokenizer, prompt, settings, args, device)
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 # metrics.csv: one row per evaluation
 STEP, TOKENS, LR, ELAPSED = "step", "tokens", "lr", "elapsed_s"
-TRAIN_LOSS, VAL_LOSS, VAL_BPB = "train_loss", "val_loss", "val_bpb"
-EVAL_COLUMNS = [STEP, TOKENS, LR, TRAIN_LOSS, VAL_LOSS, VAL_BPB, ELAPSED]
+TRAIN_LOSS, VAL_LOSS, VAL_BPB, TRAIN_BPB = "train_loss", "val_loss", "val_bpb", "train_bpb"
+EVAL_COLUMNS = [STEP, TOKENS, LR, TRAIN_LOSS, VAL_LOSS, VAL_BPB, TRAIN_BPB, ELAPSED]
 CURVES = (VAL_BPB, VAL_LOSS, TRAIN_LOSS)   # measured at every evaluation
 
 

@@ -2,13 +2,11 @@
 runs.csv rebuilt from the run folders (the source of truth), the report hooks, text tables."""
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from experiments import files, metrics
+from experiments import files, metrics, progress
 from experiments.schema import label
 
 if TYPE_CHECKING:
@@ -25,27 +23,33 @@ def axis_values(run: RunSpec) -> dict[str, str]:
     return {k: label(v) for k, v in run.axes.items()}
 
 
+def plan_entry(run: RunSpec) -> dict[str, Any]:
+    """experiment.json's entry for a run: who it is, and its length (steps, tokens per step) for status's ETA."""
+    tokens_per_step = run.train.batch_size * run.train.grad_accum * run.model["context_length"]
+    return {"run_id": run.run_id, "variant": run.variant, "axes": axis_values(run), "seed": run.seed,
+            "steps": run.train.steps, "tokens_per_step": tokens_per_step}
+
+
 def plan_record(spec: Spec, runs: list[RunSpec], search: dict | None = None) -> dict[str, Any]:
     return {"experiment": spec.experiment, "axes": spec.axes, "variants": spec.variants, "seeds": spec.seeds,
-            "runs": [{"run_id": r.run_id, "variant": r.variant, "axes": axis_values(r), "seed": r.seed} for r in runs],
-            "baseline": spec.baseline, "search": search}
+            "runs": [plan_entry(r) for r in runs], "baseline": spec.baseline, "search": search}
 
 
-def start_experiment(exp_dir: Path, spec: Spec, spec_path: Path, runs: list[RunSpec]) -> None:
+def start_experiment(exp_dir: Path, spec: Spec, spec_text: str, runs: list[RunSpec]) -> None:
+    """spec.yaml (the spec as it ran, with its command line: experiments/overrides.py) and experiment.json."""
     exp_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(spec_path, exp_dir / ".spec.yaml.tmp")
-    os.replace(exp_dir / ".spec.yaml.tmp", exp_dir / "spec.yaml")
+    files.write_text(exp_dir / "spec.yaml", spec_text)
     files.write_json(exp_dir / "experiment.json", plan_record(spec, runs))
 
 
 # -- runs.csv ------------------------------------------------------------------------------------
 def run_status(run_dir: Path) -> str:
+    """A run's status from its folder. Looks at its lock without taking it (experiments/progress.py):
+    a runner about to take that lock must never find it held by a reader."""
     summary = run_dir / "summary.json"
     if summary.exists():
         return files.read_json(summary)["status"]
-    if files.RunLock(run_dir).held_elsewhere():
-        return "running"
-    return "pending"
+    return "running" if progress.holder(run_dir, progress.flock_holders()) else "pending"
 
 
 def rebuild_runs_csv(exp_dir: Path) -> list[dict[str, Any]]:

@@ -1,4 +1,6 @@
-"""`python -m experiments.run SPEC`: train every run a spec names, record results, write the report.
+"""`python -m experiments.run SPEC [KEY=VALUE ...]`: train every run a spec names, record results, write the report.
+
+KEY=VALUE overrides set dotted spec keys before the spec is checked (experiments/overrides.py).
 
 Re-running a spec skips finished runs and resumes unfinished ones from their checkpoints; two
 runner processes on one spec share the work through per-run locks. A spec with a search block (or
@@ -14,11 +16,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from experiments import ddp, metrics
+from experiments import ddp, metrics, overrides
 from experiments.records import rebuild_runs_csv, report_is_stale, start_experiment, text_table, write_report
 from experiments.runner import Runner, bind_data, dry_run_table
 from experiments.search import cli as search_cli
-from experiments.spec import RunSpec, load_spec
+from experiments.spec import RunSpec
 from registry import SpecError, catalogue
 
 SHOWN_COLUMNS = ("run_id", "variant", "seed", "status", metrics.FINAL_VAL_LOSS, metrics.FINAL_VAL_BPB,
@@ -27,6 +29,9 @@ SHOWN_COLUMNS = ("run_id", "variant", "seed", "status", metrics.FINAL_VAL_LOSS, 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m experiments.run", description=__doc__.splitlines()[0])
     p.add_argument("spec", nargs="?", help="the experiment spec (YAML)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="set a dotted spec key, the value read as YAML: train.steps=100 'seeds=[0, 1]' "
+                        "model.attention.impl=naive train.tensorboard=false")
     p.add_argument("--results", default="results", help="results folder (default: results)")
     p.add_argument("--device", help="override train.device for every run: cpu, cuda, cuda:N, mps")
     p.add_argument("--dry-run", action="store_true", help="print the run table and train nothing")
@@ -37,10 +42,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1,
                    help="search (or a grid as an Optuna study): N local worker processes on one study")
     p.add_argument("--storage", help="search (or grid as a study): Optuna storage URL shared by workers")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # options may come between the overrides
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = parse_args(argv)
     if args.list:
         print(catalogue())
@@ -49,12 +55,15 @@ def main(argv: list[str] | None = None) -> int:
         print("error: give a spec file, e.g. python -m experiments.run specs/quickstart.yaml", file=sys.stderr)
         return 2
     try:
-        spec = load_spec(args.spec)
+        spec, original, changes = overrides.load_spec_with(args.spec, args.overrides)
+        spec_text = overrides.spec_record(args.spec, original, changes, argv)
+        if args.dry_run and changes:
+            print(overrides.describe(original, changes))
         if spec.search is not None or args.storage or args.workers != 1:
             if ddp.launched():
                 raise SpecError("a search (or --storage / --workers) runs trials in parallel by itself; "
                                 "start it without torchrun")
-            return search_cli.main(spec, Path(args.spec), args)
+            return search_cli.main(spec, spec_text, args)
         datasets = bind_data(spec.runs)
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -68,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     ddp.init()  # under torchrun: every rank walks this plan, rank 0 alone writes (experiments/ddp.py)
     try:
         if ddp.is_writer():
-            start_experiment(exp_dir, spec, Path(args.spec), spec.runs)
+            start_experiment(exp_dir, spec, spec_text, spec.runs)
         return run_all(exp_dir, runs, datasets, args)
     finally:
         ddp.close()

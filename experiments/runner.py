@@ -4,6 +4,7 @@ resuming unfinished ones from their checkpoints.
 """
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import traceback
@@ -14,16 +15,17 @@ from typing import Any
 import torch
 
 from components.model import GPT
-from experiments import ddp, files
+from experiments import ddp, files, tensorboard_log
 from experiments.data import load_dataset
 from experiments.hardware import resolve_device
+from experiments.progress import PROGRESS
 from experiments.schema import ModelConfig
 from experiments.train import Trainer
 from experiments.records import FINISHED, axis_values, text_table
 from experiments.spec import RunSpec, dedupe
 from registry import SpecError
 
-RUN_OUTPUTS = ("checkpoint.pt", "metrics.csv", "summary.json", "samples.txt", "error.txt")
+RUN_OUTPUTS = ("checkpoint.pt", "metrics.csv", "summary.json", "samples.txt", "error.txt", PROGRESS)
 
 
 # -- data binding --------------------------------------------------------------------------------
@@ -143,6 +145,7 @@ class Runner:
     def force_clean(run_dir: Path) -> None:
         for name in RUN_OUTPUTS:
             (run_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(run_dir / tensorboard_log.FOLDER, ignore_errors=True)
 
     def train(self, run: RunSpec, run_dir: Path, on_eval=None) -> dict[str, Any]:
         ds = self.datasets[data_key(run)]

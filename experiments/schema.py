@@ -160,6 +160,7 @@ TRAIN = {
     "compile": Field(False, bool, "torch.compile the model (a fresh dynamo per run; summary.json says if it ran compiled)"),
     "device": Field("auto", str, "where to train (auto = CUDA > MPS > CPU)", pattern=r"auto|cpu|mps|cuda(:\d+)?",
                     rule="auto, cpu, cuda, cuda:N or mps"),
+    "tensorboard": Field(True, bool, "write TensorBoard event files (curves, HParams) into the run folder"),
 }
 
 SAMPLE = {

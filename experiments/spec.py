@@ -27,7 +27,7 @@ from registry import FAMILIES, SpecError, choices_hint, load_all
 
 TOP_LEVEL = ("experiment", "seeds", "data", "model", "train", "sample", "grid", "variants", "search")
 # Execution details that do not change what a run computes are left out of its id.
-NOT_IN_RUN_ID = {"train": ("device", "compile", "checkpoint_every")}
+NOT_IN_RUN_ID = {"train": ("device", "compile", "checkpoint_every", "tensorboard")}
 NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 

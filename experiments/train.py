@@ -27,8 +27,10 @@ from experiments.cpu_runtime import CpuThreads, tune_cpu_allocator
 from experiments.data import Batches
 from experiments.hardware import autocast, autocast_dtype
 from experiments.optim import clip_grad_norm, lr_at, make_optimizer
+from experiments.progress import ProgressFile
 from experiments.schema import ModelConfig
 from experiments.spec import RunSpec
+from experiments.tensorboard_log import Board
 
 METRIC_COLUMNS = metrics.EVAL_COLUMNS  # metrics.csv
 LOG_EVERY = 10  # steps between host syncs for the progress bar, the divergence check and the thread count
@@ -92,6 +94,11 @@ class Trainer:
         self.cpu_threads = self.setup_cpu(tune_allocator) if device.type == "cpu" else None
         self.step, self.metrics, self.train_seconds, self.wall_seconds = 0, [], 0.0, 0.0
         self.final_scores: dict[str, Any] = {}  # the exact final evaluation's, once the run is done
+        # Live outputs, from the writing process only: TensorBoard events (opened in fit) and progress.json.
+        self.board: Board | None = None
+        self.progress = ProgressFile(run_dir, run.train.steps) if self.writer else None
+        self.grad_norm_sum = torch.zeros((), device=device)  # over the steps since the last log_interval
+        self.interval_from = (0, 0.0)  # (step, train_seconds) where that interval began
 
     def compiled(self, model: torch.nn.Module) -> torch.nn.Module:
         """The model torch.compile'd through the run's compile watch, or as it is without train.compile."""
@@ -165,10 +172,14 @@ class Trainer:
                metrics.LR: lr_at(max(self.step - 1, 0), self.train_cfg),
                metrics.TRAIN_LOSS: losses["train"], metrics.VAL_LOSS: losses["val"],
                metrics.VAL_BPB: self.batches.eval_bits_per_byte("val", self.train_cfg.eval_batches, losses["val"]),
+               metrics.TRAIN_BPB: self.batches.eval_bits_per_byte("train", self.train_cfg.eval_batches, losses["train"]),
                metrics.ELAPSED: round(elapsed, 3)}
         self.metrics.append(row)
         if self.writer:
             files.write_csv(self.dir / "metrics.csv", self.metrics, METRIC_COLUMNS)
+            self.progress.update(self.step, self.tokens_per_s(), row[metrics.VAL_BPB], force=True)
+        if self.board is not None:
+            self.board.evaluation(row)
         if not all(math.isfinite(row[k]) for k in (metrics.TRAIN_LOSS, metrics.VAL_LOSS)):
             raise Diverged(f"loss is not finite at step {self.step}")
         if self.on_eval is not None:
@@ -192,7 +203,7 @@ class Trainer:
                 (loss / accum).backward()  # mean over the global batch, whatever the accumulation
             total += loss.detach()
         if cfg.grad_clip > 0:
-            clip_grad_norm(self.model.parameters(), cfg.grad_clip)
+            self.grad_norm_sum += clip_grad_norm(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.compile_watch.end_step()
@@ -211,27 +222,49 @@ class Trainer:
         resumed_at = self.step if self.share_state(self.resume()) else None
         if ddp.active():
             self.step_model = self.compiled(ddp.wrap(self.model))
+        if self.writer and cfg.tensorboard:
+            self.board = Board.open(self.run, self.dir, resumed_at)
         start_wall = time.perf_counter() - self.wall_seconds
-        status, error = "done", None
+        try:
+            status, error = self.loop(start_wall)
+            if status == "done":  # score the whole validation (and test) text: experiments/evaluate.py
+                self.final_scores = evaluate.final_scores(self.model, self.dataset, cfg.batch_size, self.device,
+                                                          self.dtype)
+                if not math.isfinite(self.final_scores[metrics.FINAL_VAL_LOSS]):
+                    status, error = "diverged", "the final validation loss is not finite"
+            self.wall_seconds = time.perf_counter() - start_wall
+            if status == "done" and self.writer:
+                self.write_sample()
+        except BaseException:
+            if self.board is not None:
+                self.board.close("failed", self.step)
+            raise
+        summary = self.summary(status, error, resumed_at)
+        if self.board is not None:
+            self.board.close(status, self.step, summary)
+        return summary
+
+    def loop(self, start_wall: float) -> tuple[str, str | None]:
+        """The steps from here to the last, with evaluations, checkpoints and the live outputs; the
+        run's (status, error) when they end: done, or diverged, or a status an on_eval callback chose."""
+        cfg = self.train_cfg
         bar = tqdm(total=cfg.steps, initial=self.step, desc=self.run.run_id, unit="step", leave=False,
                    disable=not self.show_progress, dynamic_ncols=True)
         try:
             if not self.metrics:
                 self.record(0.0)
             running = torch.zeros((), device=self.device)
+            self.interval_from = (self.step, self.train_seconds)
             while self.step < cfg.steps:
                 t0 = time.perf_counter()
                 running += self.train_step()
                 self.train_seconds += time.perf_counter() - t0
                 bar.update(1)
                 if self.step % LOG_EVERY == 0:
-                    mean = (ddp.mean(running) / LOG_EVERY).item()  # the only per-interval host sync
+                    bar.set_postfix(self.log_interval(running))
                     running.zero_()
-                    if self.cpu_threads is not None:
-                        self.cpu_threads.update()
-                    if not math.isfinite(mean):
-                        raise Diverged(f"training loss is not finite near step {self.step}")
-                    bar.set_postfix(loss=f"{mean:.3f}", tok_s=f"{self.tokens_per_step * self.step / max(self.train_seconds, 1e-9):,.0f}")
+                if self.progress is not None:
+                    self.progress.update(self.step, self.tokens_per_s())
                 if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
                     self.record(time.perf_counter() - start_wall)
                 every = cfg.checkpoint_every
@@ -239,20 +272,34 @@ class Trainer:
                     self.wall_seconds = time.perf_counter() - start_wall
                     self.save_checkpoint()
         except Diverged as err:
-            status, error = "diverged", str(err)
+            return "diverged", str(err)
         except Stopped as err:
-            status, error = err.status, str(err)
+            return err.status, str(err)
         finally:
             bar.close()
             self.compile_watch.warn_if_eager(self.run.run_id)
-        if status == "done":  # score the whole validation (and test) text: experiments/evaluate.py
-            self.final_scores = evaluate.final_scores(self.model, self.dataset, cfg.batch_size, self.device, self.dtype)
-            if not math.isfinite(self.final_scores[metrics.FINAL_VAL_LOSS]):
-                status, error = "diverged", "the final validation loss is not finite"
-        self.wall_seconds = time.perf_counter() - start_wall
-        if status == "done" and self.writer:
-            self.write_sample()
-        return self.summary(status, error, resumed_at)
+        return "done", None
+
+    def tokens_per_s(self) -> float | None:
+        return self.tokens_per_step * self.step / self.train_seconds if self.train_seconds else None
+
+    def log_interval(self, running: torch.Tensor) -> dict[str, str]:
+        """Every LOG_EVERY steps, the loop's one host sync: the mean training loss (and gradient norm)
+        of the interval, the divergence check, the thread count, TensorBoard; the progress bar's text."""
+        from_step, from_seconds = self.interval_from
+        steps, seconds = max(1, self.step - from_step), self.train_seconds - from_seconds
+        self.interval_from = (self.step, self.train_seconds)
+        mean = (ddp.mean(running) / steps).item()
+        if self.cpu_threads is not None:
+            self.cpu_threads.update()
+        if not math.isfinite(mean):
+            raise Diverged(f"training loss is not finite near step {self.step}")
+        speed = self.tokens_per_step * steps / max(seconds, 1e-9)
+        if self.board is not None:
+            grad_norm = (self.grad_norm_sum / steps).item() if self.train_cfg.grad_clip > 0 else None
+            self.board.interval(self.step, mean, lr_at(self.step - 1, self.train_cfg), speed, grad_norm)
+        self.grad_norm_sum.zero_()
+        return {"loss": f"{mean:.3f}", "tok_s": f"{self.tokens_per_s() or 0:,.0f}"}
 
     # -- outputs ----------------------------------------------------------------------------------
     def write_sample(self) -> None:
@@ -278,7 +325,7 @@ class Trainer:
             "run_id": self.run.run_id, "status": status, "error": error, "steps": self.step, **losses,
             metrics.PARAMS: self.model.num_params(), metrics.FLOPS_PER_TOKEN: self.model.flops_per_token(),
             metrics.TOKENS_SEEN: self.step * self.tokens_per_step,
-            metrics.TOKENS_PER_S: self.step * self.tokens_per_step / self.train_seconds if self.train_seconds else None,
+            metrics.TOKENS_PER_S: self.tokens_per_s(),
             metrics.WALL_S: round(self.wall_seconds, 3), metrics.TRAIN_S: round(self.train_seconds, 3),
             "resumed_at_step": resumed_at, "device": str(self.device), "precision": self.train_cfg.precision,
             "autocast": str(self.dtype).replace("torch.", "") if self.dtype else "fp32",

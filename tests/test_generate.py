@@ -1,6 +1,9 @@
 """python -m experiments.generate: samples from a run with its own tokenizer; bad input is one error line."""
 from __future__ import annotations
 
+import json
+import math
+import re
 import shutil
 import subprocess
 import sys
@@ -8,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from experiments import generate
 from tiny_runs import tiny_runs
@@ -63,6 +67,9 @@ BAD_INPUT = {  # case: (argv from the run folder and a scratch folder, what the 
     "unknown_char": (lambda run, tmp: [run, "--prompt", "caf\u00e9"], "cannot encode the character '\u00e9'"),
     "bad_numbers": (lambda run, tmp: [run, "--tokens", -1, "--temperature", -0.5, "--top-k", 0], "3 problems"),
     "bad_device": (lambda run, tmp: [run, "--device", "gpu7"], "not a device name"),
+    "nan_temperature": (lambda run, tmp: [run, "--temperature", "nan"], "--temperature = nan must be a finite number >= 0"),
+    "inf_temperature": (lambda run, tmp: [run, "--temperature", "inf"], "--temperature = inf must be a finite number >= 0"),
+    "no_samples": (lambda run, tmp: [run, "--num-samples", 0], "--num-samples = 0 must be a positive integer"),
 }
 
 
@@ -79,3 +86,63 @@ def test_cli_entry_point_has_no_traceback(tmp_path: Path) -> None:
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error: run folder")
+
+
+# -- end of text, seeds, several samples -----------------------------------------------------------
+def end_of_text_run(folder: Path) -> Path:
+    """A gpt2-tokenizer run folder whose model draws ' the' with p = 0.75 and <|endoftext|> with 0.25
+    at every position: its final norm outputs one constant vector, which its head maps to those odds."""
+    from components.model import GPT
+    from components.tokenizer import GPT2Tokenizer
+    from experiments.schema import ModelConfig
+    from experiments.spec import parse_spec
+
+    run = parse_spec({"experiment": "eot", "data": {"tokenizer": "gpt2"}, "sample": {"tokens": 0},
+                      "model": {"d_model": 8, "n_layers": 1, "n_heads": 1, "context_length": 16, "head": "untied"}}).runs[0]
+    tok = GPT2Tokenizer()
+    model = GPT(ModelConfig(vocab_size=tok.vocab_size, **run.model))
+    [the] = tok.encode(" the")
+    with torch.no_grad():
+        model.final_norm.weight.zero_()
+        model.final_norm.bias.zero_()
+        model.final_norm.bias[0] = 1.0
+        model.head.linear.weight.zero_()
+        model.head.linear.weight[:, 0] = -30.0                 # every other token: e^-30 of the odds
+        model.head.linear.weight[tok.end_of_text, 0] = 0.0
+        model.head.linear.weight[the, 0] = math.log(3.0)
+    folder.mkdir()
+    (folder / "spec.yaml").write_text(yaml.safe_dump(run.to_dict()))
+    (folder / "tokenizer.json").write_text(json.dumps(tok.spec()))
+    torch.save({"model": model.state_dict()}, folder / "checkpoint.pt")
+    return folder
+
+
+def test_sampling_stops_at_end_of_text_and_no_stop_goes_on(tmp_path: Path, capsys) -> None:
+    run = end_of_text_run(tmp_path / "eot")
+    args = (run, "--prompt", "Hello", "--tokens", 60, "--temperature", 1.0)
+    # A seed whose sample draws ' the' a few times first (p = 0.75 each), so the stop is seen mid-text.
+    seed, stopped = next((seed, out) for seed in range(50)
+                         if len((out := cli(capsys, *args, "--seed", seed)[1]).split()) >= 3)
+    assert cli(capsys, *args, "--seed", seed)[1] == stopped                # --seed: the same text again
+    stopped = stopped.removesuffix("\n")
+    words = stopped.removeprefix("Hello").split()
+    assert stopped.startswith("Hello") and set(words) == {"the"} and "<|endoftext|>" not in stopped
+    assert len(words) < 60                                                 # it ended early, at end of text
+    code, full, _ = cli(capsys, *args, "--seed", seed, "--no-stop")
+    assert code == 0 and full.startswith(stopped + "<|endoftext|>")      # the same draws, then onwards
+    assert len(full) > len(stopped) + len("<|endoftext|>")
+    greedy = cli(capsys, run, "--prompt", "Hello", "--tokens", 5, "--temperature", 0)[1]
+    assert greedy == "Hello" + " the" * 5 + "\n"                           # ' the' is the argmax: no end
+
+
+def test_num_samples_draws_seed_seed_plus_1_and_so_on(run_dir: Path, capsys) -> None:
+    args = (run_dir, "--prompt", "def ", "--tokens", 20, "--temperature", 1.0)
+    code, out, err = cli(capsys, *args, "--num-samples", 3, "--seed", 11)
+    assert code == 0 and err == ""
+    parts = re.split(r"--- sample (\d) of 3 \(seed (\d+)\) ---\n", out)
+    assert parts[0] == "" and parts[1::3] == ["1", "2", "3"] and parts[2::3] == ["11", "12", "13"]
+    second = parts[6].removesuffix("\n")
+    assert cli(capsys, *args, "--seed", 12)[1] == second + "\n"           # any sample can be drawn again alone
+    code, out, err = cli(capsys, *args)                                     # no --seed: a fresh one, told
+    seed = int(re.fullmatch(r"seed (\d+) \(pass --seed \d+ to draw the same sample again\)\n", err).group(1))
+    assert cli(capsys, *args, "--seed", seed)[1] == out

@@ -64,7 +64,8 @@ def test_results_layout(tmp_path, capsys):
         for name in ("spec.yaml", "tokenizer.json", "metrics.csv", "summary.json", "samples.txt", "checkpoint.pt"):
             assert (run_dir / name).exists(), name
         metrics = read_csv(run_dir / "metrics.csv")
-        assert list(metrics[0]) == ["step", "tokens", "lr", "train_loss", "val_loss", "val_bpb", "elapsed_s"]
+        assert list(metrics[0]) == ["step", "tokens", "lr", "train_loss", "val_loss", "val_bpb", "train_bpb",
+                                    "elapsed_s"]
         assert [int(m["step"]) for m in metrics] == [0, 10, 20]
         assert int(metrics[-1]["tokens"]) == 20 * 4 * 16
         summary = json.loads((run_dir / "summary.json").read_text())
@@ -77,7 +78,8 @@ def test_results_layout(tmp_path, capsys):
         assert yaml.safe_load((run_dir / "spec.yaml").read_text())["seed"] == int(row["seed"])
     plan = json.loads((exp / "experiment.json").read_text())
     assert plan["axes"] == ["model.block"] and len(plan["runs"]) == 4
-    assert (exp / "spec.yaml").read_text() == spec.read_text()
+    record = (exp / "spec.yaml").read_text()  # the command line, then the file as it was
+    assert record.startswith(f"# python -m experiments.run {spec} --results ") and record.endswith(spec.read_text())
 
 
 def test_second_invocation_trains_nothing_and_force_retrains(tmp_path, capsys):

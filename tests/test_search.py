@@ -385,3 +385,25 @@ def wait_for_a_run_mid_training(exp: Path, procs, timeout: float, max_step: int)
                                  + "".join(p.communicate()[0] for p in procs))
         time.sleep(0.02)
     raise AssertionError("no run was caught mid-training")
+
+
+def test_the_study_loads_by_the_readme_names_and_status_shows_its_trials(tmp_path, one_thread, monkeypatch):
+    """README: `optuna-dashboard sqlite:///results/<experiment>/study.db`, study name = the experiment."""
+    import optuna
+
+    from experiments import status
+
+    monkeypatch.chdir(tmp_path)
+    raw = make({"trials": 2, "sampler": "grid", "pruner": "none", "space": {"model.n_heads": [1, 2]}},
+               experiment="dash")
+    assert main([str(write(tmp_path, raw)), "--no-report"]) == 0           # into ./results, as a user would
+    study = optuna.load_study(study_name="dash", storage="sqlite:///results/dash/study.db")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert {t.params["model.n_heads"] for t in study.trials} == {1, 2}
+    db = tmp_path / "results" / "dash" / "study.db"
+    before = db.stat().st_mtime_ns
+    text, unfinished = status.report(Path("results/dash"))
+    assert not unfinished and db.stat().st_mtime_ns == before              # read, never written
+    assert "study 'dash' in sqlite:///" in text and "2 of 2 finished trials wanted; COMPLETE 2" in text
+    header = text.splitlines()[2].split()
+    assert header[:6] == ["run_id", "variant", "seed", "trial", "state", "status"]

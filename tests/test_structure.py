@@ -127,7 +127,7 @@ def test_no_import_cycle_among_the_project_modules():
 
 # The thin `python -m` modules: they parse arguments and call libraries. (experiments.data is a
 # library with a small command of its own: `python -m experiments.data` counts a corpus's tokens.)
-ENTRY_POINTS = {"experiments.run", "experiments.search.cli", "experiments.bench", "experiments.generate",
+ENTRY_POINTS = {"experiments.run", "experiments.search.cli", "experiments.bench", "experiments.generate", "experiments.status",
                 "experiments.export", "analysis.__main__"}
 
 

@@ -30,8 +30,9 @@ def fail(message: str) -> int:
     return 2
 
 
-def main(spec, spec_path: Path, args) -> int:
-    """`python -m experiments.run SPEC` for a spec with a search block, or with --storage / --workers."""
+def main(spec, spec_text: str, args) -> int:
+    """`python -m experiments.run SPEC [KEY=VALUE ...]` for a spec with a search block, or with --storage /
+    --workers; `spec_text` is what results/<experiment>/spec.yaml records (experiments/overrides.py)."""
     exp_dir = Path(args.results) / spec.experiment
     if problem := argument_problem(args, exp_dir):
         return fail(problem)
@@ -55,9 +56,9 @@ def main(spec, spec_path: Path, args) -> int:
     except StorageError as err:
         return fail(str(err))
     if plan.role is None:
-        files.write_text(exp_dir / "spec.yaml", Path(spec_path).read_text(encoding="utf-8"))
+        files.write_text(exp_dir / "spec.yaml", spec_text)
     sync_records(plan, study)
-    return run_study(plan, study, datasets, spec_path)
+    return run_study(plan, study, datasets)
 
 
 def argument_problem(args, exp_dir: Path) -> str | None:
@@ -72,7 +73,7 @@ def argument_problem(args, exp_dir: Path) -> str | None:
     return None
 
 
-def run_study(plan: Plan, study, datasets: dict, spec_path: Path) -> int:
+def run_study(plan: Plan, study, datasets: dict) -> int:
     """The worker loop here (or in N processes), then the trials table and the report."""
     if plan.role is not None:  # a worker process started by --workers: the loop only
         try:
@@ -83,7 +84,7 @@ def run_study(plan: Plan, study, datasets: dict, spec_path: Path) -> int:
     print(plan.describe(), flush=True)
     workers = getattr(plan.args, "workers", 1) or 1
     if workers > 1:
-        code = spawn_workers(plan, spec_path, workers)
+        code = spawn_workers(plan, workers)
     else:
         try:
             code = Worker(plan, study, datasets).loop()
@@ -93,11 +94,11 @@ def run_study(plan: Plan, study, datasets: dict, spec_path: Path) -> int:
     return finish(plan, study, code, time.perf_counter() - started)
 
 
-def spawn_workers(plan: Plan, spec_path: Path, workers: int) -> int:
-    """N worker processes on the study; each is `python -m experiments.run` with the same spec."""
+def spawn_workers(plan: Plan, workers: int) -> int:
+    """N worker processes on the study; each is `python -m experiments.run` with the same spec and overrides."""
     args = plan.args
-    cmd = [sys.executable, "-m", "experiments.run", str(spec_path), "--results", str(args.results),
-           "--storage", plan.storage_url, "--no-report"]
+    cmd = [sys.executable, "-m", "experiments.run", str(args.spec), *getattr(args, "overrides", []),
+           "--results", str(args.results), "--storage", plan.storage_url, "--no-report"]
     if args.device:
         cmd += ["--device", args.device]
     threads = str(max(1, (os.cpu_count() or 1) // workers))

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments import metrics
-from experiments.records import axis_values, plan_record
+from experiments.records import plan_entry, plan_record
 from experiments.runner import bind_data
 from experiments.search.space import Param, label, parse_block
 from experiments.search.study import absolute_sqlite, mask, sqlite_url
@@ -189,7 +189,7 @@ class GridPlan(Plan):
     def entries(self, owner: dict[str, Any], trials) -> list[dict[str, Any]]:
         entries = []
         for run in self.spec.runs:
-            entry = {"run_id": run.run_id, "variant": run.variant, "axes": axis_values(run), "seed": run.seed}
+            entry = plan_entry(run)
             if run.run_id in owner:
                 entry |= {"trial": owner[run.run_id].number, "state": owner[run.run_id].state.name}
             entries.append(entry)

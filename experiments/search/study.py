@@ -258,3 +258,37 @@ class Heartbeat:
     def __exit__(self, *exc) -> None:
         self.stop_event.set()
         self.thread.join(timeout=self.interval + 5)
+
+
+# -- reading a study from another terminal --------------------------------------------------------
+def recorded_storage(search: dict[str, Any], exp_dir: Path) -> str:
+    """The storage URL experiment.json records, made readable from here: the default study.db is
+    the one in the experiment folder (its recorded URL is relative to where the runner started)."""
+    url = str(search.get("storage") or "")
+    db = sqlite_file(url)
+    if db is not None and not db.is_absolute() and (exp_dir / "study.db").is_file():
+        return sqlite_url(exp_dir / "study.db")
+    return url
+
+
+def read_trials(url: str, study_name: str) -> list:
+    """The study's trials (FrozenTrials), read without creating or changing anything: no table
+    creation, no schema check, SQLite opened read-only. StorageError in plain words."""
+    import inspect
+
+    db = sqlite_file(url)
+    engine: dict[str, Any] = {}
+    if db is not None:
+        if not db.is_file():
+            raise StorageError(f"the study file {db} does not exist (yet)")
+        url, engine["connect_args"] = f"sqlite:///file:{db.resolve().as_posix()}?mode=ro&uri=true", {"timeout": 10}
+    elif url.split(":", 1)[0].split("+", 1)[0].startswith(("postgres", "mysql")):
+        engine["connect_args"] = {"connect_timeout": 10}
+    with quiet_optuna() as optuna:
+        params = inspect.signature(optuna.storages.RDBStorage.__init__).parameters
+        extra = {"skip_table_creation": True} if "skip_table_creation" in params else {}
+        try:
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine, skip_compatibility_check=True, **extra)
+            return storage.get_all_trials(storage.get_study_id_from_name(study_name), deepcopy=False)
+        except Exception as err:  # any driver, any failure: one line
+            raise StorageError(storage_failure(url, err).split(" — ")[0]) from None

@@ -1,0 +1,201 @@
+"""Command-line overrides of a spec: `python -m experiments.run SPEC train.steps=100 'seeds=[0]'`.
+
+Each KEY=VALUE sets one dotted key of the spec's YAML tree before the spec is validated, so an
+override is checked exactly like the file (the same messages, naming the key) and changes run ids
+as the same edit of the file would. Values are YAML: 100, 3.0e-4, 3e-4, [0, 1], {name: rope,
+base: 500}, true, null ("KEY=" is null too).
+
+    seeds, experiment, grid, variants, search     a whole top-level entry: seeds=[0], grid={}
+    data.F, model.F, train.F, sample.F            a field: model.attention={name: grouped_query, n_kv_heads: 2}
+    model.COMPONENT.OPTION, data.tokenizer.OPTION one option of a component, its name kept: model.attention.impl=naive
+    grid.SECTION.F[.OPTION]                       one axis of the grid: grid.model.block=[pre,post]
+    variants.NAME, variants.NAME.SECTION.F        one variant, or one key of it
+    search.KEY, search.space.SECTION.F            one key of the search block, or one dimension of its space
+"""
+from __future__ import annotations
+
+import copy
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.model import PRESETS
+from experiments.schema import SECTIONS, key_problem
+from experiments.spec import Spec, parse_spec, read_yaml
+from registry import SpecError
+
+COMMAND = "python -m experiments.run"
+
+
+class ValueLoader(yaml.SafeLoader):
+    """YAML for one value, with YAML 1.2's floats: 3e-4 is a number (PyYAML's YAML 1.1 reads a string)."""
+
+
+ValueLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?$"
+               r"|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."))
+# The resolver above matches integers too; YAML's own int resolver, tried first, keeps them ints.
+ValueLoader.yaml_implicit_resolvers = {
+    first: sorted(resolvers, key=lambda r: r[0] != "tag:yaml.org,2002:int")
+    for first, resolvers in ValueLoader.yaml_implicit_resolvers.items()}
+
+
+# -- parsing -------------------------------------------------------------------------------------
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """['train.steps=100', 'seeds=[0]'] -> {'train.steps': 100, 'seeds': [0]}; every problem at once."""
+    overrides: dict[str, Any] = {}
+    problems = []
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not all(key.split(".")):
+            problems.append(f"override {item!r} must be KEY=VALUE with a dotted spec key, e.g. train.steps=100 "
+                            "or 'seeds=[0, 1]' (give one spec file, then any number of overrides)")
+            continue
+        if key in overrides:
+            problems.append(f"override {key!r} is given twice ({key}={overrides[key]!r} and {item}): give it once")
+            continue
+        try:
+            overrides[key] = yaml.load(text, Loader=ValueLoader)  # noqa: S506  (a SafeLoader)
+        except yaml.YAMLError as err:
+            problems.append(f"override {item!r}: the value is not valid YAML "
+                            f"({getattr(err, 'problem', None) or err}); quote it for the shell, e.g. "
+                            f"'{key}=[0, 1]' or '{key}={{name: rope, base: 500}}'")
+    if problems:
+        raise SpecError(problems)
+    return overrides
+
+
+# -- applying ------------------------------------------------------------------------------------
+def apply_overrides(raw: Any, overrides: dict[str, Any]) -> tuple[Any, list[str]]:
+    """(a copy of the spec's YAML tree with every override set, the keys no spec could have). What
+    the spec's rules forbid is left for parse_spec to report in its own words."""
+    if not overrides or not isinstance(raw, dict):
+        return raw, []
+    tree = copy.deepcopy(raw)
+    problems = [p for key, value in overrides.items() if (p := set_key(tree, key, copy.deepcopy(value)))]
+    return tree, problems
+
+
+def locate(key: str) -> list[str] | str:
+    """Where a dotted key lives in the spec's tree (train.steps -> ['train', 'steps'], grid.model.block
+    -> ['grid', 'model.block']), or why no spec has it. A section's unknown field is placed all the same:
+    parse_spec names it, with the closest match."""
+    head, *rest = key.split(".")
+    if not rest:
+        return [head]
+    if head in SECTIONS:
+        return [head, *rest] if len(rest) == 1 else (key_problem(key, "override") or [head, *rest])
+    if head == "grid":
+        return ["grid", ".".join(rest)]
+    if head == "variants":
+        return ["variants", rest[0]] + ([".".join(rest[1:])] if len(rest) > 1 else [])
+    if head == "search" and rest[0] == "space" and len(rest) > 1:
+        return ["search", "space", ".".join(rest[1:])]
+    if head == "search":
+        return ["search", rest[0]] if len(rest) == 1 else (
+            f"override key {key!r} does not exist: a search block takes search.KEY or search.space.SECTION.FIELD")
+    return key_problem(key, "override") or f"override key {key!r} does not exist"
+
+
+def set_key(tree: dict, key: str, value: Any) -> str | None:
+    """Set one override in the tree; a problem only where the spec's own checks could not name it.
+    A mapping on the way that is something else is left as it is: parse_spec says what it must be."""
+    path = locate(key)
+    if isinstance(path, str):
+        return path
+    if path[0] in SECTIONS and len(path) == 3:  # a component's option: the component's name is kept
+        section = tree.get(path[0])
+        if section is None:
+            section = tree[path[0]] = {}
+        if isinstance(section, dict):
+            current = component_value(tree, path[0], path[1])
+            current = {"name": current} if isinstance(current, str) else dict(current or {})
+            section[path[1]] = current | {path[2]: value}
+        return None
+    node = tree
+    for part in path[:-1]:
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, dict):
+            return None
+    node[path[-1]] = value
+    return None
+
+
+def component_value(tree: dict, section: str, field: str) -> Any:
+    """A component field as the spec has it: written, else from the model's preset, else the default."""
+    given = tree.get(section) if isinstance(tree.get(section), dict) else {}
+    if given.get(field) is not None:
+        return given[field]
+    preset = given.get("preset") if section == "model" else None
+    if isinstance(preset, str) and field in PRESETS.get(preset, {}):
+        return PRESETS[preset][field]
+    return SECTIONS[section][field].default
+
+
+# -- the command's view --------------------------------------------------------------------------
+def load_spec_with(path: str | Path, items: list[str]) -> tuple[Spec, Any, dict[str, Any]]:
+    """(the validated spec with the overrides applied, the file's own tree, the overrides parsed)."""
+    overrides = parse_overrides(items)
+    original = read_yaml(path)
+    tree, problems = apply_overrides(original, overrides)
+    try:
+        spec = parse_spec(tree)
+    except SpecError as err:
+        raise SpecError(problems + err.problems) from None
+    if problems:
+        raise SpecError(problems)
+    return spec, original, overrides
+
+
+def describe(original: Any, overrides: dict[str, Any]) -> str:
+    """What the overrides change, one line each: 'train.steps: 300 -> 12' (for --dry-run)."""
+    lines = [f"{len(overrides)} override(s) of the spec file:"]
+    for key, value in overrides.items():
+        lines.append(f"  {key}: {before(original, key)} -> {flow(value)}")
+    return "\n".join(lines)
+
+
+def before(raw: Any, key: str) -> str:
+    """A key's value in the spec file, or where its value comes from when the file does not set it."""
+    path = locate(key)
+    node: Any = raw
+    for part in path if isinstance(path, list) else []:
+        if not isinstance(node, dict) or part not in node:
+            break
+        node = node[part]
+    else:
+        if isinstance(path, list):
+            return flow(node)
+    head, *rest = key.split(".")
+    if head in SECTIONS and rest and rest[0] in SECTIONS[head] and isinstance(raw, dict):
+        tree = {s: v for s, v in raw.items() if s in SECTIONS and isinstance(v, dict)}
+        current = component_value(tree, head, rest[0])
+        if len(rest) == 2:  # an option the spec does not set: the component's own default
+            return f"(the default of {current['name'] if isinstance(current, dict) else current})"
+        return f"{flow(current)} (preset or default)"
+    return "(not set)"
+
+
+def flow(value: Any) -> str:
+    """A value as one line of YAML: [0, 1], {name: rope, base: 500}."""
+    return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10**6).strip().removesuffix("\n...").strip()
+
+
+def spec_record(spec_path: str | Path, original: Any, overrides: dict[str, Any], argv: list[str]) -> str:
+    """The text of results/<experiment>/spec.yaml: the command line that made it, then the spec as
+    it ran (the file itself without overrides, else the merged tree), valid YAML either way."""
+    header = [f"# {COMMAND} {shlex.join(argv)}"]
+    if not overrides:
+        return "\n".join(header) + "\n" + Path(spec_path).read_text(encoding="utf-8")
+    header.append(f"# {spec_path} with {len(overrides)} command-line override(s): "
+                  + ", ".join(f"{k}={flow(v)}" for k, v in overrides.items()))
+    body = yaml.safe_dump(apply_overrides(original, overrides)[0], sort_keys=False, allow_unicode=True)
+    return "\n".join(header) + "\n" + body

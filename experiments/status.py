@@ -1,0 +1,128 @@
+"""`python -m experiments.status results/<experiment>`: where an experiment stands, from any terminal.
+
+One row per planned run: status (pending / running / done / diverged / failed / pruned), step /
+total, last validation bpb, tokens/s, and the pid and host training it; then an ETA for the rest
+from the measured speeds. A search adds its trials' numbers and states, read from its study. It
+reads only what the runners write and never takes their locks (experiments/progress.py), so it is
+safe to run while they train, also on a results folder on shared storage.
+
+    python -m experiments.status results/quickstart
+    python -m experiments.status results/quickstart --watch 10
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from experiments import progress
+from experiments.records import text_table
+from experiments.search.study import FINISHED_STATES, StorageError, mask, read_trials, recorded_storage
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m experiments.status", description=__doc__.splitlines()[0])
+    p.add_argument("experiment", help="an experiment folder: results/<experiment>")
+    p.add_argument("--watch", type=float, metavar="SECONDS",
+                   help="print again every SECONDS until no run is running or pending")
+    return p.parse_args(argv)
+
+
+def duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def search_line(plan: dict[str, Any], exp_dir: Path, seeds: int) -> tuple[str, int]:
+    """(a line on the study's trials, runs still to be planned for the trials it wants)."""
+    search = plan.get("search") or {}
+    url, name = recorded_storage(search, exp_dir), search.get("study_name") or plan.get("experiment")
+    try:
+        trials = [t for t in read_trials(url, name) if "surplus" not in t.user_attrs]
+    except StorageError as err:
+        return f"study '{name}': cannot be read now ({err}); the rows below come from experiment.json", 0
+    states = Counter(t.state.name for t in trials)
+    finished = sum(states[s] for s in FINISHED_STATES)
+    wanted = int(search.get("trials") or 0)
+    running = [f"{t.number} (pid {t.user_attrs.get('pid', '?')} on {t.user_attrs.get('host', '?')})"
+               for t in trials if t.state.name == "RUNNING"]
+    line = (f"study '{name}' in {mask(url)}: {finished} of {wanted} finished trials wanted; "
+            + ", ".join(f"{s} {n}" for s, n in sorted(states.items()))
+            + (f"; running trials: {', '.join(running)}" if running else ""))
+    to_plan = max(0, wanted - finished - len(running)) * seeds if search.get("mode") == "search" else 0
+    return line, to_plan
+
+
+def headline(name: str, rows: list[dict[str, Any]], eta: tuple[float | None, int]) -> str:
+    counts = Counter(r["status"] for r in rows)
+    order = ("done", "running", "pending", "diverged", "pruned", "failed")
+    parts = ", ".join(f"{counts[s]} {s}" for s in order if counts[s])
+    text = f"{name}: {len(rows)} planned run(s): {parts or 'none yet'}"
+    seconds, runners = eta
+    if not counts["running"] and not counts["pending"]:
+        text += "; nothing left to run" if rows else ""
+    elif seconds is None:
+        text += "; ETA unknown until a run has measured its speed"
+    else:
+        text += f"; ETA {duration(seconds)} (measured speeds, {runners} runner{'s' if runners > 1 else ''})"
+    if counts["failed"]:
+        text += f"; {counts['failed']} failed: run the spec again to retry (see their error.txt)"
+    return text
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    shown = []
+    for r in rows:
+        step = "-" if r["step"] is None else f"{r['step']}/{r['steps'] if r['steps'] is not None else '?'}"
+        shown.append({"run_id": r["run_id"], "variant": r["variant"], "seed": r["seed"],
+                      **{k: r[k] for k in ("trial", "state") if k in r}, "status": r["status"], "step": step,
+                      "val_bpb": r["val_bpb"], "tokens/s": r["tokens_per_s"], "where": r["where"] or "-"})
+    return text_table(shown)
+
+
+def report(exp_dir: Path) -> tuple[str, bool]:
+    """(the status text, whether any run is still running or pending)."""
+    plan = progress.read_json_or_none(exp_dir / "experiment.json") or {}
+    rows = progress.experiment_runs(exp_dir)
+    lines, to_plan = [], 0
+    if plan.get("search"):
+        line, to_plan = search_line(plan, exp_dir, len(plan.get("seeds") or [0]))
+        lines.append(line)
+    eta = progress.eta_seconds(rows, to_plan)
+    lines.insert(0, headline(str(plan.get("experiment") or exp_dir.name), rows, eta))
+    lines.append(table(rows))
+    return "\n".join(lines), any(r["status"] in ("running", "pending") for r in rows) or to_plan > 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    exp_dir = Path(args.experiment)
+    if not (exp_dir / "experiment.json").is_file():
+        print(f"error: {str(exp_dir)!r} is not an experiment folder: it has no experiment.json (python -m "
+              "experiments.run writes one into results/<experiment>/ when it starts)", file=sys.stderr)
+        return 2
+    if args.watch is not None and args.watch <= 0:
+        print(f"error: --watch = {args.watch:g} must be a positive number of seconds", file=sys.stderr)
+        return 2
+    while True:
+        text, unfinished = report(exp_dir)
+        if args.watch is not None and sys.stdout.isatty():
+            print("\033[H\033[J", end="")  # clear the terminal
+        print(text, flush=True)
+        if args.watch is None or not unfinished:
+            return 0
+        try:
+            time.sleep(args.watch)
+        except KeyboardInterrupt:
+            return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

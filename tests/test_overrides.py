@@ -1,0 +1,190 @@
+"""KEY=VALUE overrides on `python -m experiments.run SPEC`: parsed as YAML, checked exactly like the
+spec (the same messages), applied before run ids, recorded in the experiment's spec.yaml."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from experiments import overrides
+from experiments.run import main
+from experiments.search import cli as search_cli
+from experiments.spec import parse_spec
+from registry import SpecError
+
+SPEC = {"experiment": "ov", "seeds": [0, 1],
+        "data": {"corpus": "embedded", "tokenizer": "char"},
+        "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "context_length": 16},
+        "train": {"steps": 30, "batch_size": 4, "warmup": 2, "eval_every": 10, "eval_batches": 2},
+        "sample": {"tokens": 0},
+        "grid": {"model.block": ["pre", "post"]}}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_cache(tmp_path_factory):
+    """One token cache for the module: the embedded corpus is tokenized once."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LAB_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+def write(tmp_path: Path, raw: dict, name: str = "spec.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def merged(items: list[str], raw: dict | None = None) -> dict:
+    tree, problems = overrides.apply_overrides(raw or SPEC, overrides.parse_overrides(items))
+    assert not problems
+    return tree
+
+
+def test_values_are_yaml_and_3e_4_is_a_number():
+    parsed = overrides.parse_overrides(["train.steps=100", "train.lr=3e-4", "seeds=[0, 1]", "train.min_lr=",
+                                        "model.attention={name: grouped_query, n_kv_heads: 2}", "train.compile=true",
+                                        "sample.prompt=a=b"])
+    assert parsed == {"train.steps": 100, "train.lr": 3e-4, "seeds": [0, 1], "train.min_lr": None,
+                      "model.attention": {"name": "grouped_query", "n_kv_heads": 2}, "train.compile": True,
+                      "sample.prompt": "a=b"}
+    assert type(parsed["train.steps"]) is int and type(parsed["train.lr"]) is float
+
+
+@pytest.mark.parametrize("items, expected", [
+    (["train.steps"], "must be KEY=VALUE"),
+    (["=3"], "must be KEY=VALUE"),
+    (["train..steps=3"], "must be KEY=VALUE"),
+    (["seeds=[0, 1"], "the value is not valid YAML"),
+    (["train.steps=1", "train.steps=2"], "is given twice"),
+])
+def test_malformed_overrides_are_named(items, expected):
+    with pytest.raises(SpecError) as err:
+        overrides.parse_overrides(items)
+    assert expected in str(err.value) and items[-1].partition("=")[0] in str(err.value)
+
+
+def test_every_kind_of_key_lands_where_the_file_would_have_it():
+    raw = copy.deepcopy(SPEC) | {"variants": {"baseline": {}}}
+    tree = merged(["seeds=[3]", "train.steps=5", "model.attention.impl=naive", "grid.model.positional=[rope]",
+                   "variants.wide.model.d_model=64", "variants.baseline={}", "data.tokenizer=byte"], raw)
+    assert tree["seeds"] == [3] and tree["train"]["steps"] == 5 and tree["data"]["tokenizer"] == "byte"
+    assert tree["model"]["attention"] == {"name": "multi_head", "impl": "naive"}   # the default component, kept
+    assert tree["grid"] == {"model.block": ["pre", "post"], "model.positional": ["rope"]}
+    assert tree["variants"] == {"baseline": {}, "wide": {"model.d_model": 64}}
+    assert SPEC["train"]["steps"] == 30                                            # the file's tree is not touched
+    search = merged(["search.trials=4", "search.space.train.lr={float: [1.0e-4, 1.0e-3]}"])
+    assert search["search"] == {"trials": 4, "space": {"train.lr": {"float": [1e-4, 1e-3]}}}
+
+
+def test_empty_entries_of_the_file_are_filled():
+    tree = merged(["grid.model.block=[pre]", "model.attention.impl=naive", "train.steps=3"],
+                  {"experiment": "x", "grid": None, "model": None})
+    assert tree == {"experiment": "x", "grid": {"model.block": ["pre"]},
+                    "model": {"attention": {"name": "multi_head", "impl": "naive"}}, "train": {"steps": 3}}
+
+
+def test_an_option_keeps_the_component_a_preset_chose():
+    raw = {"experiment": "p", "model": {"preset": "seed-final"}}
+    tree = merged(["model.positional.scale_embeddings=false"], raw)
+    assert tree["model"]["positional"] == {"name": "sinusoidal", "scale_embeddings": False}
+
+
+def spec_error(raw: dict) -> str:
+    with pytest.raises(SpecError) as err:
+        parse_spec(raw)
+    return str(err.value)
+
+
+@pytest.mark.parametrize("key, value", [("train.steps", -1), ("train.stpes", 10), ("model.attention", "mult_head"),
+                                        ("grid.model.blok", ["pre"]), ("seeds", "zero"), ("sample.temperature", -1.0)])
+def test_a_bad_override_gets_the_specs_own_message(tmp_path, key, value):
+    """The override and the same edit of the file fail with the very same message."""
+    edited = copy.deepcopy(SPEC)
+    head, _, rest = key.partition(".")
+    if head == "grid":
+        edited["grid"][rest] = value
+    elif rest:
+        edited[head][rest] = value
+    else:
+        edited[head] = value
+    expected = spec_error(edited)
+    with pytest.raises(SpecError) as err:
+        overrides.load_spec_with(write(tmp_path, SPEC), [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"])
+    assert str(err.value) == expected
+
+
+def test_keys_no_spec_has_are_reported_with_the_specs_problems(tmp_path):
+    with pytest.raises(SpecError) as err:
+        overrides.load_spec_with(write(tmp_path, SPEC), ["train.steps.x=1", "train.lr=-1"])
+    text = str(err.value)
+    assert "3 problems" in text and "override key 'train.steps.x' does not exist" in text
+    assert "train.lr = -1 must be a positive number" in text
+
+
+def test_overrides_change_run_ids_as_the_same_edit_of_the_file_would(tmp_path):
+    spec, _, _ = overrides.load_spec_with(write(tmp_path, SPEC), ["train.steps=12", "seeds=[0]"])
+    edited = copy.deepcopy(SPEC) | {"seeds": [0]}
+    edited["train"] = {**edited["train"], "steps": 12}
+    assert [r.run_id for r in spec.runs] == [r.run_id for r in parse_spec(edited).runs]
+    assert all(r.train.steps == 12 for r in spec.runs) and len(spec.runs) == 2
+
+
+def test_the_cli_trains_what_the_overrides_say_and_records_them(tmp_path, capsys):
+    spec_path = write(tmp_path, SPEC)
+    results = tmp_path / "results"
+    argv = [str(spec_path), "train.steps=12", "--results", str(results), "seeds=[0]", "grid.model.block=[pre]",
+            "--no-report", "train.tensorboard=false"]
+    assert main(argv) == 0
+    exp = results / "ov"
+    [entry] = json.loads((exp / "experiment.json").read_text())["runs"]
+    summary = json.loads((exp / "runs" / entry["run_id"] / "summary.json").read_text())
+    assert summary["steps"] == 12 and summary["seed"] == 0 and entry["variant"] == "block=pre"
+    assert not (exp / "runs" / entry["run_id"] / "tensorboard").exists()       # switched off from the command line
+    record = (exp / "spec.yaml").read_text()
+    assert record.splitlines()[0] == "# python -m experiments.run " + " ".join(
+        a if "[" not in a else f"'{a}'" for a in argv)
+    assert yaml.safe_load(record)["train"]["steps"] == 12
+    capsys.readouterr()
+    assert main([str(exp / "spec.yaml"), "--results", str(results), "--no-report"]) == 0  # the record reruns as is
+    assert "0 trained, 1 already done" in capsys.readouterr().out
+
+
+def test_dry_run_shows_the_effect_and_a_bad_override_exits_2_without_results(tmp_path, capsys):
+    spec_path = write(tmp_path, SPEC)
+    results = tmp_path / "results"
+    assert main([str(spec_path), "train.steps=12", "model.attention.impl=naive", "--dry-run",
+                 "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "train.steps: 30 -> 12" in out and "model.attention.impl: (the default of multi_head) -> naive" in out
+    assert " 768 " in out  # tokens per run: 12 steps x 4 sequences x 16 tokens
+    assert main([str(spec_path), "train.steps=-1", "--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "train.steps = -1 must be a positive integer" in err
+    assert not results.exists()
+
+
+def test_search_workers_get_the_same_overrides(tmp_path, monkeypatch):
+    started = []
+
+    class FakeProcess:
+        pid = 1
+
+        def __init__(self, cmd, env):
+            started.append(cmd)
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(search_cli.subprocess, "Popen", FakeProcess)
+
+    class Args:
+        spec, overrides, results, device = "s.yaml", ["train.steps=12", "seeds=[0, 1]"], "res", None
+
+    class Plan:
+        args, storage_url = Args, "sqlite:////tmp/x.db"
+
+    assert search_cli.spawn_workers(Plan, 2) == 0
+    assert len(started) == 2 and all(cmd[3:6] == ["s.yaml", "train.steps=12", "seeds=[0, 1]"] for cmd in started)

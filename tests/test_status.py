@@ -1,0 +1,151 @@
+"""`python -m experiments.status`: one row per planned run from what the runners wrote, during a
+live two-process run too, without ever taking a run's lock; lock holders here and on other hosts;
+the ETA from measured speeds."""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from experiments import progress, status
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC = {"experiment": "live", "seeds": [0, 1], "data": {"corpus": "embedded", "tokenizer": "char"},
+        "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "context_length": 16},
+        "train": {"steps": 60, "batch_size": 4, "warmup": 2, "eval_every": 20, "eval_batches": 2},
+        "sample": {"tokens": 0}, "grid": {"model.block": ["pre", "post"]}}
+
+
+def test_status_during_a_live_two_process_run(tmp_path, lab_cache):
+    from experiments.data import Embedded
+
+    corpus = tmp_path / "docs.txt"  # a short text: a short final evaluation, so the runs are mostly training
+    corpus.write_bytes(Embedded().read()[:40_000])
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(SPEC | {"data": {"corpus": str(corpus), "tokenizer": "char"}}))
+    results = tmp_path / "results"
+    exp = results / "live"
+    cmd = [sys.executable, "-m", "experiments.run", str(spec), "--results", str(results), "--no-report"]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    snapshots, deadline = [], time.time() + 300
+    while any(p.poll() is None for p in procs) and time.time() < deadline:
+        if (exp / "experiment.json").is_file():
+            snapshots.append(progress.experiment_runs(exp))
+        time.sleep(0.05)
+    outputs = [p.communicate(timeout=60)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    trained = [line for out in outputs for line in out.splitlines() if line.startswith("[") and ": done" in line]
+    assert len(trained) == 4, outputs                                     # every run trained once, in all
+
+    pids, here = {p.pid for p in procs}, socket.gethostname()
+    running = [r for snap in snapshots for r in snap if r["status"] == "running"]
+    assert running, "no snapshot saw a run training"
+    assert {r["where"] for r in running} <= {f"pid {pid} on {here}" for pid in pids}
+    assert all(r["step"] is None or 0 <= r["step"] <= r["steps"] == 60 for r in running)
+    assert any({"done", "running"} <= {r["status"] for r in snap} for snap in snapshots), \
+        "no snapshot saw a finished run and a training one at once"
+    assert all({r["status"] for r in snap} <= {"pending", "running", "done"} for snap in snapshots)
+
+    text, unfinished = status.report(exp)
+    assert not unfinished and text.startswith("live: 4 planned run(s): 4 done; nothing left to run")
+    assert text.count(" done ") == 4 and text.count("60/60") == 4
+
+
+def write_plan(exp: Path, n: int = 3) -> list[Path]:
+    runs = [{"run_id": f"r{i}", "variant": f"v{i % 2}", "axes": {}, "seed": i, "steps": 100, "tokens_per_step": 50}
+            for i in range(n)]
+    exp.mkdir(parents=True)
+    (exp / "experiment.json").write_text(json.dumps({"experiment": "e", "runs": runs, "search": None}))
+    dirs = [exp / "runs" / r["run_id"] for r in runs]
+    for d in dirs:
+        d.mkdir(parents=True)
+    return dirs
+
+
+def finish(run_dir: Path, wall_s: float = 10.0) -> None:
+    (run_dir / "summary.json").write_text(json.dumps({"status": "done", "steps": 100, "final_val_bpb": 2.5,
+                                                      "tokens_per_s": 600.0, "wall_s": wall_s, "tokens_seen": 5000}))
+
+
+def test_a_lock_holder_is_running_with_its_pid_until_it_dies(tmp_path):
+    done, held, _ = write_plan(tmp_path / "e")
+    finish(done)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time; from pathlib import Path; from experiments.files import RunLock; "
+        f"lock = RunLock(Path({str(held)!r})); assert lock.acquire(); print('held', flush=True); time.sleep(60)")],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        rows = {r["run_id"]: r for r in progress.experiment_runs(tmp_path / "e")}
+        assert rows["r1"]["status"] == "running" and rows["r1"]["where"] == f"pid {holder.pid} on {socket.gethostname()}"
+        assert (rows["r0"]["status"], rows["r0"]["step"], rows["r0"]["val_bpb"]) == ("done", 100, 2.5)
+        assert rows["r2"]["status"] == "pending"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert progress.experiment_runs(tmp_path / "e")[1]["status"] == "pending"   # its lock died with it
+
+
+def test_status_never_takes_a_lock(tmp_path, monkeypatch):
+    """A runner that tried to take a run's lock while status held it, even briefly, would skip the run."""
+    dirs = write_plan(tmp_path / "e")
+    for d in dirs:
+        (d / "lock").write_text(f"pid {os.getpid()} on {socket.gethostname()}\n")
+
+    def refuse(*args):
+        raise AssertionError("status took a lock")
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    monkeypatch.setattr(fcntl, "lockf", refuse)
+    text, unfinished = status.report(tmp_path / "e")
+    assert unfinished and "3 pending" in text
+
+
+def test_a_runner_on_another_host_is_judged_by_its_progress_file(tmp_path):
+    run_dir = write_plan(tmp_path / "e", n=1)[0]
+    (run_dir / "lock").write_text("pid 4242 on gpu-node-7\n")
+    now = time.time()
+    (run_dir / "progress.json").write_text(json.dumps({"step": 40, "steps": 100, "tokens_per_s": 900.0,
+                                                       "val_bpb": 3.0, "host": "gpu-node-7", "pid": 4242,
+                                                       "updated": now - 20, "interval_s": 5.0}))
+    assert progress.holder(run_dir, progress.flock_holders(), now) == {"host": "gpu-node-7", "pid": 4242}
+    [row] = progress.experiment_runs(tmp_path / "e")
+    assert (row["status"], row["step"], row["tokens_per_s"], row["where"]) == ("running", 40, 900.0,
+                                                                                "pid 4242 on gpu-node-7")
+    assert progress.holder(run_dir, progress.flock_holders(), now + 3600) is None  # silent for an hour: not running
+
+
+def test_the_eta_comes_from_measured_speeds(tmp_path):
+    done, live, waiting = write_plan(tmp_path / "e")       # variants v0, v1, v0
+    finish(done, wall_s=10.0)                              # v0: 5000 tokens in 10 s -> 500 tokens/s
+    rows = progress.experiment_runs(tmp_path / "e")
+    rows[1] |= {"status": "running", "step": 60, "tokens_per_s": 1000.0}
+    seconds, runners = progress.eta_seconds(rows)
+    # v1 (no finished run of its own) at the overall 500 tok/s: 40 steps x 50 = 2000 tokens -> 4 s;
+    # the pending v0 run: 5000 tokens at 500 tok/s -> 10 s; one runner is training.
+    assert (seconds, runners) == (pytest.approx(14.0), 1)
+    assert progress.eta_seconds(rows, extra_runs=2)[0] == pytest.approx(14.0 + 2 * 10.0)
+    assert status.duration(14) == "14 s" and status.duration(125) == "2 min 05 s" and status.duration(7300) == "2 h 01 min"
+
+
+def test_the_command_refuses_a_folder_that_is_not_an_experiment(tmp_path, capsys):
+    assert status.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "has no experiment.json" in err and err.count("\n") == 1
+
+
+def test_a_run_whose_length_is_not_known_yet_counts_as_the_common_one(tmp_path):
+    done, _, waiting = write_plan(tmp_path / "e")
+    finish(done, wall_s=10.0)
+    rows = progress.experiment_runs(tmp_path / "e")
+    rows[2] |= {"steps": None, "tokens_per_step": None}    # a search's second seed, not started yet
+    assert progress.eta_seconds(rows)[0] == pytest.approx(10.0 + 10.0)
