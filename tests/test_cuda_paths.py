@@ -123,9 +123,9 @@ def test_spawned_workers_see_one_gpu_each(monkeypatch, tmp_path):
     monkeypatch.setattr(subprocess, "Popen", FakeProcess)
     monkeypatch.setattr(search_cli, "visible_gpus", lambda: ["0", "1"])
     run = types.SimpleNamespace(train=types.SimpleNamespace(device="auto"))
-    plan = types.SimpleNamespace(args=types.SimpleNamespace(results=str(tmp_path), device=None),
+    plan = types.SimpleNamespace(args=types.SimpleNamespace(spec=tmp_path / "s.yaml", results=str(tmp_path), device=None),
                                  storage_url="sqlite:///x.db", spec=types.SimpleNamespace(runs=[run]))
-    assert search_cli.spawn_workers(plan, tmp_path / "s.yaml", 3) == 0
+    assert search_cli.spawn_workers(plan, 3) == 0
     assert [env["CUDA_VISIBLE_DEVICES"] for env in started] == ["0", "1", "0"]
 
 

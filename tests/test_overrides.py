@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import types
 from pathlib import Path
 
 import pytest
@@ -185,6 +186,7 @@ def test_search_workers_get_the_same_overrides(tmp_path, monkeypatch):
 
     class Plan:
         args, storage_url = Args, "sqlite:////tmp/x.db"
+        spec = types.SimpleNamespace(runs=[types.SimpleNamespace(train=types.SimpleNamespace(device="cpu"))])
 
     assert search_cli.spawn_workers(Plan, 2) == 0
     assert len(started) == 2 and all(cmd[3:6] == ["s.yaml", "train.steps=12", "seeds=[0, 1]"] for cmd in started)
