@@ -25,9 +25,10 @@ for 5): up to DRAWS of them, every one is fitted once and weighted by its multin
 (the exact bootstrap distribution, no Monte Carlo noise); beyond, DRAWS random draws. The 95%
 interval is the estimate +- t(0.975, n-1) sqrt(n/(n-1)) x the bootstrap standard deviation (of log
 multiplier; of alpha), which for a mean over seeds is exactly the t interval of the rest of the lab.
-Percentile intervals are too narrow over few seeds: in tests/test_scaling.py's simulated design they
-covered the true multiplier only 72% of the time with 3 seeds (no resample of 3 seeds reaches beyond
-the range of the one-seed fits).
+Percentile intervals are too narrow over few seeds: in 200 simulated experiments of
+tests/test_scaling.py's design they covered the true multiplier 72% of the time with 3 seeds (no
+resample of 3 seeds reaches beyond the range of the one-seed fits) and 86.5% with 5; this interval
+covered it 92% and 95% of the time.
 """
 from __future__ import annotations
 
