@@ -36,10 +36,13 @@ def budget_section(exp: Experiment) -> list[str]:
     """What each run trained for, which x-axis the curves use, and what the comparisons are not equal in."""
     kind, amount = next(iter(exp.budget.items()), ("steps", None))
     x = exp.x_axis
-    what = f"{si(amount) if isinstance(amount, (int, float)) and kind != 'steps' else amount} {BUDGET_WORDS.get(kind, kind)}"
-    lines = ["## Budget", "", f"Every run trained for **{what}** (`train.budget: {{{kind}: {amount}}}`), each "
-             "deriving its own steps from it; the curves are drawn against "
-             f"**{X_AXES[x]}**, the budget's unit.", ""]
+    if kind == "steps":
+        given = f"`train.steps: {amount}`" if amount is not None else "the default `train.steps`"
+        what = f"Every run trained for **{amount or 'a fixed number of'} optimizer steps** ({given})"
+    else:
+        what = (f"Every run trained for **{si(amount)} {BUDGET_WORDS.get(kind, kind)}** (`train.budget: "
+                f"{{{kind}: {amount}}}`), each deriving its own steps from it")
+    lines = ["## Budget", "", f"{what}; the curves are drawn against **{X_AXES[x]}**, the budget's unit.", ""]
     done = done_runs(exp)
     within = (exp.scale or {}).get("axis")
     notes = []
