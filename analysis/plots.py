@@ -7,37 +7,28 @@ the report. Only finished runs are drawn; with one seed there is no band or bar 
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-import matplotlib
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
-matplotlib.use("Agg")  # before pyplot: no display on the machines that run experiments
+from analysis import fair_plots
+from analysis.effects import factors, paired_effects, seed_means
+from analysis.figures import (  # noqa: F401  (Skip, PlotSet: read from here by the report and the tests)
+    PlotSet, Skip, axis_label, ci_legend, legend_below, n_seeds, palette, plt, ranked_variants, save, si_ticks,
+    style, t_interval)
+from analysis.tables import LABELS, UNITS, Experiment, complete_variants, done_runs, mixed_tokenizers
+from experiments.search.study import quiet_optuna, sqlite_file, sqlite_url
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
-
-from analysis.effects import factors, paired_effects, seed_means  # noqa: E402
-from analysis.stats import mean_ci  # noqa: E402
-from analysis.tables import (  # noqa: E402
-    LABELS, UNITS, Experiment, complete_variants, done_runs, mixed_tokenizers)
-from experiments.search.study import quiet_optuna, sqlite_file, sqlite_url  # noqa: E402
-
-MAX_LINES = 10          # more curves than this is a tangle: the best ones are drawn
 MAX_ROWS = 30           # rows of a point plot (a search can have hundreds of trials)
 MAX_HUES = 12           # beyond this a colour per variant cannot be told apart
-DPI = 110
 FILES = {               # plot key -> file name under plots/
-    "curves": "curves.png",
+    **fair_plots.FILES,  # curves against what the budget counts, and the tune and scale plots
     "final_bpb": "final_bpb.png",
     "effects": "effects_vs_baseline.png",
     "params": "params_vs_bpb.png",
@@ -46,7 +37,7 @@ FILES = {               # plot key -> file name under plots/
     "search_parallel": "search_parallel.png",
 }
 CAPTIONS = {
-    "curves": "Validation loss and bits per byte against tokens seen; band = 95% CI over seeds.",
+    **fair_plots.CAPTIONS,
     "final_bpb": "Final validation bits per byte per variant (sorted, best on top), "
                  "mean over seeds with 95% CI; one panel per grid axis.",
     "effects": "Paired effect of each variant on final val bpb vs the baseline, seed by seed, "
@@ -57,141 +48,6 @@ CAPTIONS = {
     "search_importances": "Optuna hyperparameter importances for the objective.",
     "search_parallel": "Optuna parallel-coordinate plot: each line is a trial.",
 }
-
-
-class Skip(Exception):
-    """A plot that cannot honestly be drawn; the message goes into the report."""
-
-
-@dataclass
-class PlotSet:
-    paths: dict[str, Path] = field(default_factory=dict)   # key -> PNG written
-    notes: list[str] = field(default_factory=list)         # why a plot is missing or partial
-
-
-def t_interval(values: pd.Series) -> tuple[float, float]:
-    """Seaborn error-bar function: the tables' 95% Student t interval."""
-    s = mean_ci(values)
-    return s.low, s.high
-
-
-@contextlib.contextmanager
-def _style() -> Iterator[None]:
-    # Scoped, so importing this module leaves other people's matplotlib settings alone.
-    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.9):
-        yield
-
-
-def _save(fig: plt.Figure, path: Path) -> Path:
-    """Write the PNG next to its final name, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def _palette(variants: list[str]) -> dict[str, Any]:
-    colours = sns.color_palette("colorblind" if len(variants) <= 10 else "husl", len(variants))
-    return dict(zip(variants, colours))
-
-
-def _ranked_variants(exp: Experiment, metric: str = "final_val_bpb") -> list[str]:
-    """Variants with at least one finished run, best (lowest mean) first; in a search, only the
-    trials with every seed finished (as the report ranks them)."""
-    done = done_runs(exp)
-    if exp.search:
-        done = done[done["variant"].isin(complete_variants(exp))]
-    means = done.groupby("variant")[metric].mean().dropna()
-    return list(means.sort_values(kind="stable").index)
-
-
-def _ci_legend(n_max: int, what: str) -> Any:
-    if n_max >= 3:
-        return Patch(alpha=0.3, color="grey", label=f"{what}: 95% CI over seeds (Student t)")
-    if n_max == 2:                        # say why the bands look alarming
-        return Patch(alpha=0.3, color="grey", label=f"{what}: 95% CI over 2 seeds\n"
-                     "(Student t, t = 12.7: wide)")
-    return Line2D([], [], color="none", label="one seed: no confidence interval")
-
-
-def _n_seeds(exp: Experiment) -> int:
-    done = done_runs(exp)
-    return int(done.groupby("variant")["seed"].nunique().max()) if len(done) else 0
-
-
-def _legend_below(fig: plt.Figure, handles: list[Any]) -> None:
-    """Legend under the x labels (after tight_layout; bbox_inches="tight" makes room for it)."""
-    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0),
-               ncol=min(len(handles), 4), frameon=False)
-
-
-def _axis_label(metric: str) -> str:
-    return f"{LABELS[metric]} ({UNITS[metric]})"
-
-
-# ---------------------------------------------------------------------------------------------
-# (1) learning curves
-
-def _y_range(data: pd.DataFrame, metric: str) -> tuple[float, float]:
-    """Y limits from the mean curves: the top is the worst mean after the first 10% of training,
-    so the start (loss near log(vocab)) does not squash the differences that matter. Bands
-    may run off the axes: with two seeds t(0.975, 1) = 12.7 makes them very wide."""
-    means = data.groupby(["variant", "tokens"])[metric].mean()
-    late = means[means.index.get_level_values("tokens") >= 0.1 * data["tokens"].max()]
-    top, bottom = float(late.max()), float(means.min())
-    pad = max(top - bottom, 1e-6)
-    return bottom - 0.1 * pad, top + 0.05 * pad
-
-
-def _si_ticks(value: float, _pos: Any = None) -> str:
-    """Tick label 204800 -> '205k': token and parameter counts read better without 1e5."""
-    for factor, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= factor:
-            return f"{value / factor:.3g}{prefix}"
-    return f"{value:.3g}"
-
-
-def plot_curves(exp: Experiment, path: Path) -> Path:
-    """Val loss (nats/token) and val bpb (bits/byte) against tokens seen, one colour per
-    variant, band = seed CI. With mixed tokenizers only bpb is drawn."""
-    m = exp.metrics
-    m = m[(m["status"] == "done") & m["tokens"].notna()]
-    ranked = [v for v in _ranked_variants(exp) if v in set(m["variant"])]
-    if not ranked:
-        raise Skip("learning curves: no finished run has a metrics.csv yet.")
-    shown = ranked[:MAX_LINES]
-    data = m[m["variant"].isin(shown)]
-    metrics = ["val_bpb"] if mixed_tokenizers(exp) else ["val_loss", "val_bpb"]
-    with _style():
-        fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics) + 2, 4.2),
-                                 squeeze=False)
-        for ax, metric in zip(axes[0], metrics):
-            sns.lineplot(data=data, x="tokens", y=metric, hue="variant", hue_order=shown,
-                         palette=_palette(shown), errorbar=t_interval, err_kws={"alpha": 0.12},
-                         ax=ax, legend=False)
-            low, high = _y_range(data.dropna(subset=[metric]), metric)
-            if math.isfinite(low) and math.isfinite(high):
-                ax.set_ylim(low, high)
-            ax.set(xlabel="tokens seen (tokens)", ylabel=_axis_label(metric),
-                   title=f"{LABELS[metric]} vs tokens seen")
-            ax.xaxis.set_major_formatter(FuncFormatter(_si_ticks))
-        handles = [Line2D([], [], color=c, lw=2, label=v) for v, c in _palette(shown).items()]
-        handles.append(_ci_legend(_n_seeds(exp), "band"))
-        title = f"{exp.name}: validation curves"
-        if len(ranked) > len(shown):
-            title += f" ({len(shown)} best of {len(ranked)} variants)"
-        if len(metrics) == 1:
-            title += " — bits/byte only: runs use different tokenizers"
-        fig.suptitle(title)
-        fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5),
-                   title="variant", frameon=False)
-        fig.tight_layout()
-    return _save(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,7 +79,7 @@ def _point_panel(ax: plt.Axes, exp: Experiment, column: str, title: str) -> None
         done = done[done[column].isin(order)]
     sns.pointplot(data=done, y=column, x="final_val_bpb", order=order, errorbar=t_interval,
                   linestyle="none", capsize=0.25, color="C0", ax=ax, orient="h")
-    ax.set(title=title, xlabel=_axis_label("final_val_bpb"), ylabel="")
+    ax.set(title=title, xlabel=axis_label("final_val_bpb"), ylabel="")
 
 
 def plot_final_bpb(exp: Experiment, path: Path) -> Path:
@@ -232,18 +88,18 @@ def plot_final_bpb(exp: Experiment, path: Path) -> Path:
         raise Skip("final bpb per variant: no finished run yet.")
     panels = _panels(exp)
     n_rows = min(MAX_ROWS, max(done[c].nunique() for c, _ in panels))
-    with _style():
+    with style():
         fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 1.5,
                                                           1.6 + 0.38 * n_rows), squeeze=False)
         for ax, (column, title) in zip(axes[0], panels):
             _point_panel(ax, exp, column, title)
         handles = [Line2D([], [], marker="o", color="C0", ls="none", label="mean over seeds"),
-                   Line2D([], [], color="C0", label="95% CI (Student t)") if _n_seeds(exp) > 1
-                   else _ci_legend(1, "")]
+                   Line2D([], [], color="C0", label="95% CI (Student t)") if n_seeds(exp) > 1
+                   else ci_legend(1, "")]
         fig.suptitle(f"{exp.name}: final validation bits per byte (lower is better)")
         fig.tight_layout()
-        _legend_below(fig, handles)
-    return _save(fig, path)
+        legend_below(fig, handles)
+    return save(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,7 +116,7 @@ def plot_effects(exp: Experiment, path: Path) -> Path:
                    "baseline run of the same seed.")
     styles = {True: ("C3", "called (Holm-adjusted p < 0.05)"), False: ("C0", "not called"),
               None: ("grey", "fewer than 2 seeds: no CI")}
-    with _style():
+    with style():
         fig, ax = plt.subplots(figsize=(7.5, 1.5 + 0.45 * len(effects)))
         labels = list(effects["comparison"])[::-1]      # first comparison at the top
         for y, row in enumerate(effects.iloc[::-1].itertuples(index=False)):
@@ -282,8 +138,8 @@ def plot_effects(exp: Experiment, path: Path) -> Path:
                    for k in (True, False, None) if k in used]
         handles.append(Line2D([], [], color="black", ls="--", label="no effect (Δ = 0)"))
         fig.tight_layout()
-        _legend_below(fig, handles)
-    return _save(fig, path)
+        legend_below(fig, handles)
+    return save(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,29 +150,29 @@ def plot_params(exp: Experiment, path: Path) -> Path:
     done = done[done["params"] > 0]
     if done.empty:
         raise Skip("parameters vs bpb: no finished run reports its parameter count.")
-    ranked = [v for v in _ranked_variants(exp) if v in set(done["variant"])]
-    style = "tokenizer" if mixed_tokenizers(exp) else None
-    with _style():
+    ranked = [v for v in ranked_variants(exp) if v in set(done["variant"])]
+    markers = "tokenizer" if mixed_tokenizers(exp) else None
+    with style():
         fig, ax = plt.subplots(figsize=(7.5, 4.5))
         if len(ranked) <= MAX_HUES:
             sns.scatterplot(data=done, x="params", y="final_val_bpb", hue="variant",
-                            hue_order=ranked, palette=_palette(ranked), style=style, s=60,
+                            hue_order=ranked, palette=palette(ranked), style=markers, s=60,
                             alpha=0.8, ax=ax)
         else:                             # too many to colour apart: mark the best one instead
-            sns.scatterplot(data=done, x="params", y="final_val_bpb", style=style, s=40,
+            sns.scatterplot(data=done, x="params", y="final_val_bpb", style=markers, s=40,
                             alpha=0.6, color="C0", ax=ax, label="finished run")
             best = done[done["variant"] == ranked[0]]
             ax.scatter(best["params"], best["final_val_bpb"], marker="*", s=250, color="C3",
                        zorder=3, label=f"best variant: {ranked[0]}")
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(FuncFormatter(_si_ticks))
+        ax.xaxis.set_major_formatter(FuncFormatter(si_ticks))
         narrow = done["params"].max() < 10 * done["params"].min()   # within a decade
-        ax.xaxis.set_minor_formatter(FuncFormatter(_si_ticks) if narrow else NullFormatter())
-        ax.set(xlabel="parameters (count, log scale)", ylabel=_axis_label("final_val_bpb"),
+        ax.xaxis.set_minor_formatter(FuncFormatter(si_ticks) if narrow else NullFormatter())
+        ax.set(xlabel="parameters (count, log scale)", ylabel=axis_label("final_val_bpb"),
                title=f"{exp.name}: model size vs final val bpb (one point per run)")
         ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
         fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,7 +217,7 @@ def _optuna_figure(draw: Callable[[], Any], path: Path, title: str,
                    legend: str | None = None) -> Path:
     """Optuna draws the axes; we replace its generic titles and labels with ones that name the
     experiment and the objective's unit, and add a legend where it draws none."""
-    with _style():
+    with style():
         ax = draw()
         ax = ax.flat[0] if isinstance(ax, np.ndarray) else ax
         fig = ax.figure
@@ -375,8 +231,8 @@ def _optuna_figure(draw: Callable[[], Any], path: Path, title: str,
             ax.set_ylabel(ylabel)
         fig.tight_layout()
         if ax.get_legend() is None and legend:
-            _legend_below(fig, [Line2D([], [], color="#1f4e79", label=legend)])
-    return _save(fig, path)
+            legend_below(fig, [Line2D([], [], color="#1f4e79", label=legend)])
+    return save(fig, path)
 
 
 def plot_search(exp: Experiment, out_dir: Path, plots: PlotSet) -> None:
@@ -419,8 +275,7 @@ def plot_search(exp: Experiment, out_dir: Path, plots: PlotSet) -> None:
 # ---------------------------------------------------------------------------------------------
 
 PLOTTERS: dict[str, Callable[[Experiment, Path], Path]] = {
-    "curves": plot_curves, "final_bpb": plot_final_bpb,
-    "effects": plot_effects, "params": plot_params,
+    **fair_plots.PLOTTERS, "final_bpb": plot_final_bpb, "effects": plot_effects, "params": plot_params,
 }
 
 
@@ -431,8 +286,8 @@ def make_plots(exp: Experiment, out_dir: Path) -> PlotSet:
     for key, plotter in PLOTTERS.items():
         try:
             plots.paths[key] = plotter(exp, out_dir / FILES[key])
-        except Skip as skip:
-            plots.notes.append(str(skip))
+        except Skip as skip:  # an empty message: the plot does not apply to this experiment
+            plots.notes += [str(skip)] if str(skip) else []
     plot_search(exp, out_dir, plots)
     for key, name in FILES.items():
         if key not in plots.paths:

@@ -6,99 +6,24 @@ runs use different tokenizers (nats/token are then not compared).
 """
 from __future__ import annotations
 
-import math
 import os
-import re
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
 from analysis.effects import (
     consecutive_effects, factors, main_effects, paired_effects, simple_effects)
+from analysis.fair_report import budget_section, scale_section, search_test_lines, tune_section
+from analysis.markdown import (  # noqa: F401  (to_markdown: read from here by the tests)
+    SEED_UNIT, ci, duration, effects_table, fence, kv, si, to_markdown)
 from analysis.plots import CAPTIONS, PlotSet, make_plots
-from analysis.stats import ALPHA
 from analysis.tables import (
     LABELS, UNITS, Experiment, best_run, comparable_metrics, complete_variants, done_runs,
     load_experiment, mixed_tokenizers, pivot_tables, progress, tokenizers, variant_table)
 
 MAX_VARIANT_ROWS = 25      # a search can have hundreds of trials; the report shows the best
 MAX_SAMPLE_CHARS = 3000
-
-
-# ---------------------------------------------------------------------------------------------
-# Markdown helpers
-
-def _cell(value: Any, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def to_markdown(df: pd.DataFrame, index: bool = False, digits: int = 4) -> str:
-    """A GitHub-flavoured markdown table; floats to `digits` places, missing values as —."""
-    if index:
-        df = df.reset_index()
-    header = [_cell(c) for c in df.columns]
-    lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(df[c]) else "---"
-                            for c in df.columns) + "|"]
-    for row in df.itertuples(index=False):
-        lines.append("| " + " | ".join(_cell(v, digits) for v in row) + " |")
-    return "\n".join(lines)
-
-
-def _si(value: float, unit: str = "") -> str:
-    """1234567 -> '1.23 M' (parameters, FLOPs, tokens: the magnitude is what matters)."""
-    if value is None or not math.isfinite(value):
-        return "—"
-    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= factor:
-            return f"{value / factor:.3g} {prefix}{unit}".strip()
-    return f"{value:.3g} {unit}".strip()
-
-
-def _duration(seconds: float) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "—"
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
-
-
-def _ci(low: float, high: float, n: int, empty: str = "no finished run") -> str:
-    if n == 0:
-        return empty
-    if n == 1 or math.isnan(low):
-        return "n=1: no CI"
-    return f"[{low:.4f}, {high:.4f}]"
-
-
-def _fence(text: str, lang: str = "text") -> str:
-    """A code fence longer than any backtick run in `text`, so the sample cannot break out."""
-    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
-    fence = "`" * max(3, longest + 1)
-    return f"{fence}{lang}\n{text.rstrip()}\n{fence}"
-
-
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    """{'model': {'positional': {'name': 'rope'}}} -> {'model.positional.name': 'rope'}."""
-    if not isinstance(d, dict):
-        return {prefix: d} if prefix else {}
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        out.update(_flat(value, name) if isinstance(value, dict) and value else {name: value})
-    return out
-
-
-def _kv(d: dict[str, Any]) -> str:
-    return ", ".join(f"`{k}={v}`" for k, v in _flat(d).items()) or "—"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,24 +48,24 @@ def _what_was_run(exp: Experiment) -> list[str]:
     data = spec.get("data", {}) if isinstance(spec.get("data"), dict) else {}
     if data:
         lines.append(f"- **data**: corpus `{data.get('corpus', '?')}`, tokenizer "
-                     f"`{data.get('tokenizer', '?')}`; " + _kv(
+                     f"`{data.get('tokenizer', '?')}`; " + kv(
                          {k: v for k, v in data.items() if k not in ("corpus", "tokenizer")}))
     used = tokenizers(exp)
     if used and (not data or [str(data.get("tokenizer"))] != used):
         lines.append(f"- **tokenizers in finished runs**: {', '.join(used)}")
     if isinstance(spec.get("model"), dict):
-        lines.append(f"- **model**: {_kv(spec['model'])}")
+        lines.append(f"- **model**: {kv(spec['model'])}")
     if isinstance(spec.get("train"), dict):
-        lines.append(f"- **train budget**: {_kv(spec['train'])}")
+        lines.append(f"- **train budget**: {kv(spec['train'])}")
     tokens = done_runs(exp)["tokens_seen"].median()
     if pd.notna(tokens):
-        lines.append(f"- **tokens seen per finished run** (median): {_si(tokens)} tokens")
+        lines.append(f"- **tokens seen per finished run** (median): {si(tokens)} tokens")
     for axis in exp.axes:
         lines.append(f"- **axis `{axis}`**: " + ", ".join(f"`{v}`" for v in exp.levels[axis]))
     if exp.variants:
         overrides = spec.get("variants") if isinstance(spec.get("variants"), dict) else {}
         lines.append("- **variants**: " + "; ".join(
-            f"`{v}`" + (f" ({_kv(overrides[v])})" if overrides.get(v) else "")
+            f"`{v}`" + (f" ({kv(overrides[v])})" if overrides.get(v) else "")
             for v in exp.variants))
     lines.append(f"- **seeds**: {', '.join(str(s) for s in exp.seeds) or '—'}")
     if exp.search:
@@ -196,15 +121,16 @@ def _variant_section(exp: Experiment) -> list[str]:
         short = SHORT[metric]
         quality[f"{short} mean"] = shown[f"{metric}_mean"]
         quality[f"{short} 95% CI"] = [
-            _ci(lo, hi, n) for lo, hi, n in
+            ci(lo, hi, n) for lo, hi, n in
             zip(shown[f"{metric}_ci_low"], shown[f"{metric}_ci_high"], shown["n"])]
         quality[f"{short} std"] = shown[f"{metric}_std"]
     cost = pd.DataFrame({
-        "variant": shown["variant"], "params": [_si(v) for v in shown["params"]],
-        "FLOPs/token": [_si(v) for v in shown["flops_per_token"]],
-        "tokens seen": [_si(v) for v in shown["tokens_seen"]],
-        "tokens/s": [_si(v) for v in shown["tokens_per_s"]],
-        "wall time": [_duration(v) for v in shown["wall_s"]]})
+        "variant": shown["variant"], "params": [si(v) for v in shown["params"]],
+        "FLOPs/token": [si(v) for v in shown["flops_per_token"]],
+        "tokens seen": [si(v) for v in shown["tokens_seen"]],
+        "bytes seen": [si(v) for v in shown["bytes_seen"]], "FLOPs seen": [si(v) for v in shown["flops_seen"]],
+        "tokens/s": [si(v) for v in shown["tokens_per_s"]],
+        "wall time": [duration(v) for v in shown["wall_s"]]})
     units = "bpb: final validation bits per byte of text"
     if "final_val_loss" in metrics:
         units += "; loss: final validation cross-entropy in nats/token"
@@ -242,61 +168,6 @@ def _partial_trials(exp: Experiment, variants: pd.Series) -> list[str]:
             ""]
 
 
-def _p(value: float) -> str:
-    return "—" if pd.isna(value) else "< 0.0001" if value < 1e-4 else f"{value:.4f}"
-
-
-def _verdict(row: Any) -> str:
-    if row.n_seeds == 0:
-        return "—"
-    if pd.isna(row.significant):
-        return "fewer than 2 seeds: no test"
-    if not row.significant:
-        if row.ci_low > 0 or row.ci_high < 0:
-            return "no: not after Holm's correction"
-        return "no: within seed noise"
-    return "yes: lower (better)" if row.mean_delta < 0 else "yes: higher (worse)"
-
-
-def _family_note(effects: pd.DataFrame) -> str:
-    """One sentence: what the family is and which correction the verdicts used."""
-    m = int(effects["p"].notna().sum())
-    if m == 0:
-        return "No comparison in this table has two seeds, so none is tested."
-    if m == 1:
-        return ("The family is this table's one tested comparison, so Holm's correction leaves "
-                "its p unchanged.")
-    return (f"The family is this table's {m} tested comparisons: Holm's correction holds the "
-            f"chance of any false \"yes\" among them at {ALPHA:.0%}, and the verdict reads the "
-            "Holm-adjusted p (the interval is the unadjusted 95% one).")
-
-
-def _effects_table(effects: pd.DataFrame, metric: str) -> list[str]:
-    """The table of one family, its one-sentence note, and what was left out of which row."""
-    table = pd.DataFrame({"comparison": effects["comparison"], "n seeds": effects["n_seeds"]})
-    if (effects["n_settings"] > 1).any():
-        table["settings"] = effects["n_settings"]
-    table[f"mean Δ ({UNITS[metric]})"] = effects["mean_delta"]
-    table["95% CI"] = [_ci(lo, hi, n, "no finished pair") for lo, hi, n in
-                       zip(effects["ci_low"], effects["ci_high"], effects["n_seeds"])]
-    table["p"] = [_p(v) for v in effects["p"]]
-    table["p (Holm)"] = [_p(v) for v in effects["p_holm"]]
-    table["verdict"] = [_verdict(r) for r in effects.itertuples()]
-    lines = [_family_note(effects), "", to_markdown(table), ""]
-    left = effects[effects["left_out"].fillna("") != ""]
-    if len(left):
-        lines += ["Left out so that every seed's mean Δ averages the same settings (a run "
-                  "without its finished partner): " + "; ".join(
-                      f"{r.comparison}: {r.left_out}" for r in left.itertuples()) + ".", ""]
-    return lines
-
-
-SEED_UNIT = ("Runs of one seed share their batches, initialisation and evaluation windows, so "
-             "the seed is the unit: Δ is averaged within each seed first (over the settings of "
-             "the other factors, in a grid), and the 95% interval and p are Student t over the "
-             "seeds' mean Δ (df = seeds − 1).")
-
-
 def _effects_section(exp: Experiment) -> list[str]:
     if not factors(exp):
         return []
@@ -310,7 +181,7 @@ def _effects_section(exp: Experiment) -> list[str]:
                       "the same other-axis values; one comparison pools those settings.")
     for metric in reversed(comparable_metrics(exp)):
         lines += [f"### {LABELS[metric]} ({UNITS[metric]})", "",
-                  *_effects_table(paired_effects(exp, metric), metric)]
+                  *effects_table(paired_effects(exp, metric), metric)]
     return lines + _simple_effects_section(exp)
 
 
@@ -324,7 +195,7 @@ def _consecutive_section(exp: Experiment) -> list[str]:
             "The variants in the order the spec lists them, as the steps of a ladder: Δ = "
             "variant − the one before, seed by seed. " + SEED_UNIT + " A step whose verdict is "
             "no is not told apart from the seed-to-seed noise.", "",
-            f"### {LABELS[metric]} ({UNITS[metric]})", "", *_effects_table(effects, metric)]
+            f"### {LABELS[metric]} ({UNITS[metric]})", "", *effects_table(effects, metric)]
 
 
 def _simple_effects_section(exp: Experiment) -> list[str]:
@@ -337,7 +208,7 @@ def _simple_effects_section(exp: Experiment) -> list[str]:
             "", "The comparisons above, split by the values of the other factors (pairs: same "
             "seed, same setting; one pair per seed). Where these differ from each other the "
             "factors interact, and a pooled effect can sit within the noise although it is "
-            "clear in one setting.", "", *_effects_table(effects, metric)]
+            "clear in one setting.", "", *effects_table(effects, metric)]
 
 
 def _grid_section(exp: Experiment) -> list[str]:
@@ -346,7 +217,7 @@ def _grid_section(exp: Experiment) -> list[str]:
     effects = main_effects(exp, "final_val_bpb")
     out = pd.DataFrame({"axis": effects["axis"], "level": effects["level"], "n seeds": effects["n"],
                         "mean final val bpb": effects["mean"],
-                        "95% CI": [_ci(lo, hi, n) for lo, hi, n in
+                        "95% CI": [ci(lo, hi, n) for lo, hi, n in
                                    zip(effects["ci_low"], effects["ci_high"], effects["n"])]})
     lines = ["## Main effects of the grid axes", "",
              "Marginal mean of final val bpb (bits/byte) at each level: each seed's mean over "
@@ -401,7 +272,7 @@ def _sample_section(exp: Experiment) -> list[str]:
     text = path.read_text(errors="replace")
     if len(text) > MAX_SAMPLE_CHARS:
         text = text[:MAX_SAMPLE_CHARS] + "\n[…]"
-    return [head, _fence(text), ""]
+    return [head, fence(text), ""]
 
 
 def search_metric(exp: Experiment, columns) -> str:
@@ -456,13 +327,11 @@ def _search_section(exp: Experiment) -> list[str]:
     metric = search_metric(exp, best.index)
     lines += [f"Best trial: **#{int(best['trial'])}** ({best['variant']}), {metric} = {best['objective']:.4f} "
               f"(mean over its seeds); its first run: `{best['run_id']}`.", ""]
-    # Issue 12's test split goes here (not yet built): with `data.test_fraction` > 0 the best
-    # trial is re-scored on the held-out test text, and this section shows its selection score
-    # (above, chosen on the validation text, so optimistic) beside that test score.
+    lines += search_test_lines(exp, best, metric)   # beside its score on the test text, if any
     lines += _study_best(exp)
     spec = exp.path / "runs" / str(best["run_id"]) / "spec.yaml"
     if spec.is_file():
-        lines += ["Its resolved spec:", "", _fence(spec.read_text(), "yaml"), ""]
+        lines += ["Its resolved spec:", "", fence(spec.read_text(), "yaml"), ""]
     return lines
 
 
@@ -470,10 +339,10 @@ def _search_section(exp: Experiment) -> list[str]:
 
 def build_report(exp: Experiment, plots: PlotSet, consecutive: bool = False) -> str:
     """The report's markdown text (no files written); `consecutive` adds each variant vs the one before."""
-    sections = [_header(exp), _what_was_run(exp), _caveats(exp), _variant_section(exp),
+    sections = [_header(exp), _what_was_run(exp), _caveats(exp), budget_section(exp), _variant_section(exp),
                 _consecutive_section(exp) if consecutive else [],
-                _effects_section(exp), _grid_section(exp), _left_out_section(exp),
-                _search_section(exp), _plots_section(exp, plots), _sample_section(exp)]
+                _effects_section(exp), _grid_section(exp), tune_section(exp), scale_section(exp),
+                _left_out_section(exp), _search_section(exp), _plots_section(exp, plots), _sample_section(exp)]
     return "\n".join(line for section in sections for line in section).rstrip() + "\n"
 
 

@@ -25,11 +25,20 @@ from analysis.stats import mean_ci
 from experiments import metrics
 from experiments.metrics import LABELS, UNITS  # noqa: F401  (plots and report read them from here)
 
-NUMERIC = ("seed", "trial", metrics.PARAMS, metrics.FLOPS_PER_TOKEN, metrics.TOKENS_SEEN, *metrics.LOSSES,
-           metrics.TOKENS_PER_S, metrics.WALL_S)
-# Columns a runs.csv row may lack (older runner, run still going) that summary.json can supply.
+TEST_SCORES = ("final_test_loss", "final_test_bpb")  # summary.json's, with data.test_fraction > 0
+
+NUMERIC = ("seed", "trial", metrics.PARAMS, metrics.FLOPS_PER_TOKEN, metrics.TOKENS_SEEN, metrics.BYTES_SEEN,
+           metrics.FLOPS_SEEN, *metrics.LOSSES, metrics.TOKENS_PER_S, metrics.WALL_S, metrics.TRAIN_S,
+           *TEST_SCORES)
+# Columns a runs.csv row may lack (older runner, run still going; the test scores, which runs.csv
+# leaves out so that nothing is chosen on them) that summary.json can supply.
 FROM_SUMMARY = NUMERIC[2:] + ("tokenizer", "corpus")
 COST_COLUMNS = metrics.COSTS
+# What the curves can be drawn against (metrics.csv columns), by the budget kind that counts it.
+X_AXES = {metrics.TOKENS: "tokens seen", metrics.BYTES: "bytes of training text seen",
+          metrics.FLOPS: "training FLOPs"}
+BUDGET_AXIS = {"steps": metrics.TOKENS, "tokens": metrics.TOKENS, "tokens_per_param": metrics.TOKENS,
+               "bytes": metrics.BYTES, "flops": metrics.FLOPS}
 REQUIRED = ("run_id", "variant", "seed", "status")
 
 
@@ -54,6 +63,18 @@ class Experiment:
     levels: dict[str, list[str]] = field(default_factory=dict)  # axis -> levels, spec order
     variant_order: list[str] = field(default_factory=list)
     spec: dict[str, Any] = field(default_factory=dict)          # spec.yaml ({} if absent)
+    budget: dict[str, Any] = field(default_factory=dict)        # the spec's train budget: {kind: amount}
+    tune: dict[str, Any] | None = None                          # {"key", "values"} of a tune: block
+    scale: dict[str, Any] | None = None                         # {"axis", "keys", "sizes"} of a scale: block
+
+    @property
+    def budget_kind(self) -> str:
+        return next(iter(self.budget), "steps")
+
+    @property
+    def x_axis(self) -> str:
+        """The metrics.csv column the budget counts: the curves' x-axis."""
+        return BUDGET_AXIS.get(self.budget_kind, metrics.TOKENS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,16 +143,17 @@ def _read_metrics(runs: pd.DataFrame, runs_dir: Path) -> pd.DataFrame:
         except (pd.errors.EmptyDataError, pd.errors.ParserError):
             continue                      # a run that has not evaluated yet has no curve
         m = m.apply(pd.to_numeric, errors="coerce")
+        if metrics.FLOPS not in m.columns:    # a run from before FLOPs were logged: tokens x FLOPs/token
+            m[metrics.FLOPS] = m[metrics.TOKENS] * getattr(run, metrics.FLOPS_PER_TOKEN, np.nan)
         m.insert(0, "run_id", run.run_id)
         m.insert(1, "variant", run.variant)
         m.insert(2, "seed", run.seed)
         m.insert(3, "status", run.status)
         frames.append(m)
-    cols = ["run_id", "variant", "seed", "status", "step", "tokens", "lr", "train_loss",
-            "val_loss", "val_bpb", "elapsed_s"]
+    cols = ["run_id", "variant", "seed", "status", *metrics.EVAL_COLUMNS]
     if not frames:
         return pd.DataFrame(columns=cols)
-    return pd.concat(frames, ignore_index=True)
+    return pd.concat(frames, ignore_index=True).reindex(columns=cols)
 
 
 def _in_order(first: list[str], seen: Any) -> list[str]:
@@ -209,7 +231,15 @@ def load_experiment(path: Path | str) -> Experiment:
         search=search if isinstance(search, dict) else None,
         planned=max(len(planned_runs), runs["run_id"].nunique()),
         runs=runs, metrics=_read_metrics(runs, path / "runs"), levels=levels,
-        variant_order=variant_order, spec=spec)
+        variant_order=variant_order, spec=spec, budget=_budget(plan, spec),
+        tune=plan.get("tune"), scale=plan.get("scale"))
+
+
+def _budget(plan: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """experiment.json's budget, else the spec's (an experiment from before budgets: its steps)."""
+    train = spec.get("train") if isinstance(spec.get("train"), dict) else {}
+    budget = plan.get("budget") or train.get("budget") or {"steps": train.get("steps")}
+    return budget if isinstance(budget, dict) and len(budget) == 1 else {"steps": None}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,6 +292,31 @@ def complete_variants(exp: Experiment) -> list[str]:
     done = done_runs(exp).dropna(subset=["seed"])
     finished = {v: {int(s) for s in g} for v, g in done.groupby("variant")["seed"]}
     return [v for v in exp.variant_order if seeds and seeds <= finished.get(v, set())]
+
+
+def arm_labels(exp: Experiment, runs: pd.DataFrame, swept: str | None) -> pd.Series:
+    """Each run's arm along a swept axis (a tune: key, a scale: size): its named variant and its
+    values of the other axes, e.g. 'post, positional=rope' ('baseline' when there is nothing else)."""
+    others = [a for a in exp.axes if a != swept]
+    short = {a: a.split(".", 1)[-1] for a in others}
+
+    def label(row: Any) -> str:
+        parts = [str(row["named_variant"])] if exp.variants and "named_variant" in row else []
+        parts += [f"{short[a]}={row[a]}" for a in others]
+        return ", ".join(parts) or "baseline"
+
+    return runs.apply(label, axis=1) if len(runs) else pd.Series(dtype=str)
+
+
+def ordered_arms(exp: Experiment, labels: pd.Series) -> list[str]:
+    """Arms in plan order, the reference first: the baseline variant's first arm (else the first)."""
+    order = list(dict.fromkeys(labels))
+    if exp.variants and exp.baseline and "named_variant" in exp.runs.columns:
+        first = labels[exp.runs["named_variant"] == exp.baseline]
+        if len(first):
+            order.remove(first.iloc[0])
+            order.insert(0, first.iloc[0])
+    return order
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 # metrics.csv: one row per evaluation
 STEP, TOKENS, LR, ELAPSED = "step", "tokens", "lr", "elapsed_s"
+BYTES, FLOPS = "bytes", "flops"            # training text (UTF-8 bytes of the targets) and FLOPs so far
 TRAIN_LOSS, VAL_LOSS, VAL_BPB, TRAIN_BPB = "train_loss", "val_loss", "val_bpb", "train_bpb"
-EVAL_COLUMNS = [STEP, TOKENS, LR, TRAIN_LOSS, VAL_LOSS, VAL_BPB, TRAIN_BPB, ELAPSED]
+EVAL_COLUMNS = [STEP, TOKENS, BYTES, FLOPS, LR, TRAIN_LOSS, VAL_LOSS, VAL_BPB, TRAIN_BPB, ELAPSED]
+SEEN = (TOKENS, BYTES, FLOPS)              # what a budget counts, and the x-axes of the curves
 CURVES = (VAL_BPB, VAL_LOSS, TRAIN_LOSS)   # measured at every evaluation
 
 
@@ -24,9 +26,10 @@ def best(metric: str) -> str:
 FINAL_TRAIN_LOSS, FINAL_VAL_LOSS, FINAL_VAL_BPB = final(TRAIN_LOSS), final(VAL_LOSS), final(VAL_BPB)
 BEST_VAL_LOSS, BEST_VAL_BPB = best(VAL_LOSS), best(VAL_BPB)
 PARAMS, FLOPS_PER_TOKEN, TOKENS_SEEN = "params", "flops_per_token", "tokens_seen"
+BYTES_SEEN, FLOPS_SEEN = "bytes_seen", "flops_seen"   # the exact bytes of the targets trained on; tokens x FLOPs/token
 TOKENS_PER_S, WALL_S, TRAIN_S = "tokens_per_s", "wall_s", "train_s"
 LOSSES = (FINAL_TRAIN_LOSS, FINAL_VAL_LOSS, FINAL_VAL_BPB, BEST_VAL_LOSS, BEST_VAL_BPB)
-COSTS = (PARAMS, FLOPS_PER_TOKEN, TOKENS_SEEN, TOKENS_PER_S, WALL_S)
+COSTS = (PARAMS, FLOPS_PER_TOKEN, TOKENS_SEEN, BYTES_SEEN, FLOPS_SEEN, TOKENS_PER_S, WALL_S)
 
 UNITS = {FINAL_VAL_LOSS: "nats/token", FINAL_VAL_BPB: "bits/byte", VAL_LOSS: "nats/token", VAL_BPB: "bits/byte"}
 LABELS = {FINAL_VAL_LOSS: "final val loss", FINAL_VAL_BPB: "final val bpb", VAL_LOSS: "val loss", VAL_BPB: "val bpb"}

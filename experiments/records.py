@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from experiments import files, metrics, progress
-from experiments.schema import label
+from experiments.schema import TRAIN, label
 
 if TYPE_CHECKING:
     from experiments.spec import RunSpec, Spec
 
 FINISHED = ("done", "diverged", "pruned")
 RUN_COLUMNS = ["run_id", "variant", "seed", "status", metrics.PARAMS, metrics.FLOPS_PER_TOKEN, metrics.TOKENS_SEEN,
+               metrics.BYTES_SEEN, metrics.FLOPS_SEEN,
                metrics.FINAL_TRAIN_LOSS, metrics.FINAL_VAL_LOSS, metrics.FINAL_VAL_BPB, metrics.BEST_VAL_LOSS,
                metrics.BEST_VAL_BPB, metrics.TOKENS_PER_S, metrics.WALL_S, "tokenizer", "corpus"]
 
@@ -32,7 +33,14 @@ def plan_entry(run: RunSpec) -> dict[str, Any]:
 
 def plan_record(spec: Spec, runs: list[RunSpec], search: dict | None = None) -> dict[str, Any]:
     return {"experiment": spec.experiment, "axes": spec.axes, "variants": spec.variants, "seeds": spec.seeds,
-            "runs": [plan_entry(r) for r in runs], "baseline": spec.baseline, "search": search}
+            "runs": [plan_entry(r) for r in runs], "baseline": spec.baseline, "search": search,
+            "budget": budget_record(spec), "tune": spec.sweeps.tune, "scale": spec.sweeps.scale}
+
+
+def budget_record(spec: Spec) -> dict[str, Any]:
+    """The spec's own train budget, as {kind: amount} ({steps: N} for train.steps or its default)."""
+    train = spec.base.get("train", {})
+    return train.get("budget") or {"steps": train.get("steps", TRAIN["steps"].default)}
 
 
 def start_experiment(exp_dir: Path, spec: Spec, spec_text: str, runs: list[RunSpec]) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from components.model import GPT
-from experiments import ddp, files, tensorboard_log
+from experiments import budget, ddp, files, tensorboard_log
 from experiments.data import load_dataset
 from experiments.hardware import resolve_device
 from experiments.progress import PROGRESS
@@ -53,6 +53,8 @@ def bind_data(runs: list[RunSpec], datasets: dict[tuple, Any] | None = None) -> 
             ds.check_context(run.model["context_length"])
             if run.sample["prompt"] is not None:
                 ds.tokenizer.encode(run.sample["prompt"])
+            if run.train.budget is not None:  # its own steps, from its data and model size
+                budget.bind(run, ds, *model_size(run, ds.vocab_size))
         except SpecError as err:
             problems += err.problems
         run.bind_corpus(ds.corpus_sha256)
@@ -75,12 +77,16 @@ def model_size(run: RunSpec, vocab_size: int) -> tuple[int, int]:
 
 
 def dry_run_table(runs: list[RunSpec], datasets: dict[tuple, Any]) -> str:
+    """One row per (bound) run: its size, the steps its budget gives it, and what it will see."""
     rows = []
     for run in runs:
-        params, flops = model_size(run, datasets[data_key(run)].vocab_size)
-        tokens = run.train.steps * run.train.batch_size * run.train.grad_accum * run.model["context_length"]
+        ds = datasets[data_key(run)]
+        params, flops = model_size(run, ds.vocab_size)
+        seen = budget.planned(run, ds, flops)
         rows.append({"run_id": run.run_id, "variant": run.variant, **axis_values(run), "seed": run.seed,
-                     "params": f"{params:,}", "flops/token": f"{flops:,}", "tokens": f"{tokens:,}"})
+                     "params": f"{params:,}", "flops/token": f"{flops:,}", "steps": f"{seen['steps']:,}",
+                     "warmup": run.train.warmup, "tokens": f"{seen['tokens']:,}",
+                     "bytes": f"{seen['bytes']:,.0f}", "FLOPs": f"{seen['flops']:.3e}"})
     return text_table(rows)
 
 

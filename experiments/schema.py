@@ -10,8 +10,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import math
 import re
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from registry import close_matches, type_problem
 
@@ -63,6 +64,7 @@ class Field:
     pattern: str | None = None   # a string's whole value must match it
     length: int | None = None    # a list's length
     rule: str = ""               # how a valid value reads in messages; derived from type and range when empty
+    check: Callable[[Any], str | None] | None = None  # a further rule: why a typed value is wrong, or None
 
     def valid(self, value: Any) -> bool:
         if type_problem(value, self.type) is not None:
@@ -72,11 +74,15 @@ class Field:
         items = value if isinstance(value, list) else [value]
         return ((self.length is None or len(items) == self.length)
                 and (self.range is None or all(v in self.range for v in items))
-                and (self.pattern is None or re.fullmatch(self.pattern, value) is not None))
+                and (self.pattern is None or re.fullmatch(self.pattern, value) is not None)
+                and (self.check is None or self.check(value) is None))
 
     def problem(self, value: Any, path: str) -> str | None:
         """'<path> = <value> must be <rule>', or None when the value is valid."""
-        return None if self.valid(value) else f"{path} = {value!r} must be {self.describe()}"
+        if self.valid(value):
+            return None
+        why = self.check(value) if self.check and type_problem(value, self.type) is None else None
+        return f"{path} = {value!r} {why + '; it ' if why else ''}must be {self.describe()}"
 
     def describe(self) -> str:
         return self.rule or describe_type(self.type, self.range)
@@ -109,6 +115,40 @@ def component(family: str, default: str, doc: str) -> Field:
 
 AT_LEAST_0 = Range(0)
 
+# -- budgets: how long a run trains --------------------------------------------------------------
+# train.budget holds exactly one of these; each run derives its own steps from it (experiments/budget.py).
+BUDGET = {
+    "steps": "optimizer steps (train.steps is shorthand for this)",
+    "tokens": "tokens of training text seen",
+    "bytes": "bytes of training text seen, at the bytes per token the run's tokenizer measures on the training text",
+    "flops": "training FLOPs: tokens seen x the run's FLOPs per token (the dry run's figure)",
+    "tokens_per_param": "tokens seen per parameter of the run's model (Hoffmann et al. 2022: about 20)",
+}
+BUDGET_RULE = "a mapping with exactly one of " + ", ".join(BUDGET) + ": a positive number, e.g. {flops: 2.0e+12}"
+
+
+def budget_problem(budget: dict) -> str | None:
+    """Why a train.budget mapping is not one budget, or None."""
+    unknown = [k for k in budget if k not in BUDGET]
+    if unknown:
+        return f"names {', '.join(map(repr, unknown))}, not a budget{close_matches(str(unknown[0]), list(BUDGET))}"
+    if len(budget) != 1:
+        return f"gives {len(budget)} budgets ({', '.join(budget) or 'none'}); give exactly one"
+    (kind, value), = budget.items()
+    if isinstance(value, str) and re.fullmatch(r"[\d.]+e[+-]?\d+", value.strip(), re.I):
+        return f"has {kind} = {value!r}, which YAML reads as text: write it with a dot and a sign, e.g. 1.0e+12"
+    wanted = int if kind == "steps" else float
+    if type_problem(value, wanted) is not None or not math.isfinite(value) or value <= 0:
+        return f"has {kind} = {value!r}, not a positive {'integer' if kind == 'steps' else 'number'}"
+    return None
+
+
+def warmup_problem(warmup: float) -> str | None:
+    """An integer is steps; a fraction of the run's steps is a number in [0, 1] written with a dot."""
+    if isinstance(warmup, float) and warmup > 1:
+        return "is neither an integer number of steps nor a fraction in [0, 1]"
+    return None
+
 DATA = {
     "corpus": Field("embedded", str, "the text to train on", pattern=r"[\s\S]+",
                     rule="'embedded', 'shakespeare' or a path to a UTF-8 text file"),
@@ -139,13 +179,18 @@ MODEL = {
 }
 
 TRAIN = {
-    "steps": positive_int(600, "optimizer steps"),
+    "steps": positive_int(600, "optimizer steps (shorthand for budget: {steps: N})"),
+    "budget": Field(None, dict | None, "how long each run trains: one of " + ", ".join(BUDGET) + "; each run "
+                    "derives its own steps from it", check=budget_problem,
+                    rule=BUDGET_RULE),
     "batch_size": positive_int(32, "sequences per micro-batch"),
     "grad_accum": positive_int(1, "micro-batches per optimizer step"),
     "lr": Field(1e-3, float, "peak learning rate", Range(0, low_open=True)),
     "min_lr": Field(None, float | None, "learning rate at the end of the schedule", AT_LEAST_0,
                     rule="a number >= 0 (default 0.1 * lr)"),
-    "warmup": Field(50, int, "linear warm-up steps", AT_LEAST_0),
+    "warmup": Field(50, float, "linear warm-up: an integer number of steps, or a fraction of the run's steps "
+                    "(0.05)", AT_LEAST_0, check=warmup_problem,
+                    rule="an integer >= 0 (steps) or a fraction in [0, 1] of the run's steps"),
     "schedule": one_of("cosine", "learning rate after warm-up", "cosine", "constant", "linear"),
     "weight_decay": Field(0.1, float, "AdamW weight decay, on weights with >= 2 dimensions only", AT_LEAST_0),
     "betas": Field([0.9, 0.95], list[float], "AdamW betas", Range(0, 1, high_open=True), length=2,
@@ -172,6 +217,11 @@ SAMPLE = {
 }
 
 SECTIONS: dict[str, dict[str, Field]] = {"data": DATA, "model": MODEL, "train": TRAIN, "sample": SAMPLE}
+
+# -- the tune: and scale: blocks (experiments/sweeps.py) ------------------------------------------
+TUNE_MIN_VALUES = 2      # tune: {<one spec key>: [at least 2 values]}
+SCALE_FIELDS = ("model.d_model", "model.n_layers", "model.n_heads")  # scale: {<size key>: [values], ...}
+SCALE_MIN_SIZES = 3      # L(C) = E + A C^-alpha has 3 parameters
 
 
 # -- typed settings, derived from the tables -----------------------------------------------------
@@ -225,5 +275,6 @@ def label(value: Any) -> str:
     """How a value reads in a variant name or a table: 'rope(base=500)' for a component with options."""
     if isinstance(value, dict):
         name = value.get("name", "")
-        return name + "(" + ",".join(f"{k}={v}" for k, v in value.items() if k != "name") + ")"
+        options = ",".join(f"{k}={v}" for k, v in value.items() if k != "name")
+        return f"{name}({options})" if name else options  # a component, or a plain mapping (a budget)
     return str(value)

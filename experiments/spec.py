@@ -20,12 +20,14 @@ from typing import Any
 import yaml
 
 from components.model import PRESETS
-from experiments.schema import (COMPONENT_FIELDS, DATA, MODEL, SECTIONS, TrainSettings, is_int, is_number,
+from experiments import sweeps as sweep_blocks
+from experiments.budget import warmup_steps, warmup_too_long
+from experiments.schema import (COMPONENT_FIELDS, DATA, MODEL, SECTIONS, TRAIN, TrainSettings, is_int, is_number,
                                 key_problem, label)
 from experiments.search import space
 from registry import FAMILIES, SpecError, choices_hint, load_all
 
-TOP_LEVEL = ("experiment", "seeds", "data", "model", "train", "sample", "grid", "variants", "search")
+TOP_LEVEL = ("experiment", "seeds", "data", "model", "train", "sample", "grid", "variants", "search", "tune", "scale")
 # Execution details that do not change what a run computes are left out of its id.
 NOT_IN_RUN_ID = {"train": ("device", "compile", "checkpoint_every", "tensorboard")}
 NAME = re.compile(r"[A-Za-z0-9_-]+")
@@ -72,6 +74,8 @@ class Spec:
     variants: list[str]
     search: dict[str, Any] | None = None
     base: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # the spec's own sections
+    sweeps: sweep_blocks.Sweeps = dataclasses.field(default_factory=sweep_blocks.Sweeps)  # tune:, scale:
+    grid: dict[str, list[Any]] = dataclasses.field(default_factory=dict)  # the grid's axes, then the sweeps'
 
     def runs_for(self, overrides: dict[str, Any], variant: str, axes: dict[str, Any] | None = None) -> list[RunSpec]:
         """One run per seed of the base spec with dotted `overrides` applied (a search trial, say)."""
@@ -160,13 +164,15 @@ def parse_spec(raw: Any) -> Spec:
     search = raw.get("search")
     if search is not None:
         problems += space.check_block(search, base)
+    sweeps = sweep_blocks.parse(raw, grid, variants, problems)
+    grid = {**grid, **sweeps.grid}
 
-    runs, run_problems = expand(str(experiment), seeds, base, grid, variants)
+    runs, run_problems = expand(str(experiment), seeds, base, grid, variants, sweeps.linked)
     problems = dedupe(problems + run_problems)
     if problems:
         raise SpecError(problems)
     axes = [str(k) for k in grid]
-    return Spec(experiment, seeds, raw, runs, axes, [str(v) for v in variants], search, base)
+    return Spec(experiment, seeds, raw, runs, axes, [str(v) for v in variants], search, base, sweeps, grid)
 
 
 def section(raw: dict, name: str, problems: list[str]) -> dict[str, Any]:
@@ -201,8 +207,9 @@ def set_dotted(tree: dict, key: str, value: Any) -> None:
         target[field] = value
 
 
-def points(grid: dict, variants: dict) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
-    """(variant label, axes, overrides) for every variant x grid point, in spec order."""
+def points(grid: dict, variants: dict, linked: dict | None = None) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(variant label, axes, overrides) for every variant x grid point, in spec order. `linked`: keys
+    set together with an axis's value (scale's paired sizes), shown in the label after it."""
     named = list(variants.items()) or [(None, {})]
     keys = list(grid)
     short = {k: k.split(".", 1)[1] for k in keys}
@@ -212,14 +219,18 @@ def points(grid: dict, variants: dict) -> list[tuple[str, dict[str, Any], dict[s
     for name, overrides in named:
         for values in itertools.product(*(grid[k] for k in keys)):
             axes = dict(zip(keys, values))
-            parts = ([name] if name else []) + [f"{short[k]}={label(v)}" for k, v in axes.items()]
-            out.append((", ".join(parts) or "baseline", axes, {**(overrides or {}), **axes}))
+            parts = [name] if name else []
+            for k, v in axes.items():
+                with_it = sweep_blocks.linked_overrides(linked or {}, {k: v})
+                parts += [f"{short[k]}={label(v)}"] + [f"{key.split('.', 1)[1]}={label(x)}" for key, x in with_it.items()]
+            point = {**(overrides or {}), **sweep_blocks.linked_overrides(linked or {}, axes), **axes}
+            out.append((", ".join(parts) or "baseline", axes, point))
     return out
 
 
-def expand(experiment: str, seeds: list[int], base: dict, grid: dict, variants: dict):
+def expand(experiment: str, seeds: list[int], base: dict, grid: dict, variants: dict, linked: dict | None = None):
     runs, problems = [], []
-    for variant, axes, overrides in points(grid, variants):
+    for variant, axes, overrides in points(grid, variants, linked):
         tree = copy.deepcopy(base)
         for key, value in overrides.items():
             set_dotted(tree, key, value)
@@ -244,8 +255,7 @@ def resolve(tree: dict) -> tuple[dict[str, Any], list[str]]:
     train, model, data = resolved["train"], resolved["model"], resolved["data"]
     if is_number(train["lr"]) and train["min_lr"] is None:
         train["min_lr"] = 0.1 * train["lr"]
-    if is_int(train["warmup"]) and is_int(train["steps"]) and train["warmup"] > train["steps"]:
-        problems.append(f"train.warmup = {train['warmup']} is longer than train.steps = {train['steps']}")
+    resolve_budget(tree.get("train", {}), train, problems)
     if train["checkpoint_every"] is None:
         train["checkpoint_every"] = train["eval_every"]
     sizes = ("d_model", "n_layers", "n_heads", "context_length", "dropout")
@@ -264,6 +274,26 @@ def resolve(tree: dict) -> tuple[dict[str, Any], list[str]]:
         data["tokenizer"] = FAMILIES["tokenizer"].canonical(data["tokenizer"])
         resolved["train"] = TrainSettings(**train)
     return resolved, problems
+
+
+def resolve_budget(given: dict, train: dict, problems: list[str]) -> None:
+    """train.steps is shorthand for budget {steps: N}: a steps budget becomes train.steps (both forms
+    give one run id) and a fractional warm-up its steps. Any other budget leaves steps and the warm-up
+    to each run, once its data and model size are known (experiments/budget.py, at bind_data)."""
+    budget, steps, warmup = train["budget"], train["steps"], train["warmup"]
+    if not (TRAIN["budget"].valid(budget) and TRAIN["warmup"].valid(warmup) and TRAIN["steps"].valid(steps)):
+        return
+    if budget is not None and "steps" in given:
+        problems.append(f"train.steps = {given['steps']!r} and train.budget = {budget!r} both say how long to "
+                        "train: give one (train.steps is shorthand for budget: {steps: N})")
+    elif budget is not None and "steps" not in budget:
+        train["steps"] = None  # derived per run
+    else:
+        train["steps"] = steps = budget["steps"] if budget else steps
+        train["budget"] = None
+        if problem := warmup_too_long(warmup, steps, ""):
+            problems.append(problem)
+        train["warmup"] = warmup_steps(warmup, steps)
 
 
 def section_values(tree: dict, problems: list[str]) -> dict[str, dict[str, Any]]:

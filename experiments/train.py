@@ -24,7 +24,7 @@ from components.model import GPT
 from experiments import compiling, ddp, evaluate, files, metrics
 from experiments.checkpoint import rng_state, seed_everything, set_rng_state
 from experiments.cpu_runtime import CpuThreads, tune_cpu_allocator
-from experiments.data import Batches
+from experiments.data import TRAIN_STREAM, Batches
 from experiments.hardware import autocast, autocast_dtype
 from experiments.optim import clip_grad_norm, lr_at, make_optimizer
 from experiments.progress import ProgressFile
@@ -91,8 +91,10 @@ class Trainer:
                                   for x, y in self.batches.eval_batches(split, run.train.eval_batches)]
                           for split in ("train", "val")}
         self.tokens_per_step = run.train.batch_size * run.train.grad_accum * ctx
+        self.flops_per_token = self.model.flops_per_token()
         self.cpu_threads = self.setup_cpu(tune_allocator) if device.type == "cpu" else None
         self.step, self.metrics, self.train_seconds, self.wall_seconds = 0, [], 0.0, 0.0
+        self.bytes_seen = 0  # UTF-8 bytes of the training targets so far (what a bytes budget counts)
         self.final_scores: dict[str, Any] = {}  # the exact final evaluation's, once the run is done
         # Live outputs, from the writing process only: TensorBoard events (opened in fit) and progress.json.
         self.board: Board | None = None
@@ -108,7 +110,7 @@ class Trainer:
         """The allocator and the intra-op threads of this run (experiments/cpu_runtime.py)."""
         if tune_allocator:
             tune_cpu_allocator()
-        return CpuThreads(self.model.flops_per_token() * self.tokens_per_step)
+        return CpuThreads(self.flops_per_token * self.tokens_per_step)
 
     # -- checkpoints ------------------------------------------------------------------------------
     @property
@@ -118,7 +120,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         state = {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "rng": rng_state(), "metrics": self.metrics, "train_seconds": self.train_seconds,
-                 "wall_seconds": self.wall_seconds}
+                 "wall_seconds": self.wall_seconds, "bytes_seen": self.bytes_seen}
         files.atomic_write(self.checkpoint_path, lambda f: torch.save(state, f), mode="wb")
 
     def resume(self) -> bool:
@@ -132,6 +134,9 @@ class Trainer:
         set_rng_state(state["rng"])
         self.step, self.metrics = state["step"], state["metrics"]
         self.train_seconds, self.wall_seconds = state["train_seconds"], state["wall_seconds"]
+        self.bytes_seen = state.get("bytes_seen")  # an older checkpoint lacks it: count its batches again
+        if self.bytes_seen is None:                 # (a batch is a pure function of the step)
+            self.bytes_seen = sum(self.train_batch(step)[2] for step in range(self.step))
         files.write_csv(self.dir / "metrics.csv", self.metrics, METRIC_COLUMNS)  # drop rows past the checkpoint
         return True
 
@@ -140,8 +145,8 @@ class Trainer:
         weights follow when DDP wraps the model. Returns whether rank 0 resumed."""
         if not ddp.active():
             return resumed
-        resumed, self.step, self.metrics, self.train_seconds, self.wall_seconds = ddp.broadcast(
-            (resumed, self.step, self.metrics, self.train_seconds, self.wall_seconds))
+        resumed, self.step, self.metrics, self.train_seconds, self.wall_seconds, self.bytes_seen = ddp.broadcast(
+            (resumed, self.step, self.metrics, self.train_seconds, self.wall_seconds, self.bytes_seen))
         if resumed:
             states = [self.optimizer._state(p) for g in self.optimizer.param_groups for p in g["params"]]
             ddp.broadcast_tensors([s[k] for s in states for k in ("step", "exp_avg", "exp_avg_sq")])
@@ -168,7 +173,9 @@ class Trainer:
     def record(self, elapsed: float) -> dict[str, float]:
         """Evaluate, append the row to metrics.csv, and stop a diverged run; the row goes to on_eval."""
         losses = self.evaluate()
-        row = {metrics.STEP: self.step, metrics.TOKENS: self.step * self.tokens_per_step,
+        tokens = self.step * self.tokens_per_step
+        row = {metrics.STEP: self.step, metrics.TOKENS: tokens, metrics.BYTES: self.bytes_seen,
+               metrics.FLOPS: tokens * self.flops_per_token,
                metrics.LR: lr_at(max(self.step - 1, 0), self.train_cfg),
                metrics.TRAIN_LOSS: losses["train"], metrics.VAL_LOSS: losses["val"],
                metrics.VAL_BPB: self.batches.eval_bits_per_byte("val", self.train_cfg.eval_batches, losses["val"]),
@@ -194,7 +201,8 @@ class Trainer:
             group["lr"] = lr
         accum, total = self.accum, torch.zeros((), device=self.device)
         self.compile_watch.start_step(self.step)
-        x, y = self.batches.batch("train", self.step)                          # (batch_size * accum, T)
+        x, y, n_bytes = self.train_batch(self.step)                            # (batch_size * accum, T)
+        self.bytes_seen += n_bytes
         x, y = ddp.shard(x), ddp.shard(y)                                      # this process's rows
         for i, (xm, ym) in enumerate(zip(x.chunk(accum), y.chunk(accum))):     # (batch_size / world, T) each
             with self.grad_sync(i == accum - 1):
@@ -209,6 +217,11 @@ class Trainer:
         self.compile_watch.end_step()
         self.step += 1
         return total / accum
+
+    def train_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The step's (x, y), as Batches.batch draws them, and the UTF-8 bytes of y: the text it trains on."""
+        windows = self.batches.windows("train", TRAIN_STREAM, step)
+        return (*self.batches.to_device(windows), int(self.dataset.token_bytes[windows[:, 1:]].sum()))
 
     def grad_sync(self, last: bool):
         """Under DDP, gradients are averaged across ranks on the last micro-batch's backward only."""
@@ -321,10 +334,12 @@ class Trainer:
         best = min(finite, key=lambda m: m[metrics.VAL_LOSS]) if finite else {}
         losses = ({metrics.final(c): last.get(c) for c in (metrics.TRAIN_LOSS, metrics.VAL_LOSS, metrics.VAL_BPB)}
                   | {metrics.best(c): best.get(c) for c in (metrics.VAL_LOSS, metrics.VAL_BPB)})
+        tokens = self.step * self.tokens_per_step
         return {
             "run_id": self.run.run_id, "status": status, "error": error, "steps": self.step, **losses,
-            metrics.PARAMS: self.model.num_params(), metrics.FLOPS_PER_TOKEN: self.model.flops_per_token(),
-            metrics.TOKENS_SEEN: self.step * self.tokens_per_step,
+            metrics.PARAMS: self.model.num_params(), metrics.FLOPS_PER_TOKEN: self.flops_per_token,
+            metrics.TOKENS_SEEN: tokens, metrics.BYTES_SEEN: self.bytes_seen,
+            metrics.FLOPS_SEEN: tokens * self.flops_per_token, "budget": self.train_cfg.budget,
             metrics.TOKENS_PER_S: self.tokens_per_s(),
             metrics.WALL_S: round(self.wall_seconds, 3), metrics.TRAIN_S: round(self.train_seconds, 3),
             "resumed_at_step": resumed_at, "device": str(self.device), "precision": self.train_cfg.precision,

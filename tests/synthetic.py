@@ -38,6 +38,7 @@ class Run:
     in_runs_csv: bool = True                    # False: planned, not started (no row, no folder)
     trial: int | None = None
     state: str | None = None                    # the trial's Optuna state (default COMPLETE)
+    summary: dict[str, Any] = field(default_factory=dict)   # summary.json keys to set (test scores, FLOPs seen)
 
     @property
     def run_id(self) -> str:
@@ -93,7 +94,7 @@ def _summary(run: Run) -> dict[str, Any]:
         "tokens_seen": tokens, "tokens_per_s": 40_000.0, "wall_s": tokens / 40_000.0,
         "tokenizer": run.tokenizer, "corpus": "embedded", "corpus_sha256": "0" * 64,
         "device": "cpu",
-    }
+    } | run.summary
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
@@ -106,7 +107,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> No
 def build_experiment(root: Path, name: str, runs: list[Run], *, axes: list[str] = (),
                      variants: list[str] = (), baseline: str | None = None,
                      search: dict[str, Any] | None = None,
-                     spec: dict[str, Any] | None = None) -> Path:
+                     spec: dict[str, Any] | None = None, plan: dict[str, Any] | None = None) -> Path:
     """Write results/<name>/ under root for `runs`; returns the experiment folder."""
     exp = root / name
     (exp / "runs").mkdir(parents=True, exist_ok=True)
@@ -121,7 +122,7 @@ def build_experiment(root: Path, name: str, runs: list[Run], *, axes: list[str] 
     plan = {"experiment": name, "axes": list(axes), "variants": list(variants), "seeds": seeds,
             "runs": [{"run_id": r.run_id, "variant": r.variant, "axes": r.axes, "seed": r.seed}
                      for r in runs],
-            "baseline": baseline, "search": search}
+            "baseline": baseline, "search": search, **(plan or {})}  # plan: budget, tune, scale
     (exp / "experiment.json").write_text(json.dumps(plan, indent=1))
     rows = []
     for run in (r for r in runs if r.in_runs_csv):

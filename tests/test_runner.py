@@ -64,8 +64,8 @@ def test_results_layout(tmp_path, capsys):
         for name in ("spec.yaml", "tokenizer.json", "metrics.csv", "summary.json", "samples.txt", "checkpoint.pt"):
             assert (run_dir / name).exists(), name
         metrics = read_csv(run_dir / "metrics.csv")
-        assert list(metrics[0]) == ["step", "tokens", "lr", "train_loss", "val_loss", "val_bpb", "train_bpb",
-                                    "elapsed_s"]
+        assert list(metrics[0]) == ["step", "tokens", "bytes", "flops", "lr", "train_loss", "val_loss", "val_bpb",
+                                    "train_bpb", "elapsed_s"]
         assert [int(m["step"]) for m in metrics] == [0, 10, 20]
         assert int(metrics[-1]["tokens"]) == 20 * 4 * 16
         summary = json.loads((run_dir / "summary.json").read_text())

@@ -160,7 +160,7 @@ class GridPlan(Plan):
     mode = "grid"
 
     def __init__(self, spec: Spec, args, exp_dir: Path):
-        grid = dict(spec.raw.get("grid") or {})
+        grid = dict(spec.grid)  # the grid's axes and those of tune: / scale:
         variants = dict(spec.raw.get("variants") or {})
         self.params = ([Param("variant", "categorical", choices=list(variants))] if variants else [])
         self.params += [Param(str(k), "categorical", choices=list(v)) for k, v in grid.items()]
@@ -170,7 +170,7 @@ class GridPlan(Plan):
                                 f"({', '.join(map(str, p.encoded))}); a grid run as a study needs distinct ones")
         combos = [dict(zip((p.key for p in self.params), values))
                   for values in itertools.product(*(p.encoded for p in self.params))]
-        labels = [point[0] for point in points(grid, variants)]
+        labels = [point[0] for point in points(grid, variants, spec.sweeps.linked)]
         self.points = combos
         self.labels = {self.point_key(c): lab for c, lab in zip(combos, labels)}
         self.trials = len(combos)
