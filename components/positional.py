@@ -9,11 +9,12 @@ encoding they hold:
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 from torch import nn
 
-from registry import POSITIONAL
+from registry import POSITIONAL, Range
 
 
 class Positional(nn.Module):
@@ -79,7 +80,7 @@ class Learned(Positional):
 class Rotary(Positional):
     """Rotary position embedding on queries and keys (Su et al. 2021, RoFormer)."""
 
-    def __init__(self, *, context_length: int, base: float = 10000.0) -> None:
+    def __init__(self, *, context_length: int, base: Annotated[float, Range(1, low_open=True)] = 10000.0) -> None:
         super().__init__()
         self.context_length, self.base = context_length, base
         self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}

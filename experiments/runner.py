@@ -4,6 +4,7 @@ resuming unfinished ones from their checkpoints.
 """
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import traceback
@@ -13,11 +14,9 @@ from typing import Any
 
 import torch
 
-from components.model import GPT
-from experiments import ddp, files
+from experiments import ddp, files, resources
 from experiments.data import load_dataset
 from experiments.hardware import resolve_device
-from experiments.schema import ModelConfig
 from experiments.train import Trainer
 from experiments.records import FINISHED, axis_values, text_table
 from experiments.spec import RunSpec, dedupe
@@ -27,9 +26,11 @@ RUN_OUTPUTS = ("checkpoint.pt", "metrics.csv", "summary.json", "samples.txt", "e
 
 
 # -- data binding --------------------------------------------------------------------------------
-def bind_data(runs: list[RunSpec], datasets: dict[tuple, Any] | None = None) -> dict[tuple, Any]:
-    """Load (or read from cache) every dataset the runs use, check each run fits its data, and bind
-    the corpus hash into each run id. Every problem is raised at once, before anything is written.
+def bind_data(runs: list[RunSpec], datasets: dict[tuple, Any] | None = None,
+              device: str | None = None) -> dict[tuple, Any]:
+    """Load (or read from cache) every dataset the runs use, check each run fits its data and its
+    device's memory (`device`: the --device override, else each run's train.device), and bind the
+    corpus hash into each run id. Every problem is raised at once, before anything is written.
     Datasets already in `datasets` are reused, and the ones loaded here are added to it (a search
     binds each trial's runs this way)."""
     datasets = {} if datasets is None else datasets
@@ -56,7 +57,14 @@ def bind_data(runs: list[RunSpec], datasets: dict[tuple, Any] | None = None) -> 
         run.bind_corpus(ds.corpus_sha256)
     if problems:
         raise SpecError(dedupe(problems))
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun each process holds its share of a batch
+    resources.check_fits(runs, datasets, lambda run: run_device(run, device), data_key, world)
     return datasets
+
+
+def run_device(run: RunSpec, override: str | None = None) -> torch.device:
+    """--device, else the run's train.device; under torchrun each rank on its own GPU."""
+    return resolve_device(ddp.device(override or run.train.device))
 
 
 def data_key(run: RunSpec) -> tuple:
@@ -67,8 +75,7 @@ def data_key(run: RunSpec) -> tuple:
 # -- the dry run ---------------------------------------------------------------------------------
 def model_size(run: RunSpec, vocab_size: int) -> tuple[int, int]:
     """(parameters, FLOPs per token), built on the meta device: sizes only, no memory."""
-    with torch.device("meta"):
-        model = GPT(ModelConfig(vocab_size=vocab_size, **run.model))
+    model = resources.meta_model(run.model, vocab_size)
     return model.num_params(), model.flops_per_token()
 
 
@@ -134,8 +141,7 @@ class Runner:
             Trainer(run, self.datasets[data_key(run)], self.exp_dir / "runs" / run.run_id, self.device_for(run)).fit()
 
     def device_for(self, run: RunSpec):
-        """--device, else the run's train.device; under torchrun each rank on its own GPU."""
-        return resolve_device(ddp.device(self.device_override or run.train.device))
+        return run_device(run, self.device_override)
 
     @staticmethod
     def force_clean(run_dir: Path) -> None:
