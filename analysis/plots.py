@@ -30,7 +30,7 @@ from analysis.effects import factors, paired_effects, seed_means  # noqa: E402
 from analysis.stats import mean_ci  # noqa: E402
 from analysis.tables import (  # noqa: E402
     LABELS, UNITS, Experiment, complete_variants, done_runs, mixed_tokenizers)
-from experiments.search.study import quiet_optuna, sqlite_file, sqlite_url  # noqa: E402
+from experiments.search.study import quiet_optuna, sqlite_file, sqlite_url, with_credentials  # noqa: E402
 
 MAX_LINES = 10          # more curves than this is a tangle: the best ones are drawn
 MAX_ROWS = 30           # rows of a point plot (a search can have hundreds of trials)
@@ -342,7 +342,7 @@ def load_study(exp: Experiment) -> Any:
         raise Skip("no Optuna study: experiment.json has no search section.")
     if not exp.search.get("storage") or not exp.search.get("study_name"):
         raise Skip("Optuna plots: experiment.json's search names no storage and study_name.")
-    url = _storage_url(str(exp.search.get("storage", "")), exp.path)
+    url = with_credentials(_storage_url(str(exp.search.get("storage", "")), exp.path))
     with quiet_optuna() as optuna:
         try:
             return optuna.load_study(study_name=str(exp.search.get("study_name")), storage=url)

@@ -54,6 +54,7 @@ class Experiment:
     levels: dict[str, list[str]] = field(default_factory=dict)  # axis -> levels, spec order
     variant_order: list[str] = field(default_factory=list)
     spec: dict[str, Any] = field(default_factory=dict)          # spec.yaml ({} if absent)
+    unplanned: list[str] = field(default_factory=list)  # run folders an earlier version of the spec made
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,16 +62,25 @@ class Experiment:
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ExperimentError(f"{path} is not valid JSON ({err}).") from None
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:  # bad JSON, or bytes that are not UTF-8
+        raise ExperimentError(f"{path} is not valid JSON ({str(err)[:200]}).") from None
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    """A run's summary.json, or {} when it is missing or damaged: one broken run never stops the report."""
+    try:
+        summary = _read_json(path) if path.is_file() else {}
+    except (ExperimentError, OSError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     import yaml  # a project dependency; imported here so `tables` loads without it
 
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(errors="replace"))
     except (OSError, yaml.YAMLError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -102,7 +112,7 @@ def _fill_from_summaries(runs: pd.DataFrame, runs_dir: Path) -> pd.DataFrame:
     rows = []
     for run_id in runs["run_id"]:
         path = runs_dir / str(run_id) / "summary.json"
-        summary = _read_json(path) if path.is_file() else {}
+        summary = _read_summary(path)
         rows.append({k: summary.get(k) for k in FROM_SUMMARY})
     fill = pd.DataFrame(rows, index=runs.index, columns=list(FROM_SUMMARY))
     for col in FROM_SUMMARY:
@@ -117,9 +127,9 @@ def _read_metrics(runs: pd.DataFrame, runs_dir: Path) -> pd.DataFrame:
         path = runs_dir / str(run.run_id) / "metrics.csv"
         if not path.is_file():
             continue
-        try:
-            m = pd.read_csv(path)
-        except (pd.errors.EmptyDataError, pd.errors.ParserError):
+        try:                              # a damaged byte reads as U+FFFD, and its cell as NaN below
+            m = pd.read_csv(path, encoding="utf-8", encoding_errors="replace")
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, OSError):
             continue                      # a run that has not evaluated yet has no curve
         m = m.apply(pd.to_numeric, errors="coerce")
         m.insert(0, "run_id", run.run_id)
@@ -209,7 +219,17 @@ def load_experiment(path: Path | str) -> Experiment:
         search=search if isinstance(search, dict) else None,
         planned=max(len(planned_runs), runs["run_id"].nunique()),
         runs=runs, metrics=_read_metrics(runs, path / "runs"), levels=levels,
-        variant_order=variant_order, spec=spec)
+        variant_order=variant_order, spec=spec, unplanned=_unplanned(path / "runs", set(runs["run_id"])))
+
+
+def unplanned_note(exp: Experiment) -> str:
+    return (f"{len(exp.unplanned)} run folder(s) under runs/ are not in the current spec (an earlier version "
+            f"of it made them) and are left out: {', '.join(exp.unplanned[:10])}{' ...' * (len(exp.unplanned) > 10)}.")
+
+
+def _unplanned(runs_dir: Path, listed: set[str]) -> list[str]:
+    """Run folders runs.csv does not list: left over from an earlier version of the spec."""
+    return sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and p.name not in listed) if runs_dir.is_dir() else []
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 runs.csv rebuilt from the run folders (the source of truth), the report hooks, text tables."""
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -32,30 +31,49 @@ def plan_record(spec: Spec, runs: list[RunSpec], search: dict | None = None) -> 
 
 
 def start_experiment(exp_dir: Path, spec: Spec, spec_path: Path, runs: list[RunSpec]) -> None:
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(spec_path, exp_dir / ".spec.yaml.tmp")
-    os.replace(exp_dir / ".spec.yaml.tmp", exp_dir / "spec.yaml")
-    files.write_json(exp_dir / "experiment.json", plan_record(spec, runs))
+    """spec.yaml (the spec as written) and experiment.json (the plan), each written only when it
+    changed, so a finished experiment on read-only storage can be listed again. A folder this call
+    created is removed again when the writes fail (a full disk, say): nothing is left half-made."""
+    created = not exp_dir.exists()
+    try:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        files.write_text(exp_dir / "spec.yaml", Path(spec_path).read_text(encoding="utf-8", errors="replace"),
+                         only_if_changed=True)
+        files.write_json(exp_dir / "experiment.json", plan_record(spec, runs), only_if_changed=True)
+    except OSError:
+        if created:
+            shutil.rmtree(exp_dir, ignore_errors=True)
+        raise
 
 
 # -- runs.csv ------------------------------------------------------------------------------------
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """A run's summary.json, or None when there is none or it cannot be read (cut short, not JSON,
+    not a summary): such a run is treated as unfinished and trained again."""
+    try:
+        summary = files.read_json(run_dir / "summary.json")
+    except (OSError, ValueError):  # ValueError: bad JSON, or bytes that are not UTF-8
+        return None
+    return summary if isinstance(summary, dict) and isinstance(summary.get("status"), str) else None
+
+
 def run_status(run_dir: Path) -> str:
-    summary = run_dir / "summary.json"
-    if summary.exists():
-        return files.read_json(summary)["status"]
+    summary = read_summary(run_dir)
+    if summary is not None:
+        return summary["status"]
     if files.RunLock(run_dir).held_elsewhere():
         return "running"
     return "pending"
 
 
 def rebuild_runs_csv(exp_dir: Path) -> list[dict[str, Any]]:
-    """runs.csv from experiment.json's plan and the run folders (the source of truth)."""
+    """runs.csv from experiment.json's plan and the run folders (the source of truth); the file is
+    rewritten only when it changed."""
     plan = files.read_json(exp_dir / "experiment.json")
     rows = []
     for entry in plan["runs"]:
         run_dir = exp_dir / "runs" / entry["run_id"]
-        summary_path = run_dir / "summary.json"
-        summary = files.read_json(summary_path) if summary_path.exists() else {}
+        summary = read_summary(run_dir) or {}
         row = {"run_id": entry["run_id"], "variant": entry["variant"], **entry["axes"], "seed": entry["seed"],
                **{k: entry[k] for k in ("trial", "state") if k in entry}}
         row |= {k: summary.get(k) for k in RUN_COLUMNS if k not in row}
@@ -63,8 +81,19 @@ def rebuild_runs_csv(exp_dir: Path) -> list[dict[str, Any]]:
         rows.append(row)
     extra = [k for k in ("trial", "state") if any(k in r for r in rows)]
     columns = ["run_id", "variant", *plan["axes"], "seed", *extra] + [c for c in RUN_COLUMNS[3:]]
-    files.write_csv(exp_dir / "runs.csv", rows, columns)
+    files.write_csv(exp_dir / "runs.csv", rows, columns, only_if_changed=True)
     return rows
+
+
+def runs_not_in_plan(exp_dir: Path) -> list[str]:
+    """Run folders under runs/ that experiment.json's plan does not name: runs of an earlier version of
+    the spec, which runs.csv and the report leave out."""
+    try:
+        planned = {entry["run_id"] for entry in files.read_json(exp_dir / "experiment.json")["runs"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    runs = exp_dir / "runs"
+    return sorted(p.name for p in runs.iterdir() if p.is_dir() and p.name not in planned) if runs.is_dir() else []
 
 
 # -- the report ----------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,11 +19,11 @@ from experiments import ddp, files, resources
 from experiments.data import load_dataset
 from experiments.hardware import resolve_device
 from experiments.train import Trainer
-from experiments.records import FINISHED, axis_values, text_table
+from experiments.records import FINISHED, axis_values, read_summary, text_table
 from experiments.spec import RunSpec, dedupe
 from registry import SpecError
 
-RUN_OUTPUTS = ("checkpoint.pt", "metrics.csv", "summary.json", "samples.txt", "error.txt")
+RUN_OUTPUTS = ("checkpoint.pt", "checkpoint.pt.sha256", "metrics.csv", "summary.json", "samples.txt", "error.txt")
 
 
 # -- data binding --------------------------------------------------------------------------------
@@ -103,6 +104,14 @@ def code_version() -> str:
         return "unknown"
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C while a run trained: which run, and at which step (its last checkpoint is where it resumes)."""
+
+    def __init__(self, run_id: str, step: int):
+        super().__init__(f"interrupted at step {step} of run {run_id}")
+        self.run_id, self.step = run_id, step
+
+
 class Runner:
     """Executes runs into results/<experiment>/runs/<run_id>/, one at a time, under per-run locks."""
 
@@ -111,28 +120,38 @@ class Runner:
         self.exp_dir, self.datasets, self.device_override = exp_dir, datasets, device
         self.force, self.show_progress = force, show_progress
         self.commit = code_version()
+        self.trainer: Trainer | None = None  # the run in progress
 
     def execute(self, run: RunSpec, on_eval=None) -> tuple[str, dict[str, Any] | None]:
         """Train `run` unless it is finished or another process holds it; (outcome, summary).
         `on_eval(metrics_row)` is called at every evaluation and may raise train.Stopped."""
         run_dir = self.exp_dir / "runs" / run.run_id
+        summary = None if self.force else read_summary(run_dir)
+        if summary is not None and summary["status"] in FINISHED:  # no lock needed: read-only storage is fine
+            ddp.broadcast(False)  # under torchrun the other ranks skip it with rank 0 (a no-op otherwise)
+            return "skipped", summary
         lock = files.RunLock(run_dir)
         if not lock.acquire():
-            ddp.broadcast(False)  # under torchrun the other ranks skip it with rank 0 (a no-op otherwise)
+            ddp.broadcast(False)
             return "running elsewhere", None
         try:
-            summary_path = run_dir / "summary.json"
-            if summary_path.exists() and not self.force:
-                summary = files.read_json(summary_path)
-                if summary["status"] in FINISHED:
-                    ddp.broadcast(False)
-                    return "skipped", summary
+            summary = None if self.force else read_summary(run_dir)  # again: it may have finished meanwhile
+            if summary is not None and summary["status"] in FINISHED:
+                ddp.broadcast(False)
+                return "skipped", summary
+            if (run_dir / "summary.json").exists() and summary is None and not self.force:
+                print(f"warning: run {run.run_id}: its summary.json cannot be read; training it again "
+                      "(from its checkpoint, if it has one)", file=sys.stderr, flush=True)
             ddp.broadcast(True)
+            files.remove_leftovers(run_dir)  # temporary files of writes a crash cut short (we hold the lock)
             if self.force:
                 self.force_clean(run_dir)
             summary = self.train(run, run_dir, on_eval)
             return summary["status"], summary
+        except KeyboardInterrupt:
+            raise Interrupted(run.run_id, self.trainer.step if self.trainer else 0) from None
         finally:
+            self.trainer = None
             lock.release()
 
     def follow(self, run: RunSpec) -> None:
@@ -156,9 +175,12 @@ class Runner:
         device = self.device_for(run)
         (run_dir / "summary.json").unlink(missing_ok=True)  # a failed attempt's summary is stale now
         try:
-            summary = Trainer(run, ds, run_dir, device, show_progress=self.show_progress, on_eval=on_eval).fit()
+            self.trainer = Trainer(run, ds, run_dir, device, show_progress=self.show_progress, on_eval=on_eval)
+            summary = self.trainer.fit()
             (run_dir / "error.txt").unlink(missing_ok=True)
-        except Exception as err:  # one broken run must not stop the others
+        except Exception as err:  # one broken run must not stop the others ...
+            if files.storage_failed(err):  # ... but a full or read-only disk stops them all: none can be recorded
+                raise
             files.write_text(run_dir / "error.txt", traceback.format_exc())
             summary = {"run_id": run.run_id, "status": "failed", "error": f"{type(err).__name__}: {err}",
                        "device": str(device), "torch": torch.__version__}

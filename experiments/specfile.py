@@ -60,8 +60,11 @@ def read_yaml(path: str | Path) -> Any:
     if not path.is_file():
         raise SpecError(f"spec file {brief(str(path))} {'is a folder' if path.is_dir() else 'does not exist'}")
     limit = LIMITS["spec_bytes"]
-    with open(path, "rb") as f:
-        data = f.read(limit + 1)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as err:
+        raise SpecError(f"spec file {brief(str(path))} cannot be read: {err.strerror or err}") from None
     if len(data) > limit:
         raise SpecError(f"{path} is larger than {limit:,} bytes: a spec is a short YAML file (a grid of "
                         "thousands of runs fits in a few lines), so this is not one")

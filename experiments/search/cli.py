@@ -18,11 +18,17 @@ from experiments.records import report_is_stale, text_table, write_report
 from experiments.runner import bind_data, dry_run_table
 from experiments.search.plan import WORKER_ENV, Plan, make_plan
 from experiments.search.space import label
-from experiments.search.study import (FINISHED_STATES, StorageError, heartbeat_settings, mask, open_study,
-                                      storage_problems)
+from experiments.search.study import (FINISHED_STATES, STORAGE_ENV, StorageError, has_password, heartbeat_settings,
+                                      mask, open_study, storage_problems)
 from experiments.search.trials import sync_records
 from experiments.search.worker import SINCE_ENV, Worker
 from registry import SpecError
+
+
+def wanted(spec, args) -> bool:
+    """Whether `python -m experiments.run` hands this spec here: a search block, --storage, --workers,
+    or a worker process that --workers started."""
+    return spec.search is not None or bool(args.storage) or args.workers != 1 or WORKER_ENV in os.environ
 
 
 def fail(message: str) -> int:
@@ -55,7 +61,7 @@ def main(spec, spec_path: Path, args) -> int:
     except StorageError as err:
         return fail(str(err))
     if plan.role is None:
-        files.write_text(exp_dir / "spec.yaml", Path(spec_path).read_text(encoding="utf-8"))
+        files.write_text(exp_dir / "spec.yaml", Path(spec_path).read_text(encoding="utf-8"), only_if_changed=True)
     sync_records(plan, study)
     return run_study(plan, study, datasets, spec_path)
 
@@ -69,6 +75,9 @@ def argument_problem(args, exp_dir: Path) -> str | None:
                 "next trial the study hands out")
     if (getattr(args, "workers", 1) or 1) < 1:
         return f"--workers = {args.workers} must be at least 1"
+    if has_password(getattr(args, "storage", None)):
+        print(f"note: the password in --storage is visible to other users of this machine (ps); set "
+              f"{STORAGE_ENV} in the environment instead, or keep it in ~/.pgpass", file=sys.stderr)
     return None
 
 
@@ -96,15 +105,15 @@ def run_study(plan: Plan, study, datasets: dict, spec_path: Path) -> int:
 def spawn_workers(plan: Plan, spec_path: Path, workers: int) -> int:
     """N worker processes on the study; each is `python -m experiments.run` with the same spec."""
     args = plan.args
-    cmd = [sys.executable, "-m", "experiments.run", str(spec_path), "--results", str(args.results),
-           "--storage", plan.storage_url, "--no-report"]
+    # The storage URL (its password too) goes through the environment: a command line is visible in `ps`.
+    cmd = [sys.executable, "-m", "experiments.run", str(spec_path), "--results", str(args.results), "--no-report"]
     if args.device:
         cmd += ["--device", args.device]
     threads = str(max(1, (os.cpu_count() or 1) // workers))
     since = str(time.time())
     procs = []
     for index in range(workers):
-        env = {**os.environ, WORKER_ENV: str(index), SINCE_ENV: since}
+        env = {**os.environ, WORKER_ENV: str(index), SINCE_ENV: since, STORAGE_ENV: plan.storage_url}
         env.setdefault("OMP_NUM_THREADS", threads)
         procs.append(subprocess.Popen(cmd, env=env))
     print(f"started {workers} workers: pids {', '.join(str(p.pid) for p in procs)}", flush=True)

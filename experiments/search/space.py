@@ -12,7 +12,7 @@ from components.model import PRESETS
 from experiments import metrics
 from experiments.schema import LIMITS, SECTIONS, is_component, key_problem, positive_int
 from experiments.schema import label as spec_label
-from experiments.search.study import storage_problems
+from experiments.search.study import STORAGE_ENV, has_password, storage_problems
 from registry import FAMILIES, brief, choices_hint, close_matches, cut, load_all, type_problem
 
 SEARCH_KEYS = ("trials", "metric", "direction", "sampler", "pruner", "storage", "space")
@@ -141,6 +141,10 @@ def parse_block(search: Any, base: dict) -> tuple[dict[str, Any], list[str]]:
     storage = search.get("storage")
     if storage is not None:
         problems += storage_problems(storage, "search.storage")
+        if has_password(storage):
+            problems.append(f"search.storage holds a password: a spec is copied into results/<experiment>/, "
+                            f"where no password is ever written; leave it out of the URL and set "
+                            f"{STORAGE_ENV}=<the whole URL> in the environment, or keep it in ~/.pgpass (PostgreSQL)")
     params, space_problems = parse_space(search.get("space"), base)
     problems += space_problems
     block = {"trials": trials, "metric": metric, "summary_key": METRICS[metric][0], "reported": reported,
