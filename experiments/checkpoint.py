@@ -105,9 +105,10 @@ def load(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        lines = [line for line in str(err).splitlines() if line.strip()] or ["refused"]
+        what = next((line for line in lines if "global" in line.lower()), lines[-1])  # which object it wanted
         raise DamagedCheckpoint(f"{path.name} holds more than tensors and plain data, so it was not loaded "
-                                f"(a checkpoint that builds other objects could run code): "
-                                f"{str(err).splitlines()[-1][:200] if str(err) else 'refused'}") from None
+                                f"(a checkpoint that builds other objects could run code): {what[:200]}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         raise DamagedCheckpoint(f"{path.name} cannot be read ({type(err).__name__}: "
                                 f"{(str(err).splitlines() or ['no detail'])[0][:200]})") from None
@@ -125,6 +126,20 @@ def fitting_problem(model: torch.nn.Module, saved: dict[str, Any]) -> str | None
         return f"its weights do not match the model (missing {missing[:3]}, unexpected {extra[:3]})"
     wrong = [k for k, v in saved.items() if not isinstance(v, torch.Tensor) or v.shape != own[k].shape]
     return f"its weights do not match the model's shapes ({wrong[:3]})" if wrong else None
+
+
+def optimizer_problem(optimizer, saved: Any) -> str | None:
+    """Why the saved optimizer state does not fit `optimizer` (groups, parameter indices, moment shapes)."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    try:
+        if len(saved["param_groups"]) != len(optimizer.param_groups):
+            return "its optimizer state has another number of parameter groups"
+        for index, state in saved["state"].items():
+            if not 0 <= int(index) < len(params) or state["exp_avg"].shape != params[int(index)].shape:
+                return f"its optimizer state does not fit parameter {index}"
+    except (KeyError, TypeError, AttributeError, ValueError):
+        return "its optimizer state is not AdamW's"
+    return None
 
 
 def discard(path: Path) -> None:

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from registry import cut
+
 TMP_SUFFIX = ".tmp"
 
 
@@ -32,9 +34,11 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w",
         if before_replace is not None:
             before_replace()
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.filename is None:
+            err.filename = str(path)  # a full disk fails in write(), which names no file: name ours
         raise
 
 
@@ -57,12 +61,15 @@ def remove_leftovers(folder: Path) -> None:
             tmp.unlink()
 
 
-FILESYSTEM_PROBLEMS = {
-    errno.ENOSPC: "no space is left on the disk", errno.EDQUOT: "the disk quota is used up",
-    errno.EROFS: "the file system is read-only", errno.EACCES: "permission is denied",
-    errno.EPERM: "the operation is not permitted", errno.ENAMETOOLONG: "a file name is too long",
-    errno.ENOTDIR: "a part of the path is a file, not a folder", errno.EEXIST: "a file is in the way of a folder",
-    errno.EISDIR: "a folder is in the way of a file",
+FREE_SPACE, WRITABLE, MOVE = "free some space", "pass --results with a folder you can write", "move it out of the way"
+FILESYSTEM_PROBLEMS = {  # errno -> (what happened, what to do)
+    errno.ENOSPC: ("no space is left on the disk", FREE_SPACE), errno.EDQUOT: ("the disk quota is used up", FREE_SPACE),
+    errno.EROFS: ("the file system is read-only", WRITABLE), errno.EACCES: ("permission is denied", WRITABLE),
+    errno.EPERM: ("the operation is not permitted", WRITABLE),
+    errno.ENAMETOOLONG: ("a file name is too long", "pass a shorter --results path"),
+    errno.ENOTDIR: ("a part of the path is a file, not a folder", f"{MOVE}, or {WRITABLE}"),
+    errno.EEXIST: ("a file is in the way of a folder", f"{MOVE}, or {WRITABLE}"),
+    errno.EISDIR: ("a folder is in the way of a file", f"{MOVE}, or {WRITABLE}"),
 }
 
 
@@ -73,12 +80,11 @@ def storage_failed(err: BaseException) -> bool:
 
 def os_error_message(err: OSError, results: Path) -> str:
     """One paragraph for a failed file operation under the results folder: what, where, what to do."""
-    what = FILESYSTEM_PROBLEMS.get(err.errno, err.strerror or type(err).__name__)
+    what, advice = FILESYSTEM_PROBLEMS.get(err.errno, (err.strerror or type(err).__name__, "fix that"))
     where = str(err.filename or results)
     where = where if len(where) <= 200 else where[:100] + "..." + where[-97:]
-    return (f"cannot write the results under {str(results)[:200]!r}: {what} ({where}). Files are written whole "
-            "or not at all, and finished runs are kept: fix that (free some space, or pass --results with a "
-            "writable folder), then rerun the same command")
+    return (f"cannot write the results under {cut(str(results))!r}: {what} ({where}). Files are written whole or "
+            f"not at all, and finished runs are kept: {advice}, then rerun the same command")
 
 
 def write_text(path: Path, text: str, only_if_changed: bool = False) -> None:

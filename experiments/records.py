@@ -34,15 +34,15 @@ def start_experiment(exp_dir: Path, spec: Spec, spec_path: Path, runs: list[RunS
     """spec.yaml (the spec as written) and experiment.json (the plan), each written only when it
     changed, so a finished experiment on read-only storage can be listed again. A folder this call
     created is removed again when the writes fail (a full disk, say): nothing is left half-made."""
-    created = not exp_dir.exists()
+    created = next((p for p in reversed([exp_dir, *exp_dir.parents]) if not p.exists()), None)
     try:
         exp_dir.mkdir(parents=True, exist_ok=True)
         files.write_text(exp_dir / "spec.yaml", Path(spec_path).read_text(encoding="utf-8", errors="replace"),
                          only_if_changed=True)
         files.write_json(exp_dir / "experiment.json", plan_record(spec, runs), only_if_changed=True)
     except OSError:
-        if created:
-            shutil.rmtree(exp_dir, ignore_errors=True)
+        if created is not None:  # the first folder this call made, and everything in it
+            shutil.rmtree(created, ignore_errors=True)
         raise
 
 

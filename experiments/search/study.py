@@ -65,9 +65,11 @@ def without_password(url: str) -> str:
     password from its own sources (PostgreSQL: PGPASSWORD or ~/.pgpass), or from LAB_STORAGE_URL."""
     if not has_password(url):
         return url
-    from sqlalchemy.engine import make_url
+    from sqlalchemy.engine import URL, make_url
 
-    return make_url(url).set(password=None).render_as_string(hide_password=False)
+    u = make_url(url)
+    return URL.create(u.drivername, u.username, None, u.host, u.port, u.database, u.query).render_as_string(
+        hide_password=False)
 
 
 def with_credentials(recorded: str) -> str:
