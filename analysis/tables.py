@@ -229,7 +229,9 @@ def unplanned_note(exp: Experiment) -> str:
 
 def _unplanned(runs_dir: Path, listed: set[str]) -> list[str]:
     """Run folders runs.csv does not list: left over from an earlier version of the spec."""
-    return sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and p.name not in listed) if runs_dir.is_dir() else []
+    if not runs_dir.is_dir():
+        return []
+    return sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and p.name not in listed)
 
 
 # ---------------------------------------------------------------------------------------------

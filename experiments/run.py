@@ -155,7 +155,7 @@ def outcome_text(outcome: str, summary: dict | None) -> str:
 
 
 def tally(outcomes: dict[str, str]) -> str:
-    """'2 trained, 1 diverged, 1 failed, 3 already done, 0 running elsewhere': each run counted once, by how it ended."""
+    """'2 trained, 1 diverged, 1 failed, 3 already done, 0 running elsewhere': each run once, by how it ended."""
     counts = {"trained": sum(o == "done" for o in outcomes.values())}
     for outcome in ("diverged", "pruned", "failed"):
         if n := sum(o == outcome for o in outcomes.values()):

@@ -95,7 +95,8 @@ COUNT = Range(0, MAX_INT)  # an integer >= 0
 NAME_MAX_CHARS = 100  # an experiment's (and a variant's) name: a folder name, and a column of every table
 
 TOP = {
-    "experiment": Field(None, str, "names the folder results/<experiment>/", pattern=rf"[A-Za-z0-9_-]{{1,{NAME_MAX_CHARS}}}",
+    "experiment": Field(None, str, "names the folder results/<experiment>/",
+                        pattern=rf"[A-Za-z0-9_-]{{1,{NAME_MAX_CHARS}}}",
                         rule=f"a name of letters, digits, '-' and '_', at most {NAME_MAX_CHARS} characters long (it "
                         "names the folder results/<experiment>/)"),
     "seeds": Field([0], list[int], "every run is repeated per seed", Range(0, 2**32 - 1),

@@ -88,7 +88,8 @@ def parse(text: str, path: Path) -> Any:
                         "allowed; a spec is plain data (mappings, lists, strings, numbers), and tags such as "
                         "!!python/... are refused") from None
     except yaml.YAMLError as err:
-        raise SpecError(f"{path} is not valid YAML {where(err)}: {getattr(err, 'problem', None) or brief(str(err))}") from None
+        problem = getattr(err, "problem", None) or brief(str(err))
+        raise SpecError(f"{path} is not valid YAML {where(err)}: {problem}") from None
     except ValueError as err:  # an integer of thousands of digits, a date like 2024-13-45
         raise SpecError(f"{path} holds a value that cannot be read: {brief(str(err))}") from None
     except RecursionError:

@@ -120,7 +120,8 @@ class Trainer:
         try:
             state = checkpoint.load(self.checkpoint_path)
             missing = CHECKPOINT_KEYS - set(state)
-            problem = (f"it lacks {sorted(missing)}" if missing else checkpoint.fitting_problem(self.model, state["model"])
+            problem = (f"it lacks {sorted(missing)}" if missing
+                       else checkpoint.fitting_problem(self.model, state["model"])
                        or checkpoint.optimizer_problem(self.optimizer, state["optimizer"]))
             if problem:
                 raise checkpoint.DamagedCheckpoint(f"{self.checkpoint_path.name}: {problem}")

@@ -280,7 +280,8 @@ def test_ctrl_c_through_the_real_command_has_no_traceback(tmp_path, corpus):
     proc = subprocess.run([sys.executable, "-c", script, str(spec), "--results", str(tmp_path / "r")],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 130 and "Traceback" not in proc.stderr
-    assert proc.stderr.startswith("interrupted at step 0 of run ") and proc.stderr.endswith("rerun the same command to resume\n")
+    assert proc.stderr.startswith("interrupted at step 0 of run ")
+    assert proc.stderr.endswith("; rerun the same command to resume\n")
 
 
 def test_run_folders_of_an_earlier_spec_are_named_not_dropped(tmp_path, corpus, capsys):

@@ -173,8 +173,9 @@ run.main(sys.argv[1:])
 def test_sigkill_mid_training_then_resume_equals_an_uninterrupted_run(tmp_path):
     long = {"steps": 300, "eval_every": 50, "checkpoint_every": 25}
     spec = write_spec(tmp_path / "s.yaml", train=long)
-    proc = subprocess.run([sys.executable, "-c", KILLED_MID_CHECKPOINT, str(spec), "--results", str(tmp_path / "killed"),
-                           "--no-report"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    argv = [str(spec), "--results", str(tmp_path / "killed"), "--no-report"]
+    proc = subprocess.run([sys.executable, "-c", KILLED_MID_CHECKPOINT, *argv], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     exp = tmp_path / "killed" / "t"
     [run_dir] = exp.glob("runs/*")
