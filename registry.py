@@ -161,6 +161,7 @@ class Registry:
         self.family = family
         self._classes: dict[str, type] = {}
         self._aliases: dict[str, str] = {}
+        self._options: dict[type, dict[str, inspect.Parameter]] = {}
 
     # -- registration -------------------------------------------------------------------------
     def register(self, name: str, *, aliases: tuple[str, ...] = ()) -> Callable[[type], type]:
@@ -198,12 +199,15 @@ class Registry:
         return iter(self.names())
 
     def options(self, name: str) -> dict[str, inspect.Parameter]:
-        """The variant's options (keyword arguments with defaults), annotations resolved."""
+        """The variant's options (keyword arguments with defaults), annotations resolved. Read once per
+        variant (resolving the annotations was most of the time a 10,000-run spec took to expand)."""
         cls = self.get(name)
-        hints = typing.get_type_hints(cls.__init__, include_extras=True)  # Annotated ranges kept
-        return {p.name: p.replace(annotation=hints.get(p.name, Any))
-                for p in inspect.signature(cls.__init__).parameters.values()
-                if p.default is not inspect.Parameter.empty and p.name != "self"}
+        if cls not in self._options:
+            hints = typing.get_type_hints(cls.__init__, include_extras=True)  # Annotated ranges kept
+            self._options[cls] = {p.name: p.replace(annotation=hints.get(p.name, Any))
+                                  for p in inspect.signature(cls.__init__).parameters.values()
+                                  if p.default is not inspect.Parameter.empty and p.name != "self"}
+        return self._options[cls]
 
     def describe(self, name: str) -> str:
         """'name — first docstring line [options: a=1, b='x']'."""

@@ -4,6 +4,8 @@ resuming unfinished ones from their checkpoints.
 """
 from __future__ import annotations
 
+import functools
+import json
 import os
 import socket
 import subprocess
@@ -74,16 +76,18 @@ def data_key(run: RunSpec) -> tuple:
 
 
 # -- the dry run ---------------------------------------------------------------------------------
-def model_size(run: RunSpec, vocab_size: int) -> tuple[int, int]:
-    """(parameters, FLOPs per token), built on the meta device: sizes only, no memory."""
-    model = resources.meta_model(run.model, vocab_size)
+@functools.lru_cache(maxsize=1024)
+def model_size(model_json: str, vocab_size: int) -> tuple[int, int]:
+    """(parameters, FLOPs per token) of a run's model (as JSON: a grid repeats a few models many times),
+    built on the meta device: sizes only, no memory."""
+    model = resources.meta_model(json.loads(model_json), vocab_size)
     return model.num_params(), model.flops_per_token()
 
 
 def dry_run_table(runs: list[RunSpec], datasets: dict[tuple, Any]) -> str:
     rows = []
     for run in runs:
-        params, flops = model_size(run, datasets[data_key(run)].vocab_size)
+        params, flops = model_size(json.dumps(run.model, sort_keys=True), datasets[data_key(run)].vocab_size)
         tokens = run.train.steps * run.train.batch_size * run.train.grad_accum * run.model["context_length"]
         rows.append({"run_id": run.run_id, "variant": run.variant, **axis_values(run), "seed": run.seed,
                      "params": f"{params:,}", "flops/token": f"{flops:,}", "tokens": f"{tokens:,}"})
