@@ -12,12 +12,17 @@ constructor takes keyword arguments only:
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import fnmatch
 import inspect
+import math
+import reprlib
 import types
 import typing
-from typing import Any, Callable, Literal
+from typing import Annotated, Any, Callable, Literal
+
+MESSAGE_VALUE_CHARS = 80  # a value quoted in a message is cut to this many characters
 
 
 class SpecError(ValueError):
@@ -34,9 +39,62 @@ def format_problems(problems: list[str]) -> str:
     return f"{len(problems)} problems: " + "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
 
 
+class _Brief(reprlib.Repr):
+    def repr_int(self, x: int, level: int) -> str:
+        # str() of a huge int is slow (and refused past 4,300 digits): say how big it is instead.
+        return repr(x) if abs(x) < 10**40 else f"<an integer of {len(f'{x:x}') * 4} bits>"
+
+
+_BRIEF = _Brief()
+_BRIEF.maxlevel, _BRIEF.maxlist, _BRIEF.maxdict, _BRIEF.maxtuple = 3, 8, 8, 8
+_BRIEF.maxstring = _BRIEF.maxother = MESSAGE_VALUE_CHARS
+
+
+def brief(value: Any) -> str:
+    """repr(value), cut to ~80 characters, for messages: a value from a spec can be as large as the
+    memory holds (a YAML alias bomb's full repr would take gigabytes), so none is quoted whole."""
+    text = _BRIEF.repr(value)
+    return text if len(text) <= MESSAGE_VALUE_CHARS else text[:MESSAGE_VALUE_CHARS - 3] + "..."
+
+
+def cut(text: Any) -> str:
+    """str(text) cut to ~80 characters: a key or name from a spec, quoted in a message without repr's quotes."""
+    text = text if isinstance(text, str) else brief(text)
+    return text if len(text) <= MESSAGE_VALUE_CHARS else text[:MESSAGE_VALUE_CHARS - 3] + "..."
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Where a number may lie: from `low` to `high` (None: unbounded), each end closed unless open.
+    Spec fields (experiments/schema.py) and component options (``Annotated[float, Range(0,
+    low_open=True)]``) declare theirs with it."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def describe(self, noun: str) -> str:
+        """'a positive integer', 'a number >= 0', 'a number in (0, 0.5]'."""
+        article = "an" if noun[0] in "aeiou" else "a"
+        low, high = (f"{x:g}" if isinstance(x, float) else str(x) for x in (self.low, self.high))
+        if self.low == 0 and self.low_open and (self.high is None or noun == "integer" and not self.high_open):
+            return f"a positive {noun}" + (f" <= {high}" if self.high is not None else "")
+        if self.high is None:
+            return f"{article} {noun} {'>' if self.low_open else '>='} {low}"
+        return (f"{article} {noun} in {'(' if self.low_open else '['}{low}, "
+                f"{high}{')' if self.high_open else ']'}")
+
+
 def close_matches(word: str, choices: list[str]) -> str:
     """' — did you mean 'x'?' or '' when nothing is close."""
-    found = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
+    word = str(word)[:MESSAGE_VALUE_CHARS] if isinstance(word, str) else brief(word)
+    found = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f" — did you mean '{found[0]}'?" if found else ""
 
 
@@ -50,8 +108,17 @@ def choices_hint(word: Any, choices: Any, label: str = "valid") -> str:
 def type_problem(value: Any, annotation: Any) -> str | None:
     """Why `value` does not fit `annotation` (int, float, bool, str, dict, list[X], Literal, unions), or
     None. The one type check of the lab: component options here, spec fields (experiments/schema.py)
-    and search ranges use it."""
+    and search ranges use it. A number must be finite: .inf and .nan are never valid. An
+    ``Annotated[float, Range(...)]`` checks the range too."""
     origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        inner, *extras = typing.get_args(annotation)
+        if (want := type_problem(value, inner)) is not None:
+            return want
+        ranges = [r for r in extras if isinstance(r, Range)]
+        noun = "integer" if inner is int else "number"
+        bad = next((r for r in ranges if value is not None and value not in r), None)
+        return None if bad is None else bad.describe(noun)
     if annotation is list or origin is list:
         item = (typing.get_args(annotation) or (Any,))[0]
         if not isinstance(value, list):
@@ -75,8 +142,13 @@ def type_problem(value: Any, annotation: Any) -> str | None:
     if annotation is int:
         return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
     if annotation is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return None if ok else "a number"
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return "a number"
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an integer beyond a float's range
+            finite = False
+        return None if finite else "a finite number"
     if annotation is str:
         return None if isinstance(value, str) else "a string"
     return None  # other annotations are not checked
@@ -89,6 +161,7 @@ class Registry:
         self.family = family
         self._classes: dict[str, type] = {}
         self._aliases: dict[str, str] = {}
+        self._options: dict[type, dict[str, inspect.Parameter]] = {}
 
     # -- registration -------------------------------------------------------------------------
     def register(self, name: str, *, aliases: tuple[str, ...] = ()) -> Callable[[type], type]:
@@ -110,7 +183,7 @@ class Registry:
         return sorted(n for n in self._classes if fnmatch.fnmatchcase(n, pattern))
 
     def __contains__(self, name: object) -> bool:
-        return name in self._classes or name in self._aliases
+        return isinstance(name, str) and (name in self._classes or name in self._aliases)
 
     def get(self, name: str, path: str | None = None) -> type:
         key = self._aliases.get(name, name) if isinstance(name, str) else None
@@ -120,18 +193,21 @@ class Registry:
 
     def unknown(self, name: Any, path: str | None) -> str:
         where = f" at {path}" if path else ""
-        return f"unknown {self.family} {name!r}{where}{choices_hint(name, self.names(), 'registered')}"
+        return f"unknown {self.family} {brief(name)}{where}{choices_hint(name, self.names(), 'registered')}"
 
     def __iter__(self):
         return iter(self.names())
 
     def options(self, name: str) -> dict[str, inspect.Parameter]:
-        """The variant's options (keyword arguments with defaults), annotations resolved."""
+        """The variant's options (keyword arguments with defaults), annotations resolved. Read once per
+        variant (resolving the annotations was most of the time a 10,000-run spec took to expand)."""
         cls = self.get(name)
-        hints = typing.get_type_hints(cls.__init__)
-        return {p.name: p.replace(annotation=hints.get(p.name, Any))
-                for p in inspect.signature(cls.__init__).parameters.values()
-                if p.default is not inspect.Parameter.empty and p.name != "self"}
+        if cls not in self._options:
+            hints = typing.get_type_hints(cls.__init__, include_extras=True)  # Annotated ranges kept
+            self._options[cls] = {p.name: p.replace(annotation=hints.get(p.name, Any))
+                                  for p in inspect.signature(cls.__init__).parameters.values()
+                                  if p.default is not inspect.Parameter.empty and p.name != "self"}
+        return self._options[cls]
 
     def describe(self, name: str) -> str:
         """'name — first docstring line [options: a=1, b='x']'."""
@@ -168,10 +244,10 @@ class Registry:
             if key not in allowed:
                 valid = ", ".join(allowed) or "none"
                 hint = close_matches(key, list(allowed)) or " —"
-                problems.append(f"unknown option {key!r} for {self.family} '{name}' at {where}{hint}"
+                problems.append(f"unknown option {brief(key)} for {self.family} '{name}' at {where}{hint}"
                                 f" valid options: {valid}")
             elif (want := type_problem(value, allowed[key].annotation)) is not None:
-                problems.append(f"{where}.{key} = {value!r} for {self.family} '{name}' must be {want}")
+                problems.append(f"{where}.{key} = {brief(value)} for {self.family} '{name}' must be {want}")
         cls = self.get(name)
         if not problems and dims is not None and hasattr(cls, "check_dims"):
             options = {k: p.default for k, p in allowed.items()} | given

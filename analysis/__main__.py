@@ -14,6 +14,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("experiment", type=Path,
                         help="an experiment folder written by `python -m experiments.run`, "
                              "e.g. results/quickstart")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="write report.md and plots/ into DIR instead of the experiment folder "
+                             "(e.g. for an experiment on read-only storage)")
     parser.add_argument("--consecutive", action="store_true",
                         help="also compare each named variant with the one listed before it "
                              "(the steps of a ladder, e.g. specs/seed_ladder.yaml)")
@@ -32,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         check_experiment_dir(args.experiment)     # fail fast, before importing matplotlib
         from analysis.report import write_report
 
-        path = write_report(args.experiment, consecutive=args.consecutive)
+        path = write_report(args.experiment, consecutive=args.consecutive, out=args.out)
     except ExperimentError as err:
         print(f"python -m analysis: cannot analyse {args.experiment}: {err} Pass the folder "
               "that `python -m experiments.run <spec.yaml>` wrote, i.e. results/<experiment> "
@@ -40,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as err:
         print(f"python -m analysis: cannot write the report for {args.experiment}: {err}. "
-              "Check that the folder is writable and the disk is not full.", file=sys.stderr)
+              "Check that the folder is writable and the disk is not full, or write the report "
+              "elsewhere with --out DIR.", file=sys.stderr)
         return 2
     print(path)
     return 0

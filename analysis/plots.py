@@ -23,7 +23,7 @@ from analysis.figures import (  # noqa: F401  (Skip, PlotSet: read from here by 
     PlotSet, Skip, axis_label, ci_legend, legend_below, n_seeds, palette, plt, ranked_variants, save, si_ticks,
     style, t_interval)
 from analysis.tables import LABELS, UNITS, Experiment, complete_variants, done_runs, mixed_tokenizers
-from experiments.search.study import quiet_optuna, sqlite_file, sqlite_url
+from experiments.search.study import quiet_optuna, sqlite_file, sqlite_url, with_credentials
 
 MAX_ROWS = 30           # rows of a point plot (a search can have hundreds of trials)
 MAX_HUES = 12           # beyond this a colour per variant cannot be told apart
@@ -198,7 +198,7 @@ def load_study(exp: Experiment) -> Any:
         raise Skip("no Optuna study: experiment.json has no search section.")
     if not exp.search.get("storage") or not exp.search.get("study_name"):
         raise Skip("Optuna plots: experiment.json's search names no storage and study_name.")
-    url = _storage_url(str(exp.search.get("storage", "")), exp.path)
+    url = with_credentials(_storage_url(str(exp.search.get("storage", "")), exp.path))
     with quiet_optuna() as optuna:
         try:
             return optuna.load_study(study_name=str(exp.search.get("study_name")), storage=url)

@@ -20,7 +20,7 @@ from analysis.markdown import (  # noqa: F401  (to_markdown: read from here by t
 from analysis.plots import CAPTIONS, PlotSet, make_plots
 from analysis.tables import (
     LABELS, UNITS, Experiment, best_run, comparable_metrics, complete_variants, done_runs,
-    load_experiment, mixed_tokenizers, pivot_tables, progress, tokenizers, variant_table)
+    load_experiment, mixed_tokenizers, pivot_tables, progress, tokenizers, unplanned_note, variant_table)
 
 MAX_VARIANT_ROWS = 25      # a search can have hundreds of trials; the report shows the best
 MAX_SAMPLE_CHARS = 3000
@@ -97,6 +97,7 @@ def _caveats(exp: Experiment) -> list[str]:
     if left_out["done"] < left_out["planned"]:
         notes.append(f"Only runs with status `done` enter the statistics "
                      f"({left_out['done']} of {left_out['planned']}).")
+    notes += [unplanned_note(exp)] if exp.unplanned else []
     return (["## Caveats", ""] + [f"- {n}" for n in notes] + [""]) if notes else []
 
 
@@ -254,7 +255,7 @@ def _left_out_section(exp: Experiment) -> list[str]:
 def _plots_section(exp: Experiment, plots: PlotSet) -> list[str]:
     lines = ["## Plots", ""]
     for key, path in plots.paths.items():
-        rel = os.path.relpath(path, exp.path)
+        rel = os.path.relpath(path, path.parent.parent)  # plots/<name>.png beside report.md
         lines += [f"{CAPTIONS[key]}", "", f"![{key}]({Path(rel).as_posix()})", ""]
     lines += [f"- {note}" for note in plots.notes]
     return lines + ([""] if plots.notes else [])
@@ -331,7 +332,7 @@ def _search_section(exp: Experiment) -> list[str]:
     lines += _study_best(exp)
     spec = exp.path / "runs" / str(best["run_id"]) / "spec.yaml"
     if spec.is_file():
-        lines += ["Its resolved spec:", "", fence(spec.read_text(), "yaml"), ""]
+        lines += ["Its resolved spec:", "", fence(spec.read_text(errors="replace"), "yaml"), ""]
     return lines
 
 
@@ -355,13 +356,14 @@ def _write_atomic(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def write_report(exp_dir: Path, consecutive: bool = False) -> Path:
-    """Write exp_dir/plots/*.png and exp_dir/report.md; return the report's path.
+def write_report(exp_dir: Path, consecutive: bool = False, out: Path | None = None) -> Path:
+    """Write report.md and plots/*.png into `out` (default: exp_dir); return the report's path.
 
     Raises analysis.tables.ExperimentError when exp_dir is not an experiment folder.
     """
     exp = load_experiment(Path(exp_dir))
-    plots = make_plots(exp, exp.path / "plots")
-    path = exp.path / "report.md"
+    out = exp.path if out is None else Path(out)
+    plots = make_plots(exp, out / "plots")
+    path = out / "report.md"
     _write_atomic(path, build_report(exp, plots, consecutive))
     return path

@@ -66,6 +66,7 @@ class Experiment:
     budget: dict[str, Any] = field(default_factory=dict)        # the spec's train budget: {kind: amount}
     tune: dict[str, Any] | None = None                          # {"key", "values"} of a tune: block
     scale: dict[str, Any] | None = None                         # {"axis", "keys", "sizes"} of a scale: block
+    unplanned: list[str] = field(default_factory=list)          # run folders an earlier version of the spec made
 
     @property
     def budget_kind(self) -> str:
@@ -82,16 +83,25 @@ class Experiment:
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ExperimentError(f"{path} is not valid JSON ({err}).") from None
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:  # bad JSON, or bytes that are not UTF-8
+        raise ExperimentError(f"{path} is not valid JSON ({str(err)[:200]}).") from None
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    """A run's summary.json, or {} when it is missing or damaged: one broken run never stops the report."""
+    try:
+        summary = _read_json(path) if path.is_file() else {}
+    except (ExperimentError, OSError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     import yaml  # a project dependency; imported here so `tables` loads without it
 
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(errors="replace"))
     except (OSError, yaml.YAMLError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -123,7 +133,7 @@ def _fill_from_summaries(runs: pd.DataFrame, runs_dir: Path) -> pd.DataFrame:
     rows = []
     for run_id in runs["run_id"]:
         path = runs_dir / str(run_id) / "summary.json"
-        summary = _read_json(path) if path.is_file() else {}
+        summary = _read_summary(path)
         rows.append({k: summary.get(k) for k in FROM_SUMMARY})
     fill = pd.DataFrame(rows, index=runs.index, columns=list(FROM_SUMMARY))
     for col in FROM_SUMMARY:
@@ -138,9 +148,9 @@ def _read_metrics(runs: pd.DataFrame, runs_dir: Path) -> pd.DataFrame:
         path = runs_dir / str(run.run_id) / "metrics.csv"
         if not path.is_file():
             continue
-        try:
-            m = pd.read_csv(path)
-        except (pd.errors.EmptyDataError, pd.errors.ParserError):
+        try:                              # a damaged byte reads as U+FFFD, and its cell as NaN below
+            m = pd.read_csv(path, encoding="utf-8", encoding_errors="replace")
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, OSError):
             continue                      # a run that has not evaluated yet has no curve
         m = m.apply(pd.to_numeric, errors="coerce")
         if metrics.FLOPS not in m.columns:    # a run from before FLOPs were logged: tokens x FLOPs/token
@@ -232,7 +242,7 @@ def load_experiment(path: Path | str) -> Experiment:
         planned=max(len(planned_runs), runs["run_id"].nunique()),
         runs=runs, metrics=_read_metrics(runs, path / "runs"), levels=levels,
         variant_order=variant_order, spec=spec, budget=_budget(plan, spec),
-        tune=plan.get("tune"), scale=plan.get("scale"))
+        tune=plan.get("tune"), scale=plan.get("scale"), unplanned=_unplanned(path / "runs", set(runs["run_id"])))
 
 
 def _budget(plan: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
@@ -240,6 +250,18 @@ def _budget(plan: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
     train = spec.get("train") if isinstance(spec.get("train"), dict) else {}
     budget = plan.get("budget") or train.get("budget") or {"steps": train.get("steps")}
     return budget if isinstance(budget, dict) and len(budget) == 1 else {"steps": None}
+
+
+def unplanned_note(exp: Experiment) -> str:
+    return (f"{len(exp.unplanned)} run folder(s) under runs/ are not in the current spec (an earlier version "
+            f"of it made them) and are left out: {', '.join(exp.unplanned[:10])}{' ...' * (len(exp.unplanned) > 10)}.")
+
+
+def _unplanned(runs_dir: Path, listed: set[str]) -> list[str]:
+    """Run folders runs.csv does not list: left over from an earlier version of the spec."""
+    if not runs_dir.is_dir():
+        return []
+    return sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and p.name not in listed)
 
 
 # ---------------------------------------------------------------------------------------------

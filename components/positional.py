@@ -19,11 +19,12 @@ tables to its length.
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 from torch import nn
 
-from registry import POSITIONAL
+from registry import POSITIONAL, Range
 
 
 class Positional(nn.Module):
@@ -92,7 +93,7 @@ class Learned(Positional):
 class Rotary(Positional):
     """Rotary position embedding on queries and keys (Su et al. 2021, RoFormer)."""
 
-    def __init__(self, *, base: float = 10000.0) -> None:
+    def __init__(self, *, base: Annotated[float, Range(1, low_open=True)] = 10000.0) -> None:
         super().__init__()
         self.base = base
         self.head_dim = None  # the tables' head size, once prepare() has built them

@@ -1,8 +1,22 @@
-"""A run's checkpoint, beyond the Trainer's own state: every RNG state (so a resumed run draws what an
-uninterrupted one would), and loading a trained run back (model, tokenizer, resolved spec) for
-generation and export, with a one-paragraph error when a folder is not a trained run."""
+"""A run's checkpoint: saved with a checksum beside it, loaded safely, and every RNG state (so a
+resumed run draws what an uninterrupted one would); and loading a trained run back (model,
+tokenizer, resolved spec) for generation and export, with a one-paragraph error when a folder is not
+a trained run.
+
+Safety: a checkpoint is read with ``torch.load(weights_only=True)``, which builds tensors and plain
+values (dicts, lists, tuples, numbers, strings) and nothing else, so a crafted file cannot run code;
+everything the lab saves (RNG states and optimizer state included) is of those kinds.
+
+Damage: every save records the file's sha256 in ``checkpoint.pt.sha256``. A file that does not match
+(bytes changed, truncated) or does not load raises `DamagedCheckpoint`; the trainer then starts the
+run again from step 0, and generate / export say so. The record is written before the new file
+takes the old one's place and names both, so a crash at any moment leaves a pair that matches.
+A checkpoint without a record (written before checksums were kept) is loaded unverified.
+"""
 from __future__ import annotations
 
+import hashlib
+import json
 import pickle
 import random
 import zipfile
@@ -16,9 +30,122 @@ import yaml
 from components.model import GPT
 from experiments import files
 from experiments.schema import ModelConfig
-from registry import TOKENIZER, SpecError, load_all
+from registry import TOKENIZER, SpecError, brief, load_all
 
 RUN_FILES = ("spec.yaml", "tokenizer.json", "checkpoint.pt")
+CHECKSUM_SUFFIX = ".sha256"
+READ_CHUNK = 1 << 24
+
+
+class DamagedCheckpoint(Exception):
+    """A checkpoint that cannot be trusted: changed, truncated, unreadable, or holding more than data."""
+
+
+# -- saving and loading --------------------------------------------------------------------------
+class HashingWriter:
+    """A file that hashes what passes through it: the checksum costs no second read of the file."""
+
+    def __init__(self, f):
+        self.f, self.sha256 = f, hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def save(path: Path, state: dict[str, Any]) -> None:
+    """torch.save `state` atomically, its sha256 recorded beside it (see the module's docstring)."""
+    writer: dict[str, HashingWriter] = {}
+    previous = (recorded(path) or [])[:1]  # the sum of the file now in place
+
+    def write(f) -> None:
+        writer["w"] = HashingWriter(f)
+        torch.save(state, writer["w"])
+
+    def record_both() -> None:  # the old file may still be in place for a moment: both sums are good
+        files.write_json(checksum_path(path), {"sha256": writer["w"].sha256.hexdigest(), "previous": previous})
+
+    files.atomic_write(path, write, mode="wb", before_replace=record_both)
+    files.write_json(checksum_path(path), {"sha256": writer["w"].sha256.hexdigest(), "previous": []})
+
+
+def recorded(path: Path) -> list[str] | None:
+    """The sums the record accepts for `path` (None: no record; [] when it cannot be read)."""
+    try:
+        record = json.loads(checksum_path(path).read_text(encoding="utf-8"))
+        return [record["sha256"], *record.get("previous", [])]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+
+
+def file_sha256(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(READ_CHUNK):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def load(path: Path) -> dict[str, Any]:
+    """The state saved at `path`, on the CPU (the caller moves it to its device); DamagedCheckpoint when
+    the file does not match its checksum, does not load, or holds anything but tensors and plain data."""
+    sums = recorded(path)
+    if sums is not None and file_sha256(path) not in sums:
+        raise DamagedCheckpoint(f"{path.name} does not match the checksum recorded when it was saved "
+                                f"({checksum_path(path).name}): its bytes were changed or cut short")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        lines = [line for line in str(err).splitlines() if line.strip()] or ["refused"]
+        what = next((line for line in lines if "global" in line.lower()), lines[-1])  # which object it wanted
+        raise DamagedCheckpoint(f"{path.name} holds more than tensors and plain data, so it was not loaded "
+                                f"(a checkpoint that builds other objects could run code): {what[:200]}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise DamagedCheckpoint(f"{path.name} cannot be read ({type(err).__name__}: "
+                                f"{(str(err).splitlines() or ['no detail'])[0][:200]})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise DamagedCheckpoint(f"{path.name} is not a checkpoint of this lab (it has no model state)")
+    return state
+
+
+def fitting_problem(model: torch.nn.Module, saved: dict[str, Any]) -> str | None:
+    """Why the saved weights do not fit `model` (names or shapes), or None: checked before loading, so a
+    checkpoint that does not fit never leaves the model half-loaded."""
+    own = model.state_dict()
+    if set(own) != set(saved):
+        missing, extra = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
+        return f"its weights do not match the model (missing {missing[:3]}, unexpected {extra[:3]})"
+    wrong = [k for k, v in saved.items() if not isinstance(v, torch.Tensor) or v.shape != own[k].shape]
+    return f"its weights do not match the model's shapes ({wrong[:3]})" if wrong else None
+
+
+def optimizer_problem(optimizer, saved: Any) -> str | None:
+    """Why the saved optimizer state does not fit `optimizer` (groups, parameter indices, moment shapes)."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    try:
+        if len(saved["param_groups"]) != len(optimizer.param_groups):
+            return "its optimizer state has another number of parameter groups"
+        for index, state in saved["state"].items():
+            if not 0 <= int(index) < len(params) or state["exp_avg"].shape != params[int(index)].shape:
+                return f"its optimizer state does not fit parameter {index}"
+    except (KeyError, TypeError, AttributeError, ValueError):
+        return "its optimizer state is not AdamW's"
+    return None
+
+
+def discard(path: Path) -> None:
+    """Remove a checkpoint and its record (the run starts again from step 0)."""
+    path.unlink(missing_ok=True)
+    checksum_path(path).unlink(missing_ok=True)
 
 
 # -- RNG state -----------------------------------------------------------------------------------
@@ -49,11 +176,24 @@ def load_model(run_dir: Path, device: str = "cpu"):
     """(model, tokenizer, run spec) of a trained run, from its checkpoint."""
     load_all()  # the tokenizer registry fills on import of components.tokenizer
     spec = yaml.safe_load((run_dir / "spec.yaml").read_text(encoding="utf-8"))
-    tokenizer = TOKENIZER.build(files.read_json(run_dir / "tokenizer.json"), {"text": ""})
+    tokenizer = read_tokenizer(run_dir)
     model = GPT(ModelConfig(vocab_size=tokenizer.vocab_size, **spec["model"]))
-    state = torch.load(run_dir / "checkpoint.pt", map_location=device, weights_only=False)
+    state = load(run_dir / "checkpoint.pt")
+    if problem := fitting_problem(model, state["model"]):
+        raise DamagedCheckpoint(f"checkpoint.pt does not fit the run's spec.yaml: {problem}")
     model.load_state_dict(state["model"])
     return model.to(device).eval(), tokenizer, spec
+
+
+def read_tokenizer(run_dir: Path):
+    """The run's tokenizer, rebuilt from its tokenizer.json; a SpecError when the file is damaged."""
+    path = run_dir / "tokenizer.json"
+    try:
+        return TOKENIZER.build(files.read_json(path), {"text": ""})
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:  # SpecError is a ValueError
+        raise SpecError(f"{str(path)!r} is damaged: it does not describe a tokenizer ({type(err).__name__}: "
+                        f"{brief(str(err))}); the runner writes it when the run trains: train the run again "
+                        f"with python -m experiments.run SPEC --force --only {run_dir.name}") from None
 
 
 def check_run_dir(run_dir: Path) -> None:
@@ -89,7 +229,9 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[Any, Any, dict[s
     read_run_spec(run_dir)
     try:
         return load_model(run_dir, device=device)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, KeyError) as err:
-        # A truncated file or a checkpoint from an incompatible version of the model code.
-        raise SpecError(f"the checkpoint in {str(run_dir)!r} cannot be loaded ({type(err).__name__}: "
-                        f"{str(err).splitlines()[0] if str(err) else 'no detail'})") from None
+    except DamagedCheckpoint as err:
+        raise SpecError(f"the checkpoint in {str(run_dir)!r} was not used: {err}. Train the run again with "
+                        f"python -m experiments.run SPEC --force --only {run_dir.name}") from None
+    except (RuntimeError, KeyError, TypeError) as err:  # a spec.yaml from an incompatible version of the code
+        raise SpecError(f"the run in {str(run_dir)!r} cannot be loaded ({type(err).__name__}: "
+                        f"{brief(str(err).splitlines()[0] if str(err) else 'no detail')})") from None

@@ -15,7 +15,6 @@ base: 500}, true, null ("KEY=" is null too).
 from __future__ import annotations
 
 import copy
-import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -23,26 +22,13 @@ from typing import Any
 import yaml
 
 from components.model import PRESETS
-from experiments.schema import SECTIONS, key_problem
+from experiments import specfile
+from experiments.schema import LIMITS, SECTIONS, key_problem
 from experiments.spec import Spec, parse_spec, read_yaml
-from registry import SpecError
+from experiments.specfile import count_values
+from registry import SpecError, brief, cut
 
 COMMAND = "python -m experiments.run"
-
-
-class ValueLoader(yaml.SafeLoader):
-    """YAML for one value, with YAML 1.2's floats: 3e-4 is a number (PyYAML's YAML 1.1 reads a string)."""
-
-
-ValueLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?$"
-               r"|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
-    list("-+0123456789."))
-# The resolver above matches integers too; YAML's own int resolver, tried first, keeps them ints.
-ValueLoader.yaml_implicit_resolvers = {
-    first: sorted(resolvers, key=lambda r: r[0] != "tag:yaml.org,2002:int")
-    for first, resolvers in ValueLoader.yaml_implicit_resolvers.items()}
 
 
 # -- parsing -------------------------------------------------------------------------------------
@@ -54,18 +40,20 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key or not all(key.split(".")):
-            problems.append(f"override {item!r} must be KEY=VALUE with a dotted spec key, e.g. train.steps=100 "
+            problems.append(f"override {brief(item)} must be KEY=VALUE with a dotted spec key, e.g. train.steps=100 "
                             "or 'seeds=[0, 1]' (give one spec file, then any number of overrides)")
             continue
         if key in overrides:
-            problems.append(f"override {key!r} is given twice ({key}={overrides[key]!r} and {item}): give it once")
+            problems.append(f"override {brief(key)} is given twice: give it once")
             continue
-        try:
-            overrides[key] = yaml.load(text, Loader=ValueLoader)  # noqa: S506  (a SafeLoader)
-        except yaml.YAMLError as err:
-            problems.append(f"override {item!r}: the value is not valid YAML "
-                            f"({getattr(err, 'problem', None) or err}); quote it for the shell, e.g. "
-                            f"'{key}=[0, 1]' or '{key}={{name: rope, base: 500}}'")
+        try:  # the spec file's own loader: plain data, 1e-3 a number, no duplicate keys, no alias bomb
+            overrides[key] = specfile.parse(text, f"override {brief(item)}")
+        except SpecError as err:
+            problems.append(f"{err}; quote it for the shell, e.g. '{cut(key)}=[0, 1]' or "
+                            f"'{cut(key)}={{name: rope, base: 500}}'")
+            continue
+        if count_values(overrides[key], LIMITS["spec_values"]) > LIMITS["spec_values"]:
+            problems.append(f"override {cut(key)} expands to more than {LIMITS['spec_values']:,} values")
     if problems:
         raise SpecError(problems)
     return overrides

@@ -2,11 +2,12 @@
 runs.csv rebuilt from the run folders (the source of truth), the report hooks, text tables."""
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from experiments import files, metrics, progress
+from experiments import files, metrics
 from experiments.schema import TRAIN, label
 
 if TYPE_CHECKING:
@@ -44,30 +45,50 @@ def budget_record(spec: Spec) -> dict[str, Any]:
 
 
 def start_experiment(exp_dir: Path, spec: Spec, spec_text: str, runs: list[RunSpec]) -> None:
-    """spec.yaml (the spec as it ran, with its command line: experiments/overrides.py) and experiment.json."""
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    files.write_text(exp_dir / "spec.yaml", spec_text)
-    files.write_json(exp_dir / "experiment.json", plan_record(spec, runs))
+    """spec.yaml (the spec as it ran, with its command line: experiments/overrides.py) and
+    experiment.json (the plan), each written only when it changed, so a finished experiment on
+    read-only storage can be listed again. A folder this call created is removed again when the
+    writes fail (a full disk, say): nothing is left half-made."""
+    created = next((p for p in reversed([exp_dir, *exp_dir.parents]) if not p.exists()), None)
+    try:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        files.write_text(exp_dir / "spec.yaml", spec_text, only_if_changed=True)
+        files.write_json(exp_dir / "experiment.json", plan_record(spec, runs), only_if_changed=True)
+    except OSError:
+        if created is not None:  # the first folder this call made, and everything in it
+            shutil.rmtree(created, ignore_errors=True)
+        raise
 
 
 # -- runs.csv ------------------------------------------------------------------------------------
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """A run's summary.json, or None when there is none or it cannot be read (cut short, not JSON,
+    not a summary): such a run is treated as unfinished and trained again."""
+    try:
+        summary = files.read_json(run_dir / "summary.json")
+    except (OSError, ValueError):  # ValueError: bad JSON, or bytes that are not UTF-8
+        return None
+    return summary if isinstance(summary, dict) and isinstance(summary.get("status"), str) else None
+
+
 def run_status(run_dir: Path) -> str:
-    """A run's status from its folder. Looks at its lock without taking it (experiments/progress.py):
-    a runner about to take that lock must never find it held by a reader."""
-    summary = run_dir / "summary.json"
-    if summary.exists():
-        return files.read_json(summary)["status"]
-    return "running" if progress.holder(run_dir, progress.flock_holders()) else "pending"
+    """A run's status from its folder; its lock is only probed (RunLock.held_elsewhere), never held."""
+    summary = read_summary(run_dir)
+    if summary is not None:
+        return summary["status"]
+    if files.RunLock(run_dir).held_elsewhere():
+        return "running"
+    return "pending"
 
 
 def rebuild_runs_csv(exp_dir: Path) -> list[dict[str, Any]]:
-    """runs.csv from experiment.json's plan and the run folders (the source of truth)."""
+    """runs.csv from experiment.json's plan and the run folders (the source of truth); the file is
+    rewritten only when it changed."""
     plan = files.read_json(exp_dir / "experiment.json")
     rows = []
     for entry in plan["runs"]:
         run_dir = exp_dir / "runs" / entry["run_id"]
-        summary_path = run_dir / "summary.json"
-        summary = files.read_json(summary_path) if summary_path.exists() else {}
+        summary = read_summary(run_dir) or {}
         row = {"run_id": entry["run_id"], "variant": entry["variant"], **entry["axes"], "seed": entry["seed"],
                **{k: entry[k] for k in ("trial", "state") if k in entry}}
         row |= {k: summary.get(k) for k in RUN_COLUMNS if k not in row}
@@ -75,8 +96,19 @@ def rebuild_runs_csv(exp_dir: Path) -> list[dict[str, Any]]:
         rows.append(row)
     extra = [k for k in ("trial", "state") if any(k in r for r in rows)]
     columns = ["run_id", "variant", *plan["axes"], "seed", *extra] + [c for c in RUN_COLUMNS[3:]]
-    files.write_csv(exp_dir / "runs.csv", rows, columns)
+    files.write_csv(exp_dir / "runs.csv", rows, columns, only_if_changed=True)
     return rows
+
+
+def runs_not_in_plan(exp_dir: Path) -> list[str]:
+    """Run folders under runs/ that experiment.json's plan does not name: runs of an earlier version of
+    the spec, which runs.csv and the report leave out."""
+    try:
+        planned = {entry["run_id"] for entry in files.read_json(exp_dir / "experiment.json")["runs"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    runs = exp_dir / "runs"
+    return sorted(p.name for p in runs.iterdir() if p.is_dir() and p.name not in planned) if runs.is_dir() else []
 
 
 # -- the report ----------------------------------------------------------------------------------

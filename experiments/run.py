@@ -9,16 +9,31 @@ runner processes on one spec share the work through per-run locks. A spec with a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
+import os
+import signal
 import sys
 import time
 from pathlib import Path
 
+INTERRUPTED = "interrupted; rerun the same command to resume (finished runs are kept)"
+
+
+def interrupted_while_loading(signum, frame) -> None:
+    print(INTERRUPTED, file=sys.stderr, flush=True)
+    os._exit(130)
+
+
+if __name__ == "__main__":  # Ctrl-C while the imports below load (torch: seconds) ends quietly too
+    signal.signal(signal.SIGINT, interrupted_while_loading)
+
 from tqdm import tqdm
 
-from experiments import ddp, metrics, overrides
-from experiments.records import rebuild_runs_csv, report_is_stale, start_experiment, text_table, write_report
-from experiments.runner import Runner, bind_data, dry_run_table
+from experiments import ddp, files, metrics, overrides
+from experiments.records import (rebuild_runs_csv, report_is_stale, runs_not_in_plan, start_experiment, text_table,
+                                 write_report)
+from experiments.runner import Interrupted, Runner, bind_data, dry_run_table
 from experiments.search import cli as search_cli
 from experiments.spec import RunSpec
 from registry import SpecError, catalogue
@@ -46,8 +61,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command: 0 when every run finished, 1 when one failed or the results cannot be written,
+    2 for a spec in error, 130 when interrupted (Ctrl-C). Never a traceback for any of these."""
+    with contextlib.suppress(ValueError):  # (ValueError: not the main thread, where the handler stays as it is)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on Ctrl-C is a KeyboardInterrupt
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = parse_args(argv)
+    try:
+        return run_command(args, argv)
+    except Interrupted as err:
+        print(f"{err}; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
+    except OSError as err:  # the results folder: read-only, full, a file in the way, a name too long ...
+        print(f"error: {files.os_error_message(err, Path(args.results))}", file=sys.stderr)
+        return 1
+
+
+def run_command(args: argparse.Namespace, argv: list[str]) -> int:
+    """The command line's work; `argv` is what results/<experiment>/spec.yaml records it ran as."""
     if args.list:
         print(catalogue())
         return 0
@@ -59,12 +93,12 @@ def main(argv: list[str] | None = None) -> int:
         spec_text = overrides.spec_record(args.spec, original, changes, argv)
         if args.dry_run and changes:
             print(overrides.describe(original, changes))
-        if spec.search is not None or args.storage or args.workers != 1:
+        if search_cli.wanted(spec, args):
             if ddp.launched():
                 raise SpecError("a search (or --storage / --workers) runs trials in parallel by itself; "
                                 "start it without torchrun")
             return search_cli.main(spec, spec_text, args)
-        datasets = bind_data(spec.runs)
+        datasets = bind_data(spec.runs, device=args.device)
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -97,17 +131,18 @@ def run_all(exp_dir: Path, runs: list[RunSpec], datasets: dict, args: argparse.N
         outcome, summary = runner.execute(run)
         outcomes[run.run_id] = outcome
         if not interactive and outcome != "skipped":
-            loss = (summary or {}).get(metrics.FINAL_VAL_LOSS)
-            print(f"[{len(outcomes)}/{len(runs)}] {run.run_id} {run.variant} seed={run.seed}: {outcome}"
-                  + (f", val loss {loss:.4f}" if isinstance(loss, float) else ""), flush=True)
+            print(f"[{len(outcomes)}/{len(runs)}] {run.run_id} {run.variant} seed={run.seed}: "
+                  f"{outcome_text(outcome, summary)}", flush=True)
     rows = rebuild_runs_csv(exp_dir)
     shown = {r.run_id for r in runs}
     print(text_table([{k: r.get(k) for k in SHOWN_COLUMNS} for r in rows if r["run_id"] in shown]))
-    trained = sum(o not in ("skipped", "running elsewhere") for o in outcomes.values())
-    print(f"{trained} trained, {sum(o == 'skipped' for o in outcomes.values())} already done, "
-          f"{sum(o == 'running elsewhere' for o in outcomes.values())} running elsewhere "
-          f"in {time.perf_counter() - t0:.1f} s -> {exp_dir / 'runs.csv'}")
-    if not args.no_report and (trained or report_is_stale(exp_dir)):
+    print(f"{tally(outcomes)} in {time.perf_counter() - t0:.1f} s -> {exp_dir / 'runs.csv'}")
+    if old := runs_not_in_plan(exp_dir):
+        print(f"note: {len(old)} run folder(s) under {exp_dir / 'runs'} are not in the current spec (an earlier "
+              f"version of it made them): {', '.join(old[:10])}{' ...' if len(old) > 10 else ''}; runs.csv and the "
+              "report leave them out. Delete them, or give the edited spec an experiment name of its own")
+    ran = sum(o not in ("skipped", "running elsewhere") for o in outcomes.values())
+    if not args.no_report and (ran or report_is_stale(exp_dir)):
         report = write_report(exp_dir)
         if report:
             print(f"report: {report}")
@@ -116,6 +151,28 @@ def run_all(exp_dir: Path, runs: list[RunSpec], datasets: dict, args: argparse.N
         print(f"error: {len(failed)} run(s) failed: " + ", ".join(
             f"{rid} (see {exp_dir / 'runs' / rid / 'error.txt'})" for rid in failed), file=sys.stderr)
     return 1 if failed else 0
+
+
+def outcome_text(outcome: str, summary: dict | None) -> str:
+    """How a run ended, in its progress line: a done run's validation loss, a diverged or failed one's reason."""
+    summary = summary or {}
+    loss = summary.get(metrics.FINAL_VAL_LOSS)
+    if outcome == "done" and isinstance(loss, float):
+        return f"done, val loss {loss:.4f}"
+    if outcome in ("diverged", "failed", "pruned") and summary.get("error"):
+        return f"{outcome} ({str(summary['error']).splitlines()[0][:120]})"
+    return outcome
+
+
+def tally(outcomes: dict[str, str]) -> str:
+    """'2 trained, 1 diverged, 1 failed, 3 already done, 0 running elsewhere': each run once, by how it ended."""
+    counts = {"trained": sum(o == "done" for o in outcomes.values())}
+    for outcome in ("diverged", "pruned", "failed"):
+        if n := sum(o == outcome for o in outcomes.values()):
+            counts[outcome] = n
+    counts["already done"] = sum(o == "skipped" for o in outcomes.values())
+    counts["running elsewhere"] = sum(o == "running elsewhere" for o in outcomes.values())
+    return ", ".join(f"{n} {name}" for name, n in counts.items())
 
 
 if __name__ == "__main__":

@@ -4,9 +4,13 @@ resuming unfinished ones from their checkpoints.
 """
 from __future__ import annotations
 
+import functools
+import json
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,24 +18,25 @@ from typing import Any
 
 import torch
 
-from components.model import GPT
-from experiments import budget, ddp, files, tensorboard_log
+from experiments import budget, ddp, files, resources, tensorboard_log
 from experiments.data import load_dataset
 from experiments.hardware import resolve_device
 from experiments.progress import PROGRESS
-from experiments.schema import ModelConfig
 from experiments.train import Trainer
-from experiments.records import FINISHED, axis_values, text_table
+from experiments.records import FINISHED, axis_values, read_summary, text_table
 from experiments.spec import RunSpec, dedupe
 from registry import SpecError
 
-RUN_OUTPUTS = ("checkpoint.pt", "metrics.csv", "summary.json", "samples.txt", "error.txt", PROGRESS)
+RUN_OUTPUTS = ("checkpoint.pt", "checkpoint.pt.sha256", "metrics.csv", "summary.json", "samples.txt", "error.txt",
+               PROGRESS)
 
 
 # -- data binding --------------------------------------------------------------------------------
-def bind_data(runs: list[RunSpec], datasets: dict[tuple, Any] | None = None) -> dict[tuple, Any]:
-    """Load (or read from cache) every dataset the runs use, check each run fits its data, and bind
-    the corpus hash into each run id. Every problem is raised at once, before anything is written.
+def bind_data(runs: list[RunSpec], datasets: dict[tuple, Any] | None = None,
+              device: str | None = None) -> dict[tuple, Any]:
+    """Load (or read from cache) every dataset the runs use, check each run fits its data and its
+    device's memory (`device`: the --device override, else each run's train.device), and bind the
+    corpus hash into each run id. Every problem is raised at once, before anything is written.
     Datasets already in `datasets` are reused, and the ones loaded here are added to it (a search
     binds each trial's runs this way)."""
     datasets = {} if datasets is None else datasets
@@ -60,7 +65,14 @@ def bind_data(runs: list[RunSpec], datasets: dict[tuple, Any] | None = None) -> 
         run.bind_corpus(ds.corpus_sha256)
     if problems:
         raise SpecError(dedupe(problems))
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun each process holds its share of a batch
+    resources.check_fits(runs, datasets, lambda run: run_device(run, device), data_key, world)
     return datasets
+
+
+def run_device(run: RunSpec, override: str | None = None) -> torch.device:
+    """--device, else the run's train.device; under torchrun each rank on its own GPU."""
+    return resolve_device(ddp.device(override or run.train.device))
 
 
 def data_key(run: RunSpec) -> tuple:
@@ -70,9 +82,14 @@ def data_key(run: RunSpec) -> tuple:
 
 # -- the dry run ---------------------------------------------------------------------------------
 def model_size(run: RunSpec, vocab_size: int) -> tuple[int, int]:
-    """(parameters, FLOPs per token), built on the meta device: sizes only, no memory."""
-    with torch.device("meta"):
-        model = GPT(ModelConfig(vocab_size=vocab_size, **run.model))
+    """(parameters, FLOPs per token) of a run's model, built on the meta device: sizes only, no memory."""
+    return _model_size(json.dumps(run.model, sort_keys=True), vocab_size)
+
+
+@functools.lru_cache(maxsize=1024)
+def _model_size(model_json: str, vocab_size: int) -> tuple[int, int]:
+    """model_size, once per model (a grid repeats a few models many times)."""
+    model = resources.meta_model(json.loads(model_json), vocab_size)
     return model.num_params(), model.flops_per_token()
 
 
@@ -104,6 +121,14 @@ def code_version() -> str:
         return "unknown"
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C while a run trained: which run, and at which step (its last checkpoint is where it resumes)."""
+
+    def __init__(self, run_id: str, step: int):
+        super().__init__(f"interrupted at step {step} of run {run_id}")
+        self.run_id, self.step = run_id, step
+
+
 class Runner:
     """Executes runs into results/<experiment>/runs/<run_id>/, one at a time, under per-run locks."""
 
@@ -112,28 +137,38 @@ class Runner:
         self.exp_dir, self.datasets, self.device_override = exp_dir, datasets, device
         self.force, self.show_progress = force, show_progress
         self.commit = code_version()
+        self.trainer: Trainer | None = None  # the run in progress
 
     def execute(self, run: RunSpec, on_eval=None) -> tuple[str, dict[str, Any] | None]:
         """Train `run` unless it is finished or another process holds it; (outcome, summary).
         `on_eval(metrics_row)` is called at every evaluation and may raise train.Stopped."""
         run_dir = self.exp_dir / "runs" / run.run_id
+        summary = None if self.force else read_summary(run_dir)
+        if summary is not None and summary["status"] in FINISHED:  # no lock needed: read-only storage is fine
+            ddp.broadcast(False)  # under torchrun the other ranks skip it with rank 0 (a no-op otherwise)
+            return "skipped", summary
         lock = files.RunLock(run_dir)
         if not lock.acquire():
-            ddp.broadcast(False)  # under torchrun the other ranks skip it with rank 0 (a no-op otherwise)
+            ddp.broadcast(False)
             return "running elsewhere", None
         try:
-            summary_path = run_dir / "summary.json"
-            if summary_path.exists() and not self.force:
-                summary = files.read_json(summary_path)
-                if summary["status"] in FINISHED:
-                    ddp.broadcast(False)
-                    return "skipped", summary
+            summary = None if self.force else read_summary(run_dir)  # again: it may have finished meanwhile
+            if summary is not None and summary["status"] in FINISHED:
+                ddp.broadcast(False)
+                return "skipped", summary
+            if (run_dir / "summary.json").exists() and summary is None and not self.force:
+                print(f"warning: run {run.run_id}: its summary.json cannot be read; training it again "
+                      "(from its checkpoint, if it has one)", file=sys.stderr, flush=True)
             ddp.broadcast(True)
+            files.remove_leftovers(run_dir)  # temporary files of writes a crash cut short (we hold the lock)
             if self.force:
                 self.force_clean(run_dir)
             summary = self.train(run, run_dir, on_eval)
             return summary["status"], summary
+        except KeyboardInterrupt:
+            raise Interrupted(run.run_id, self.trainer.step if self.trainer else 0) from None
         finally:
+            self.trainer = None
             lock.release()
 
     def follow(self, run: RunSpec) -> None:
@@ -143,7 +178,7 @@ class Runner:
 
     def device_for(self, run: RunSpec):
         """--device, else the run's train.device; under torchrun each rank on its own GPU (the current one)."""
-        device = resolve_device(ddp.device(self.device_override or run.train.device))
+        device = run_device(run, self.device_override)
         ddp.use_device(device)
         return device
 
@@ -161,9 +196,12 @@ class Runner:
         device = self.device_for(run)
         (run_dir / "summary.json").unlink(missing_ok=True)  # a failed attempt's summary is stale now
         try:
-            summary = Trainer(run, ds, run_dir, device, show_progress=self.show_progress, on_eval=on_eval).fit()
+            self.trainer = Trainer(run, ds, run_dir, device, show_progress=self.show_progress, on_eval=on_eval)
+            summary = self.trainer.fit()
             (run_dir / "error.txt").unlink(missing_ok=True)
-        except Exception as err:  # one broken run must not stop the others
+        except Exception as err:  # one broken run must not stop the others ...
+            if files.storage_failed(err):  # ... but a full or read-only disk stops them all: none can be recorded
+                raise
             files.write_text(run_dir / "error.txt", traceback.format_exc())
             summary = {"run_id": run.run_id, "status": "failed", "error": f"{type(err).__name__}: {err}",
                        "device": str(device), "torch": torch.__version__}

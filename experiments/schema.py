@@ -14,7 +14,7 @@ import math
 import re
 from typing import Any, Callable, Literal
 
-from registry import close_matches, type_problem
+from registry import Range, brief, close_matches, cut, type_problem
 
 COMPONENT_FIELDS = ("positional", "attention", "norm", "block", "feedforward", "head")
 Component = str | dict  # a registered name, or {name: ..., option: ...}; the family's registry checks both
@@ -26,31 +26,6 @@ def is_int(value: Any) -> bool:
 
 def is_number(value: Any) -> bool:
     return type_problem(value, float) is None
-
-
-@dataclasses.dataclass(frozen=True)
-class Range:
-    """Where a number may lie: from `low` to `high` (None: unbounded), each end closed unless open."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-
-    def __contains__(self, value: float) -> bool:
-        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
-        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
-        return above and below
-
-    def describe(self, noun: str) -> str:
-        """'a positive integer', 'a number >= 0', 'a number in (0, 0.5]'."""
-        article = "an" if noun[0] in "aeiou" else "a"
-        if self.high is None:
-            if self.low == 0 and self.low_open:
-                return f"a positive {noun}"
-            return f"{article} {noun} {'>' if self.low_open else '>='} {self.low:g}"
-        return (f"{article} {noun} in {'(' if self.low_open else '['}{self.low:g}, "
-                f"{self.high:g}{')' if self.high_open else ']'}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,8 +56,10 @@ class Field:
         """'<path> = <value> must be <rule>', or None when the value is valid."""
         if self.valid(value):
             return None
+        if any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
+            return f"{path} = {brief(value)} is not finite: it must be {self.describe()}"
         why = self.check(value) if self.check and type_problem(value, self.type) is None else None
-        return f"{path} = {value!r} {why + '; it ' if why else ''}must be {self.describe()}"
+        return f"{path} = {brief(value)} {why + '; it ' if why else ''}must be {self.describe()}"
 
     def describe(self) -> str:
         return self.rule or describe_type(self.type, self.range)
@@ -100,8 +77,11 @@ def describe_type(annotation: Any, range_: Range | None = None) -> str:
     return {bool: "true or false", str: "a string"}.get(annotation, str(annotation))
 
 
+MAX_INT = 2**31 - 1  # every count and size of a spec: larger ones are never meant, and overflow on the way
+
+
 def positive_int(default: int, doc: str) -> Field:
-    return Field(default, int, doc, Range(0, low_open=True))
+    return Field(default, int, doc, Range(0, MAX_INT, low_open=True))
 
 
 def one_of(default: str, doc: str, *choices: str) -> Field:
@@ -114,6 +94,24 @@ def component(family: str, default: str, doc: str) -> Field:
 
 
 AT_LEAST_0 = Range(0)
+COUNT = Range(0, MAX_INT)  # an integer >= 0
+NAME_MAX_CHARS = 100  # an experiment's (and a variant's) name: a folder name, and a column of every table
+
+TOP = {
+    "experiment": Field(None, str, "names the folder results/<experiment>/",
+                        pattern=rf"[A-Za-z0-9_-]{{1,{NAME_MAX_CHARS}}}",
+                        rule=f"a name of letters, digits, '-' and '_', at most {NAME_MAX_CHARS} characters long (it "
+                        "names the folder results/<experiment>/)"),
+    "seeds": Field([0], list[int], "every run is repeated per seed", Range(0, 2**32 - 1),
+                   rule="a non-empty list of distinct integers in [0, 2^32 - 1], e.g. [0, 1, 2]"),
+}
+
+# -- limits: a spec that asks for more is refused before anything is built ---------------------------
+LIMITS = {
+    "spec_bytes": 1 << 20,       # the spec file's size
+    "spec_values": 100_000,      # values in the spec once YAML aliases are expanded (an alias bomb has billions)
+    "runs": 10_000,              # runs a spec expands to: variants x grid points x seeds (or a search's grid)
+}
 
 # -- budgets: how long a run trains --------------------------------------------------------------
 # train.budget holds exactly one of these; each run derives its own steps from it (experiments/budget.py).
@@ -135,11 +133,9 @@ def budget_problem(budget: dict) -> str | None:
     if len(budget) != 1:
         return f"gives {len(budget)} budgets ({', '.join(budget) or 'none'}); give exactly one"
     (kind, value), = budget.items()
-    if isinstance(value, str) and re.fullmatch(r"[\d.]+e[+-]?\d+", value.strip(), re.I):
-        return f"has {kind} = {value!r}, which YAML reads as text: write it with a dot and a sign, e.g. 1.0e+12"
     wanted = int if kind == "steps" else float
     if type_problem(value, wanted) is not None or not math.isfinite(value) or value <= 0:
-        return f"has {kind} = {value!r}, not a positive {'integer' if kind == 'steps' else 'number'}"
+        return f"has {kind} = {brief(value)}, not a positive {'integer' if kind == 'steps' else 'number'}"
     return None
 
 
@@ -198,7 +194,7 @@ TRAIN = {
     "grad_clip": Field(1.0, float, "gradient norm clip", AT_LEAST_0, rule="a number >= 0 (0 = off)"),
     "eval_every": positive_int(100, "steps between evaluations (and the last step)"),
     "eval_batches": positive_int(20, "batches per evaluation (fixed per seed)"),
-    "checkpoint_every": Field(None, int | None, "steps between checkpoints", AT_LEAST_0,
+    "checkpoint_every": Field(None, int | None, "steps between checkpoints", COUNT,
                               rule="an integer >= 0 (default eval_every; 0 = only at the end)"),
     "precision": one_of("auto", "fp32, bf16 autocast, or auto (bf16 on CUDA, fp32 elsewhere)",
                         "auto", "fp32", "bf16"),
@@ -211,9 +207,9 @@ TRAIN = {
 SAMPLE = {
     "prompt": Field(None, str | None, "prompt for the sample written to samples.txt",
                     rule="a string (default: the first 16 tokens of the validation text)"),
-    "tokens": Field(200, int, "tokens to sample at the end of a run", AT_LEAST_0),
+    "tokens": Field(200, int, "tokens to sample at the end of a run", COUNT),
     "temperature": Field(0.8, float, "sampling temperature", AT_LEAST_0, rule="a number >= 0 (0 = greedy)"),
-    "top_k": Field(200, int | None, "sample among the k most likely tokens", Range(0, low_open=True)),
+    "top_k": Field(200, int | None, "sample among the k most likely tokens", Range(0, MAX_INT, low_open=True)),
 }
 
 SECTIONS: dict[str, dict[str, Field]] = {"data": DATA, "model": MODEL, "train": TRAIN, "sample": SAMPLE}
@@ -255,15 +251,15 @@ def key_problem(key: str, where: str) -> str | None:
     """Why a dotted override key does not name a spec field (or a component's option); None when it does."""
     parts = key.split(".")
     if parts[0] not in SECTIONS:
-        return (f"{where} key {key!r} does not exist: it must start with one of "
+        return (f"{where} key {brief(key)} does not exist: it must start with one of "
                 f"{', '.join(SECTIONS)}{close_matches(parts[0], list(SECTIONS))}")
     fields = SECTIONS[parts[0]]
     if len(parts) < 2 or parts[1] not in fields:
         hint = close_matches(parts[1], list(fields)) if len(parts) > 1 else ""
-        valid = ", ".join(f"{parts[0]}.{f}" for f in fields)
-        return f"{where} key {key!r} does not exist{hint or ' —'} valid: {valid}"
+        valid = ", ".join(f"{cut(parts[0])}.{f}" for f in fields)
+        return f"{where} key {brief(key)} does not exist{hint or ' —'} valid: {valid}"
     if len(parts) > 3 or (len(parts) == 3 and not is_component(parts[0], parts[1])):
-        return f"{where} key {key!r} does not exist: only component fields take a third part (their options)"
+        return f"{where} key {brief(key)} does not exist: only component fields take a third part (their options)"
     return None
 
 

@@ -1,6 +1,6 @@
 """Experiment specs: load YAML, validate everything at once, expand variants x grid x seeds into runs.
 
-A spec is plain data (``yaml.safe_load`` only), checked against experiments/schema.py (every key's
+A spec is plain data (experiments/specfile.py reads it), checked against experiments/schema.py (every key's
 default, type and range) and, for a search block, experiments/search/space.py. Every problem in it
 is collected and reported in one `SpecError` before anything is built or written. Each expanded run
 is a `RunSpec` whose id is a short hash of its canonical resolved form, so the same run always
@@ -13,24 +13,24 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from components.model import PRESETS
 from experiments import sweeps as sweep_blocks
 from experiments.budget import warmup_steps, warmup_too_long
-from experiments.schema import (COMPONENT_FIELDS, DATA, MODEL, SECTIONS, TRAIN, TrainSettings, is_int, is_number,
-                                key_problem, label)
+from experiments.schema import (COMPONENT_FIELDS, DATA, LIMITS, MODEL, NAME_MAX_CHARS, SECTIONS, TOP, TRAIN,
+                                TrainSettings, is_int, is_number, key_problem, label)
 from experiments.search import space
-from registry import FAMILIES, SpecError, choices_hint, load_all
+from experiments.specfile import read_yaml
+from registry import FAMILIES, SpecError, brief, choices_hint, cut, load_all
 
 TOP_LEVEL = ("experiment", "seeds", "data", "model", "train", "sample", "grid", "variants", "search", "tune", "scale")
 # Execution details that do not change what a run computes are left out of its id.
 NOT_IN_RUN_ID = {"train": ("device", "compile", "checkpoint_every", "tensorboard")}
-NAME = re.compile(r"[A-Za-z0-9_-]+")
+NAME = re.compile(rf"[A-Za-z0-9_-]{{1,{NAME_MAX_CHARS}}}")
 
 
 @dataclasses.dataclass
@@ -95,30 +95,6 @@ class Spec:
 
 
 # -- loading -------------------------------------------------------------------------------------
-def read_yaml(path: str | Path) -> Any:
-    """Parse a spec file with safe_load; every failure becomes a one-paragraph SpecError."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"spec file {str(path)!r} {'is a folder' if path.is_dir() else 'does not exist'}")
-    text = path.read_text(encoding="utf-8", errors="replace")
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.constructor.ConstructorError as err:
-        raise SpecError(f"{path} {where(err)}: the tag {err.problem.split()[-1] if err.problem else ''} is not "
-                        "allowed; a spec is plain data (mappings, lists, strings, numbers), and tags such as "
-                        "!!python/... are refused") from None
-    except yaml.YAMLError as err:
-        raise SpecError(f"{path} is not valid YAML {where(err)}: {getattr(err, 'problem', None) or err}") from None
-    if raw is None:
-        raise SpecError(f"{path} is empty: a spec needs at least 'experiment' (see specs/quickstart.yaml)")
-    return raw
-
-
-def where(err: yaml.YAMLError) -> str:
-    mark = getattr(err, "problem_mark", None)
-    return f"(line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-
-
 def load_spec(path: str | Path) -> Spec:
     return parse_spec(read_yaml(path))
 
@@ -128,45 +104,25 @@ def parse_spec(raw: Any) -> Spec:
     """Validate a parsed spec and expand it; raise one SpecError listing every problem."""
     if not isinstance(raw, dict):
         raise SpecError(f"a spec must be a mapping of sections ({', '.join(TOP_LEVEL)}), not {type(raw).__name__}")
-    problems: list[str] = []
-    for key in raw:
-        if key not in TOP_LEVEL:
-            problems.append(f"unknown section {key!r}{choices_hint(key, TOP_LEVEL, 'valid sections')}")
+    problems = [f"unknown section {brief(key)}{choices_hint(key, TOP_LEVEL, 'valid sections')}"
+                for key in raw if key not in TOP_LEVEL]
     experiment = raw.get("experiment")
-    if not isinstance(experiment, str) or not NAME.fullmatch(experiment) or experiment in (".", ".."):
-        problems.append(f"experiment = {experiment!r} must be a name of letters, digits, '-' and '_' "
-                        "(it names the folder results/<experiment>/)")
-    seeds = raw.get("seeds", [0])
-    if not (isinstance(seeds, list) and seeds and all(is_int(s) for s in seeds)) or len(set(map(str, seeds))) != len(seeds):
-        problems.append(f"seeds = {seeds!r} must be a non-empty list of distinct integers, e.g. [0, 1, 2]")
-        seeds = [0]
+    if problem := TOP["experiment"].problem(experiment, "experiment"):
+        problems.append(problem)
+    seeds = raw.get("seeds", TOP["seeds"].default)
+    if (problem := TOP["seeds"].problem(seeds, "seeds")) or not seeds or len(set(map(str, seeds))) != len(seeds):
+        problems.append(problem or TOP["seeds"].problem(None, "seeds"))
+        seeds = TOP["seeds"].default
     base = {s: section(raw, s, problems) for s in SECTIONS}
-    grid = mapping(raw, "grid", problems)
-    variants = mapping(raw, "variants", problems)
-    for key, values in list(grid.items()):
-        problem = key_problem(str(key), "grid")
-        if not isinstance(values, list) or not values:
-            problem = problem or f"grid.{key} = {values!r} must be a non-empty list of values"
-        if problem:
-            problems.append(problem)
-            del grid[key]  # expand the rest, so their problems are reported too
-    for name, overrides in list(variants.items()):
-        if not isinstance(name, str) or not NAME.fullmatch(name):
-            problems.append(f"variant name {name!r} must use letters, digits, '-' and '_'")
-        if overrides is not None and not isinstance(overrides, dict):
-            problems.append(f"variants.{name} must be a mapping of dotted keys to values (or {{}}), not {overrides!r}")
-            del variants[name]
-            continue
-        for key in list(overrides or {}):
-            if problem := key_problem(str(key), f"variants.{name}"):
-                problems.append(problem)
-                del overrides[key]
+    grid = checked_grid(mapping(raw, "grid", problems), problems)
+    variants = checked_variants(mapping(raw, "variants", problems), problems)
     search = raw.get("search")
     if search is not None:
         problems += space.check_block(search, base)
     sweeps = sweep_blocks.parse(raw, grid, variants, problems)
     grid = {**grid, **sweeps.grid}
-
+    if problem := size_problem(grid, variants, seeds):  # counted, never expanded
+        raise SpecError(dedupe(problems + [problem]))
     runs, run_problems = expand(str(experiment), seeds, base, grid, variants, sweeps.linked)
     problems = dedupe(problems + run_problems)
     if problems:
@@ -175,22 +131,65 @@ def parse_spec(raw: Any) -> Spec:
     return Spec(experiment, seeds, raw, runs, axes, [str(v) for v in variants], search, base, sweeps, grid)
 
 
+def checked_grid(grid: dict, problems: list[str]) -> dict:
+    """The grid's valid axes; a problem for each other one (dropped, so the rest are expanded and checked)."""
+    for key, values in list(grid.items()):
+        problem = key_problem(str(key), "grid")
+        if not isinstance(values, list) or not values:
+            problem = problem or f"grid.{cut(key)} = {brief(values)} must be a non-empty list of values"
+        if problem:
+            problems.append(problem)
+            del grid[key]
+    return grid
+
+
+def checked_variants(variants: dict, problems: list[str]) -> dict:
+    """The variants, each a mapping of valid dotted keys; a problem for each name or key that is not."""
+    for name, overrides in list(variants.items()):
+        if not isinstance(name, str) or not NAME.fullmatch(name):
+            problems.append(f"variant name {brief(name)} must be 1 to {NAME_MAX_CHARS} letters, digits, '-' and '_'")
+        if overrides is not None and not isinstance(overrides, dict):
+            problems.append(f"variants.{cut(name)} must be a mapping of dotted keys to values (or {{}}), "
+                            f"not {brief(overrides)}")
+            del variants[name]
+            continue
+        for key in list(overrides or {}):
+            if problem := key_problem(str(key), f"variants.{cut(name)}"):
+                problems.append(problem)
+                del overrides[key]
+    return variants
+
+
+def size_problem(grid: dict, variants: dict, seeds: list) -> str | None:
+    """Why the spec names too many runs to be one experiment (None when it does not)."""
+    points = math.prod(len(v) for v in grid.values())
+    runs = max(1, len(variants)) * points * len(seeds)
+    if runs <= LIMITS["runs"]:
+        return None
+    widest = max(grid, key=lambda k: len(grid[k]), default=None)
+    split = (f"e.g. one spec per value of grid.{cut(widest)}, with experiment names of their own" if widest
+             else "e.g. a few variants per spec, with experiment names of their own")
+    return (f"the spec expands to {runs:,} runs ({max(1, len(variants)):,} variant(s) x {points:,} grid point(s) x "
+            f"{len(seeds):,} seed(s)), more than the {LIMITS['runs']:,} one experiment may hold: split it into "
+            f"several specs ({split}), or let a search: block sample the space instead")
+
+
 def section(raw: dict, name: str, problems: list[str]) -> dict[str, Any]:
     value = raw.get(name) or {}
     if not isinstance(value, dict):
-        problems.append(f"{name} must be a mapping of keys to values, not {value!r}")
+        problems.append(f"{name} must be a mapping of keys to values, not {brief(value)}")
         return {}
     fields = SECTIONS[name]
     for key in value:
         if key not in fields:
-            problems.append(f"unknown key {name}.{key}{choices_hint(key, fields, 'valid keys')}")
+            problems.append(f"unknown key {name}.{cut(key)}{choices_hint(key, fields, 'valid keys')}")
     return {k: v for k, v in value.items() if k in fields}
 
 
 def mapping(raw: dict, name: str, problems: list[str]) -> dict:
     value = raw.get(name) or {}
     if not isinstance(value, dict):
-        problems.append(f"{name} must be a mapping, not {value!r}")
+        problems.append(f"{name} must be a mapping, not {brief(value)}")
         return {}
     return value
 
@@ -302,8 +301,8 @@ def section_values(tree: dict, problems: list[str]) -> dict[str, dict[str, Any]]
     preset = model_given.pop("preset", None)
     start: dict[str, Any] = {}
     if preset is not None:
-        if preset not in PRESETS:
-            problems.append(f"model.preset = {preset!r} is not a preset{choices_hint(preset, PRESETS, 'presets')}")
+        if not isinstance(preset, str) or preset not in PRESETS:
+            problems.append(f"model.preset = {brief(preset)} is not a preset{choices_hint(preset, PRESETS, 'presets')}")
         else:
             start = dict(PRESETS[preset])
     resolved = {}

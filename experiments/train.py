@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -21,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from components.model import GPT
-from experiments import compiling, ddp, evaluate, files, metrics
+from experiments import checkpoint, compiling, ddp, evaluate, files, metrics
 from experiments.checkpoint import rng_state, seed_everything, set_rng_state
 from experiments.cpu_runtime import CpuThreads, tune_cpu_allocator
 from experiments.data import TRAIN_STREAM, Batches
@@ -34,6 +35,7 @@ from experiments.tensorboard_log import Board
 
 METRIC_COLUMNS = metrics.EVAL_COLUMNS  # metrics.csv
 LOG_EVERY = 10  # steps between host syncs for the progress bar, the divergence check and the thread count
+CHECKPOINT_KEYS = {"step", "model", "optimizer", "rng", "metrics", "train_seconds", "wall_seconds"}
 
 
 def rank_seed(seed: int, step: int) -> int:
@@ -101,6 +103,7 @@ class Trainer:
         self.progress = ProgressFile(run_dir, run.train.steps) if self.writer else None
         self.grad_norm_sum = torch.zeros((), device=device)  # over the steps since the last log_interval
         self.interval_from = (0, 0.0)  # (step, train_seconds) where that interval began
+        self.discarded: str | None = None  # why a damaged checkpoint was set aside, if one was
 
     def compiled(self, model: torch.nn.Module) -> torch.nn.Module:
         """The model torch.compile'd through the run's compile watch, or as it is without train.compile."""
@@ -121,14 +124,37 @@ class Trainer:
         state = {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "rng": rng_state(), "metrics": self.metrics, "train_seconds": self.train_seconds,
                  "wall_seconds": self.wall_seconds, "bytes_seen": self.bytes_seen}
-        files.atomic_write(self.checkpoint_path, lambda f: torch.save(state, f), mode="wb")
+        checkpoint.save(self.checkpoint_path, state)
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        """The checkpoint's state (on the CPU), or None when there is none. A damaged one (checksum,
+        truncation, a file that is more than data, weights that do not fit) is said so and removed: the
+        run starts again from step 0 rather than fail the same way on every rerun."""
+        if not self.checkpoint_path.exists():
+            return None
+        try:
+            state = checkpoint.load(self.checkpoint_path)
+            missing = CHECKPOINT_KEYS - set(state)
+            problem = (f"it lacks {sorted(missing)}" if missing
+                       else checkpoint.fitting_problem(self.model, state["model"])
+                       or checkpoint.optimizer_problem(self.optimizer, state["optimizer"]))
+            if problem:
+                raise checkpoint.DamagedCheckpoint(f"{self.checkpoint_path.name}: {problem}")
+        except checkpoint.DamagedCheckpoint as err:
+            self.discarded = str(err)
+            print(f"warning: run {self.run.run_id}: {err}; training it again from step 0", file=sys.stderr, flush=True)
+            checkpoint.discard(self.checkpoint_path)
+            return None
+        return state
 
     def resume(self) -> bool:
         if not self.writer:  # the other ranks get rank 0's state through share_state
             return False
-        if not self.checkpoint_path.exists():
+        state = self.load_checkpoint()
+        if state is None:
             return False
-        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        # Loaded on the CPU: load_state_dict copies into the model's device, the optimizer moves its
+        # state to each parameter's device, and the RNG states stay CPU tensors, as set_rng_state wants.
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
@@ -335,6 +361,8 @@ class Trainer:
         losses = ({metrics.final(c): last.get(c) for c in (metrics.TRAIN_LOSS, metrics.VAL_LOSS, metrics.VAL_BPB)}
                   | {metrics.best(c): best.get(c) for c in (metrics.VAL_LOSS, metrics.VAL_BPB)})
         tokens = self.step * self.tokens_per_step
+        if status == "diverged":  # its last finite evaluation (step 0's, maybe) is no result of the run
+            losses |= {metrics.final(c): None for c in (metrics.TRAIN_LOSS, metrics.VAL_LOSS, metrics.VAL_BPB)}
         return {
             "run_id": self.run.run_id, "status": status, "error": error, "steps": self.step, **losses,
             metrics.PARAMS: self.model.num_params(), metrics.FLOPS_PER_TOKEN: self.flops_per_token,
@@ -342,7 +370,8 @@ class Trainer:
             metrics.FLOPS_SEEN: tokens * self.flops_per_token, "budget": self.train_cfg.budget,
             metrics.TOKENS_PER_S: self.tokens_per_s(),
             metrics.WALL_S: round(self.wall_seconds, 3), metrics.TRAIN_S: round(self.train_seconds, 3),
-            "resumed_at_step": resumed_at, "device": str(self.device), "precision": self.train_cfg.precision,
+            "resumed_at_step": resumed_at, "checkpoint_discarded": self.discarded,
+            "device": str(self.device), "precision": self.train_cfg.precision,
             "autocast": str(self.dtype).replace("torch.", "") if self.dtype else "fp32",
             "tokenizer": self.dataset.tokenizer.name, "vocab_size": self.dataset.vocab_size,
             "corpus": self.dataset.corpus_name, "corpus_sha256": self.dataset.corpus_sha256,

@@ -8,7 +8,8 @@ import pytest
 
 # Tiny models run fastest on one thread, and two busy threads on a shared 2-core machine can be 30x
 # slower than one; subprocesses the tests start inherit this too.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+if not os.environ.get("OMP_NUM_THREADS"):  # unset or empty: an empty one would leave the thread count to the load
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @pytest.fixture

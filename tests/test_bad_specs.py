@@ -18,7 +18,10 @@ def expected(path: Path) -> str:
 
 
 @pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])
-def test_bad_spec_fails_cleanly(path, tmp_path, capsys):
+def test_bad_spec_fails_cleanly(path, tmp_path, capsys, monkeypatch):
+    from experiments import resources
+
+    monkeypatch.setattr(resources, "device_memory", lambda device: 64 << 30)  # the same machine everywhere
     results = tmp_path / "results"
     code = main([str(path), "--results", str(results)])
     err = capsys.readouterr().err
@@ -38,3 +41,19 @@ def test_bad_spec_through_the_real_cli(tmp_path):
 def test_missing_spec_file(tmp_path, capsys):
     assert main([str(tmp_path / "nope.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_every_bad_spec_is_refused_without_a_memory_blow_up(tmp_path):
+    """All of them in one process (an alias bomb, a 10^6-point grid, a 10^9 batch ...): a few hundred MB at
+    most (torch's import included), where formatting the alias bomb alone took 1.5 GB before."""
+    script = ("import resource, sys; from experiments import resources, run\n"
+              "resources.device_memory = lambda device: 64 << 30\n"
+              "codes = {run.main([p, '--results', sys.argv[1]]) for p in sys.argv[2:]}\n"
+              "print(codes, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "r"), *map(str, BAD)],
+                          capture_output=True, text=True, timeout=600)
+    codes, peak = proc.stdout.split("}")
+    peak_kb = int(peak) // (1024 if sys.platform == "darwin" else 1)  # ru_maxrss: bytes on macOS, KiB on Linux
+    assert codes == "{2" and "Traceback" not in proc.stderr
+    assert peak_kb < 1 << 20, f"peak memory {peak_kb >> 10} MiB"
+    assert not (tmp_path / "r").exists()

@@ -58,7 +58,7 @@ def test_values_are_yaml_and_3e_4_is_a_number():
     (["train.steps"], "must be KEY=VALUE"),
     (["=3"], "must be KEY=VALUE"),
     (["train..steps=3"], "must be KEY=VALUE"),
-    (["seeds=[0, 1"], "the value is not valid YAML"),
+    (["seeds=[0, 1"], "is not valid YAML"),
     (["train.steps=1", "train.steps=2"], "is given twice"),
 ])
 def test_malformed_overrides_are_named(items, expected):

@@ -155,25 +155,43 @@ def cli(spec: Path, results: Path) -> subprocess.Popen:
                              "--no-report"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+# The child process kills itself with SIGKILL in the middle of writing its third checkpoint (step 75):
+# the same moment on every machine, however fast or loaded, and the worst one (a half-written file).
+KILLED_MID_CHECKPOINT = """
+import os, signal, sys
+from experiments import checkpoint, run
+real_save, saves = checkpoint.save, []
+def save(path, state):
+    saves.append(state["step"])
+    if len(saves) == 3:
+        def write_half_then_die(self, data):
+            self.f.write(data[: len(data) // 2]); self.f.flush(); os.kill(os.getpid(), signal.SIGKILL)
+        checkpoint.HashingWriter.write = write_half_then_die
+    real_save(path, state)
+checkpoint.save = save
+run.main(sys.argv[1:])
+"""
+
+
 def test_sigkill_mid_training_then_resume_equals_an_uninterrupted_run(tmp_path):
     long = {"steps": 300, "eval_every": 50, "checkpoint_every": 25}
     spec = write_spec(tmp_path / "s.yaml", train=long)
-    proc = cli(spec, tmp_path / "killed")
+    argv = [str(spec), "--results", str(tmp_path / "killed"), "--no-report"]
+    proc = subprocess.run([sys.executable, "-c", KILLED_MID_CHECKPOINT, *argv], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
     exp = tmp_path / "killed" / "t"
-    deadline = time.time() + 120
-    while not list(exp.glob("runs/*/checkpoint.pt")) and time.time() < deadline:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not list(exp.glob("runs/*/summary.json")), "the run finished before it could be killed"
+    [run_dir] = exp.glob("runs/*")
+    assert not (run_dir / "summary.json").exists() and list(run_dir.glob(".checkpoint.pt.*.tmp"))  # half a file
     assert run_main(spec, tmp_path / "killed") == 0
-    resumed = json.loads(next(exp.glob("runs/*/summary.json")).read_text())
-    assert resumed["status"] == "done" and resumed["resumed_at_step"] > 0
+    resumed = json.loads((run_dir / "summary.json").read_text())
+    assert resumed["status"] == "done" and resumed["resumed_at_step"] == 50
+    assert not list(run_dir.glob(".*.tmp")), "the leftover temporary file was not removed"
 
     assert run_main(spec, tmp_path / "clean") == 0
     clean = json.loads(next((tmp_path / "clean" / "t").glob("runs/*/summary.json")).read_text())
     assert math.isclose(resumed["final_val_loss"], clean["final_val_loss"], abs_tol=1e-6)
-    killed_metrics = read_csv(next(exp.glob("runs/*/metrics.csv")))
+    killed_metrics = read_csv(run_dir / "metrics.csv")
     assert [m["step"] for m in killed_metrics] == [str(s) for s in range(0, 301, 50)]
 
 

@@ -97,8 +97,87 @@ def test_one_schema_checks_types_and_ranges_and_gives_the_typed_settings():
     assert TRAIN["lr"].problem(True, "train.lr") == "train.lr = True must be a positive number"  # a bool is no number
     assert TRAIN["betas"].problem([0.9, 1.0], "train.betas") == "train.betas = [0.9, 1.0] must be two numbers in [0, 1)"
     assert MODEL["dropout"].problem(0.5, "model.dropout") is None
-    assert SECTIONS["sample"]["top_k"].describe() == "a positive integer or null"
+    assert SECTIONS["sample"]["top_k"].describe() == "a positive integer <= 2147483647 or null"
     assert [f.name for f in dataclasses.fields(TrainSettings)] == list(TRAIN)
     config = ModelConfig(vocab_size=10)
     assert all(getattr(config, k) == f.default for k, f in MODEL.items() if k != "preset")
     assert TrainSettings().betas is not TrainSettings().betas  # a list default is each instance's own
+
+
+# -- hostile and careless input (issue 14) ---------------------------------------------------------
+def test_yaml_1_1_spellings_of_numbers_are_numbers(tmp_path):
+    from experiments.specfile import read_yaml
+
+    path = tmp_path / "s.yaml"
+    path.write_text("experiment: t\ntrain: {lr: 3e-4, min_lr: 1E-5, weight_decay: 1.5e-2, steps: 10, warmup: 1}\n"
+                    "sample: {prompt: '1e-3'}\n")
+    raw = read_yaml(path)
+    assert raw["train"]["lr"] == 3e-4 and raw["train"]["min_lr"] == 1e-5 and raw["train"]["weight_decay"] == 0.015
+    assert raw["sample"]["prompt"] == "1e-3"  # quoted, it stays a string
+    run = parse_spec(raw).runs[0]
+    assert run.train.lr == 3e-4
+
+
+def test_a_merge_key_may_be_overridden_but_a_key_may_not_be_given_twice(tmp_path):
+    from experiments.specfile import read_yaml
+
+    path = tmp_path / "s.yaml"
+    path.write_text("experiment: t\nbase: &base {lr: 1.0e-3, steps: 5}\ntrain:\n  <<: *base\n  lr: 2.0e-3\n")
+    assert read_yaml(path)["train"] == {"lr": 2.0e-3, "steps": 5}
+    path.write_text("experiment: t\nvariants:\n  a: {}\n  b: {}\n  a: {model.d_model: 64}\n")
+    with pytest.raises(SpecError, match=r"the key 'a' is given twice \(lines 3 and 5\)"):
+        read_yaml(path)
+
+
+def test_a_spec_file_over_the_size_limit_is_refused_unread(tmp_path):
+    from experiments.schema import LIMITS
+
+    path = tmp_path / "big.yaml"
+    path.write_text("experiment: t\n# " + "x" * LIMITS["spec_bytes"] + "\n")
+    with pytest.raises(SpecError, match=f"larger than {LIMITS['spec_bytes']:,} bytes"):
+        from experiments.spec import load_spec
+        load_spec(path)
+
+
+def test_runs_are_counted_before_they_are_expanded(monkeypatch):
+    import experiments.spec as spec_module
+
+    monkeypatch.setattr(spec_module, "expand", lambda *a: pytest.fail("a spec over the limit was expanded"))
+    grid = {f"train.{k}": list(range(1, 23)) for k in ("steps", "eval_every", "eval_batches")}  # 22^3 = 10,648
+    with pytest.raises(SpecError, match="expands to 10,648 runs .* one spec per value of grid.train.steps"):
+        spec(grid=grid)
+
+
+def test_a_search_grid_is_counted_without_listing_it():
+    from experiments.search.space import parse_block
+
+    block, problems = parse_block({"sampler": "grid", "space": {"train.steps": {"int": [1, 10**9]}}}, {})
+    assert problems == ["search.sampler = 'grid' over this space walks 1,000,000,000 points, more than the 10,000 "
+                        "one experiment may hold: give the ranges larger steps or fewer values, or use sampler: tpe "
+                        "or random with a number of trials"]
+
+
+def test_names_and_values_in_messages_are_cut_short():
+    from registry import brief
+
+    bomb = [[0] * 10]
+    for _ in range(30):  # 10^31 values if printed whole
+        bomb = [bomb] * 10
+    assert len(brief(bomb)) <= 80 and len(brief("x" * 10**6)) <= 80 and len(brief(10**5000)) <= 80
+    with pytest.raises(SpecError) as err:
+        spec(variants={"v" * 101: {}}, grid={"model.block": "x" * 10**5})
+    assert all(len(p) < 300 for p in err.value.problems), err.value.problems
+    assert any("must be 1 to 100 letters, digits" in p for p in err.value.problems)
+
+
+def test_every_component_option_default_lies_in_its_declared_range():
+    from registry import FAMILIES, load_all, type_problem
+
+    load_all()
+    checked = 0
+    for family in FAMILIES.values():
+        for name in family.names():
+            for option, param in family.options(name).items():
+                assert type_problem(param.default, param.annotation) is None, (family.family, name, option)
+                checked += 1
+    assert checked >= 10

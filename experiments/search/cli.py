@@ -18,11 +18,17 @@ from experiments.records import report_is_stale, text_table, write_report
 from experiments.runner import bind_data, dry_run_table
 from experiments.search.plan import WORKER_ENV, Plan, make_plan
 from experiments.search.space import label
-from experiments.search.study import (FINISHED_STATES, StorageError, heartbeat_settings, mask, open_study,
-                                      storage_problems)
+from experiments.search.study import (FINISHED_STATES, STORAGE_ENV, StorageError, has_password, heartbeat_settings,
+                                      mask, open_study, storage_problems)
 from experiments.search.trials import sync_records
 from experiments.search.worker import SINCE_ENV, Worker
 from registry import SpecError
+
+
+def wanted(spec, args) -> bool:
+    """Whether `python -m experiments.run` hands this spec here: a search block, --storage, --workers,
+    or a worker process that --workers started."""
+    return spec.search is not None or bool(args.storage) or args.workers != 1 or WORKER_ENV in os.environ
 
 
 def fail(message: str) -> int:
@@ -41,7 +47,7 @@ def main(spec, spec_text: str, args) -> int:
         heartbeat_settings()
         if not plan.default_storage and (problems := storage_problems(plan.storage_url, "--storage")):
             raise SpecError(problems)
-        datasets = bind_data(spec.runs)
+        datasets = bind_data(spec.runs, device=args.device)
     except SpecError as err:
         return fail(str(err))
     if args.dry_run:
@@ -56,7 +62,7 @@ def main(spec, spec_text: str, args) -> int:
     except StorageError as err:
         return fail(str(err))
     if plan.role is None:
-        files.write_text(exp_dir / "spec.yaml", spec_text)
+        files.write_text(exp_dir / "spec.yaml", spec_text, only_if_changed=True)
     sync_records(plan, study)
     return run_study(plan, study, datasets)
 
@@ -70,6 +76,9 @@ def argument_problem(args, exp_dir: Path) -> str | None:
                 "next trial the study hands out")
     if (getattr(args, "workers", 1) or 1) < 1:
         return f"--workers = {args.workers} must be at least 1"
+    if has_password(getattr(args, "storage", None)):
+        print(f"note: the password in --storage is visible to other users of this machine (ps); set "
+              f"{STORAGE_ENV} in the environment instead, or keep it in ~/.pgpass", file=sys.stderr)
     return None
 
 
@@ -97,8 +106,9 @@ def run_study(plan: Plan, study, datasets: dict) -> int:
 def spawn_workers(plan: Plan, workers: int) -> int:
     """N worker processes on the study; each is `python -m experiments.run` with the same spec and overrides."""
     args = plan.args
+    # The storage URL (its password too) goes through the environment: a command line is visible in `ps`.
     cmd = [sys.executable, "-m", "experiments.run", str(args.spec), *getattr(args, "overrides", []),
-           "--results", str(args.results), "--storage", plan.storage_url, "--no-report"]
+           "--results", str(args.results), "--no-report"]
     if args.device:
         cmd += ["--device", args.device]
     threads = str(max(1, (os.cpu_count() or 1) // workers))
@@ -106,7 +116,7 @@ def spawn_workers(plan: Plan, workers: int) -> int:
     gpus = worker_gpus(args.device, {run.train.device for run in plan.spec.runs}, visible_gpus())
     procs = []
     for index in range(workers):
-        env = {**os.environ, WORKER_ENV: str(index), SINCE_ENV: since}
+        env = {**os.environ, WORKER_ENV: str(index), SINCE_ENV: since, STORAGE_ENV: plan.storage_url}
         env.setdefault("OMP_NUM_THREADS", threads)
         if gpus:  # each worker sees one GPU (as cuda:0), taken in turn
             env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]

@@ -16,7 +16,7 @@ from experiments import metrics
 from experiments.records import plan_entry, plan_record
 from experiments.runner import bind_data
 from experiments.search.space import Param, label, parse_block
-from experiments.search.study import absolute_sqlite, mask, sqlite_url
+from experiments.search.study import STORAGE_ENV, absolute_sqlite, mask, sqlite_url, without_password
 from experiments.spec import RunSpec, Spec, points
 from registry import SpecError
 
@@ -47,8 +47,9 @@ class Plan:
         self.default_storage = storage is None or (self.role is not None and absolute_sqlite(storage) == default_url)
         if self.default_storage:
             self.storage_record, self.storage_url = f"sqlite:///{db.as_posix()}", default_url
-        else:
-            self.storage_url = self.storage_record = absolute_sqlite(storage)
+        else:  # the record (experiment.json, trials.log) never holds the password
+            self.storage_url = absolute_sqlite(storage)
+            self.storage_record = without_password(self.storage_url)
         self.study_name = spec.experiment
         self.seed = (spec.seeds[0] if self.sampler_name == "grid"
                      else sampler_seed(spec.seeds[0], self.role, explicit_storage=not self.default_storage))
@@ -118,7 +119,7 @@ class SearchPlan(Plan):
         self.points = ([dict(zip((p.key for p in self.params), values))
                         for values in itertools.product(*(p.grid() for p in self.params))]
                        if self.sampler_name == "grid" else None)
-        super().__init__(spec, args, exp_dir, storage=args.storage or block["storage"])
+        super().__init__(spec, args, exp_dir, storage=chosen_storage(args, block["storage"]))
 
     def values(self, encoded: dict[str, Any]) -> dict[str, Any]:
         return {p.key: p.decode(encoded[p.key]) for p in self.params}
@@ -130,7 +131,7 @@ class SearchPlan(Plan):
     def runs(self, encoded: dict[str, Any], variant: str, datasets: dict) -> list[RunSpec]:
         values = self.values(encoded)
         runs = self.spec.runs_for(values, variant=variant, axes=values)
-        bind_data(runs, datasets)
+        bind_data(runs, datasets, self.args.device)
         return runs
 
     def experiment_record(self, trials) -> dict[str, Any]:
@@ -176,7 +177,7 @@ class GridPlan(Plan):
         self.trials = len(combos)
         self.metric, self.summary_key, self.reported = metrics.VAL_BPB, metrics.FINAL_VAL_BPB, None
         self.direction, self.sampler_name, self.pruner_name = "minimize", "grid", "none"
-        super().__init__(spec, args, exp_dir, storage=args.storage)
+        super().__init__(spec, args, exp_dir, storage=chosen_storage(args))
 
     def point(self, encoded: dict[str, Any]) -> tuple[str, dict[str, str]]:
         variant = self.labels[self.point_key(encoded)]
@@ -210,6 +211,12 @@ def trial_owners(trials) -> dict[str, Any]:
             if best is None or rank < (STATE_RANK.get(best.state.name, 4), best.number):
                 owner[rid] = t
     return owner
+
+
+def chosen_storage(args, from_spec: str | None = None) -> str | None:
+    """--storage, else $LAB_STORAGE_URL (how workers get it, and how a password stays off command lines),
+    else the spec's search.storage; None: the default SQLite file."""
+    return args.storage or os.environ.get(STORAGE_ENV) or from_spec
 
 
 def make_plan(spec: Spec, args, exp_dir: Path) -> Plan:

@@ -10,10 +10,10 @@ from typing import Any
 
 from components.model import PRESETS
 from experiments import metrics
-from experiments.schema import SECTIONS, is_component, key_problem, positive_int
+from experiments.schema import LIMITS, SECTIONS, is_component, key_problem, positive_int
 from experiments.schema import label as spec_label
-from experiments.search.study import storage_problems
-from registry import FAMILIES, choices_hint, close_matches, load_all, type_problem
+from experiments.search.study import STORAGE_ENV, has_password, storage_problems
+from registry import FAMILIES, brief, choices_hint, close_matches, cut, load_all, type_problem
 
 SEARCH_KEYS = ("trials", "metric", "direction", "sampler", "pruner", "storage", "space")
 SAMPLERS = ("tpe", "random", "grid")
@@ -70,6 +70,14 @@ class Param:
             return self.choices[self.encoded.index(value)]
         return value
 
+    def size(self) -> int | None:
+        """How many values grid() lists, counted without listing them (None for a continuous range)."""
+        if self.kind == "categorical":
+            return len(self.choices)
+        if self.kind == "int":
+            return (self.high - self.low) // (self.step or 1) + 1
+        return None if self.step is None else int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
+
     def grid(self) -> list[Any] | None:
         """Every value, for the grid sampler (None for a continuous range)."""
         if self.kind == "categorical":
@@ -108,43 +116,51 @@ def parse_block(search: Any, base: dict) -> tuple[dict[str, Any], list[str]]:
     """(the block with defaults filled and `space` parsed into Params, problems)."""
     if not isinstance(search, dict):
         return {}, [f"search must be a mapping with keys {', '.join(SEARCH_KEYS)} "
-                    f"(e.g. search: {{trials: 20, space: {{model.n_heads: [1, 2, 4]}}}}), not {search!r}"]
+                    f"(e.g. search: {{trials: 20, space: {{model.n_heads: [1, 2, 4]}}}}), not {brief(search)}"]
     problems = [f"unknown key search.{key}{choices_hint(key, SEARCH_KEYS, 'valid keys')}"
                 for key in search if key not in SEARCH_KEYS]
     trials = search.get("trials")
     if trials is not None and not POSITIVE_INT.valid(trials):
-        problems.append(f"search.trials = {trials!r} must be {POSITIVE_INT.describe()} (finished trials wanted)")
+        problems.append(f"search.trials = {brief(trials)} must be {POSITIVE_INT.describe()} (finished trials wanted)")
         trials = None
     metric = search.get("metric", metrics.VAL_BPB)
-    if metric not in METRICS:
-        problems.append(f"search.metric = {metric!r} is not a summary metric"
+    if not isinstance(metric, str) or metric not in METRICS:
+        problems.append(f"search.metric = {brief(metric)} is not a summary metric"
                         f"{choices_hint(metric, METRICS)}")
         metric = metrics.VAL_BPB
     direction = search.get("direction", "minimize")
     if direction not in DIRECTIONS:
-        problems.append(f"search.direction = {direction!r} must be one of {', '.join(DIRECTIONS)}"
+        problems.append(f"search.direction = {brief(direction)} must be one of {', '.join(DIRECTIONS)}"
                         f"{close_matches(str(direction), list(DIRECTIONS))}")
     sampler = search.get("sampler", "tpe")
     if sampler not in SAMPLERS:
-        problems.append(f"search.sampler = {sampler!r} is not a sampler"
+        problems.append(f"search.sampler = {brief(sampler)} is not a sampler"
                         f"{choices_hint(sampler, SAMPLERS)}")
     reported = METRICS[metric][1]
     pruner = pruner_choice(search, metric, problems)
     storage = search.get("storage")
     if storage is not None:
         problems += storage_problems(storage, "search.storage")
+        if has_password(storage):
+            problems.append(f"search.storage holds a password: a spec is copied into results/<experiment>/, "
+                            f"where no password is ever written; leave it out of the URL and set "
+                            f"{STORAGE_ENV}=<the whole URL> in the environment, or keep it in ~/.pgpass (PostgreSQL)")
     params, space_problems = parse_space(search.get("space"), base)
     problems += space_problems
     block = {"trials": trials, "metric": metric, "summary_key": METRICS[metric][0], "reported": reported,
              "direction": direction, "sampler": sampler, "pruner": pruner, "storage": storage, "params": params}
     if sampler == "grid" and not space_problems:
-        continuous = [p.key for p in params if p.grid() is None]
+        continuous = [p.key for p in params if p.size() is None]
+        size = math.prod(p.size() or 1 for p in params)
         if continuous:
             problems.append(f"search.sampler = 'grid' needs a finite set of values, but search.space."
                             f"{continuous[0]} is a continuous range: give it a list, a step, or use "
                             "sampler: tpe or random")
+        elif size > LIMITS["runs"]:
+            problems.append(f"search.sampler = 'grid' over this space walks {size:,} points, more than the "
+                            f"{LIMITS['runs']:,} one experiment may hold: give the ranges larger steps or fewer "
+                            "values, or use sampler: tpe or random with a number of trials")
         else:
-            size = math.prod(len(p.grid()) for p in params)
             block["trials"] = min(trials or size, size)
     if block["trials"] is None:
         block["trials"] = DEFAULT_TRIALS
@@ -158,11 +174,11 @@ def pruner_choice(search: dict, metric: str, problems: list[str]) -> str:
     if pruner is None or pruner is False:
         pruner = "none"
     if pruner not in PRUNERS:
-        problems.append(f"search.pruner = {pruner!r} is not a pruner"
+        problems.append(f"search.pruner = {brief(pruner)} is not a pruner"
                         f"{choices_hint(pruner, PRUNERS)}")
     elif pruner != "none" and reported is None:
-        problems.append(f"search.pruner = {pruner!r} needs a metric measured at every evaluation, and "
-                        f"search.metric = {metric!r} is only known at the end of a run: use pruner: none "
+        problems.append(f"search.pruner = {brief(pruner)} needs a metric measured at every evaluation, and "
+                        f"search.metric = {brief(metric)} is only known at the end of a run: use pruner: none "
                         f"or one of {', '.join(m for m, (_, r) in METRICS.items() if r)}")
     return pruner
 
@@ -172,12 +188,12 @@ def parse_space(space: Any, base: dict) -> tuple[list[Param], list[str]]:
         return [], ["search.space is missing: give the keys to search, e.g. space: {model.n_heads: [1, 2, 4], "
                     "model.n_layers: {int: [1, 4]}}"]
     if not isinstance(space, dict) or not space:
-        return [], [f"search.space = {space!r} must be a non-empty mapping of dotted spec keys to a list "
+        return [], [f"search.space = {brief(space)} must be a non-empty mapping of dotted spec keys to a list "
                     "(categorical) or {int: [low, high]} / {float: [low, high], log: true}"]
     params, problems = [], []
     for key, value in space.items():
         key = str(key)
-        where = f"search.space.{key}"
+        where = f"search.space.{cut(key)}"
         if problem := key_problem(key, "search.space"):
             problems.append(problem)
             continue
@@ -188,13 +204,13 @@ def parse_space(space: Any, base: dict) -> tuple[list[Param], list[str]]:
             found = [p for v in value for p in value_problems(key, v, base, space)]
             labels = [encode(v) for v in value]
             if len(set(map(repr, labels))) < len(labels):
-                found.append(f"{where} = {value!r} lists a value twice")
+                found.append(f"{where} = {brief(value)} lists a value twice")
             problems += found
             if not found:
                 params.append(Param(key, "categorical", choices=list(value)))
             continue
         if not isinstance(value, dict):
-            problems.append(f"{where} = {value!r} must be a list of values (categorical) or a range: "
+            problems.append(f"{where} = {brief(value)} must be a list of values (categorical) or a range: "
                             "{int: [low, high]} or {float: [low, high], log: true}")
             continue
         param, found = parse_range(key, value, base, space)
@@ -205,16 +221,16 @@ def parse_space(space: Any, base: dict) -> tuple[list[Param], list[str]]:
 
 
 def parse_range(key: str, value: dict, base: dict, space: dict) -> tuple[Param | None, list[str]]:
-    where = f"search.space.{key}"
+    where = f"search.space.{cut(key)}"
     problems = []
     for k in value:
         if k not in RANGE_KEYS:
-            problems.append(f"unknown key {k!r} in {where}{close_matches(str(k), list(RANGE_KEYS)) or ' —'} "
+            problems.append(f"unknown key {brief(k)} in {where}{close_matches(str(k), list(RANGE_KEYS)) or ' —'} "
                             f"a range is {{int: [low, high]}} or {{float: [low, high]}} with optional log: true "
                             "or step; a list of values is categorical")
     kinds = [k for k in ("int", "float") if k in value]
     if len(kinds) != 1:
-        problems.append(f"{where} = {value!r} must name exactly one of int or float, e.g. {{int: [1, 6]}} "
+        problems.append(f"{where} = {brief(value)} must name exactly one of int or float, e.g. {{int: [1, 6]}} "
                         "or {float: [1.0e-4, 3.0e-3], log: true}")
         return None, problems
     kind = kinds[0]
@@ -226,21 +242,21 @@ def parse_range(key: str, value: dict, base: dict, space: dict) -> tuple[Param |
         return type_problem(v, float) is None and math.isfinite(v)
 
     if not (isinstance(bounds, list) and len(bounds) == 2 and all(ok_number(b) for b in bounds)):
-        problems.append(f"{where}.{kind} = {bounds!r} must be [low, high], two "
+        problems.append(f"{where}.{kind} = {brief(bounds)} must be [low, high], two "
                         f"{'integers' if kind == 'int' else 'numbers'}")
         return None, problems
     low, high = bounds
     log, step = value.get("log", False), value.get("step")
     if low > high:
-        problems.append(f"{where}.{kind} = {bounds!r}: low {low} > high {high}")
+        problems.append(f"{where}.{kind} = {brief(bounds)}: low {brief(low)} > high {brief(high)}")
     if not isinstance(log, bool):
-        problems.append(f"{where}.log = {log!r} must be true or false")
+        problems.append(f"{where}.log = {brief(log)} must be true or false")
         log = False
     if step is not None and not (ok_number(step) and step > 0):
-        problems.append(f"{where}.step = {step!r} must be a positive {'integer' if kind == 'int' else 'number'}")
+        problems.append(f"{where}.step = {brief(step)} must be a positive {'integer' if kind == 'int' else 'number'}")
         step = None
     if log and low <= 0:
-        problems.append(f"{where}: log: true needs low > 0, got {low}")
+        problems.append(f"{where}: log: true needs low > 0, got {brief(low)}")
     if log and step not in (None, 1):
         problems.append(f"{where}: log: true and step cannot be used together")
     for bound in (low, high):  # a float range suggests floats: the field must take them
@@ -254,7 +270,7 @@ def value_problems(key: str, value: Any, base: dict, space: dict) -> list[str]:
     """Whether one candidate value fits its field (each alone; combinations are checked per trial)."""
     load_all()
     section, field, *option = key.split(".")
-    where = f"search.space.{key}"
+    where = f"search.space.{cut(key)}"
     component = is_component(section, field)
     family = "tokenizer" if section == "data" else field
     if component and option:
@@ -267,12 +283,12 @@ def value_problems(key: str, value: Any, base: dict, space: dict) -> list[str]:
         return FAMILIES[family].check({**given, "name": name, option[0]: value}, f"{where}")
     if component:
         if not isinstance(value, (str, dict)):
-            return [f"{where} = {value!r} must be a registered {family} name or {{name: ..., option: ...}} "
+            return [f"{where} = {brief(value)} must be a registered {family} name or {{name: ..., option: ...}} "
                     f"(registered: {', '.join(FAMILIES[family].names())})"]
         return FAMILIES[family].check(value, where)
     if (section, field) == ("model", "preset"):
-        if value not in PRESETS:
-            return [f"{where} = {value!r} is not a preset{choices_hint(value, PRESETS, 'presets')}"]
+        if not isinstance(value, str) or value not in PRESETS:
+            return [f"{where} = {brief(value)} is not a preset{choices_hint(value, PRESETS, 'presets')}"]
         return []
     problem = SECTIONS[section][field].problem(value, f"{section}.{field}")
     return [f"{where}: {problem}"] if problem else []

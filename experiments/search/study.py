@@ -17,6 +17,7 @@ from typing import Any, Iterator
 from registry import SpecError
 
 HEARTBEAT_ENV = "LAB_SEARCH_HEARTBEAT_S"
+STORAGE_ENV = "LAB_STORAGE_URL"  # the storage URL, password included, kept off command lines and out of results/
 FINISHED_STATES = ("COMPLETE", "PRUNED")
 SQLITE = "sqlite:///"
 
@@ -48,6 +49,33 @@ def mask(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return url
+
+
+def has_password(url: Any) -> bool:
+    try:
+        from sqlalchemy.engine import make_url
+
+        return isinstance(url, str) and make_url(url).password is not None
+    except Exception:
+        return False
+
+
+def without_password(url: str) -> str:
+    """The URL with no password at all: what results/ records. The database driver then takes the
+    password from its own sources (PostgreSQL: PGPASSWORD or ~/.pgpass), or from LAB_STORAGE_URL."""
+    if not has_password(url):
+        return url
+    from sqlalchemy.engine import URL, make_url
+
+    u = make_url(url)
+    return URL.create(u.drivername, u.username, None, u.host, u.port, u.database, u.query).render_as_string(
+        hide_password=False)
+
+
+def with_credentials(recorded: str) -> str:
+    """A recorded (password-free) URL, or $LAB_STORAGE_URL when it names the same database with its password."""
+    given = os.environ.get(STORAGE_ENV)
+    return given if given and without_password(given) == recorded else recorded
 
 
 def heartbeat_settings() -> tuple[int, int]:

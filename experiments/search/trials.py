@@ -29,7 +29,8 @@ def experiment_lock(exp_dir: Path) -> Iterator[None]:
 def sync_records(plan, study) -> None:
     """Rewrite experiment.json from the study and rebuild runs.csv, under the experiment's lock."""
     with experiment_lock(plan.exp_dir):
-        files.write_json(plan.exp_dir / "experiment.json", plan.experiment_record(study.get_trials(deepcopy=False)))
+        files.write_json(plan.exp_dir / "experiment.json", plan.experiment_record(study.get_trials(deepcopy=False)),
+                         only_if_changed=True)
         rebuild_runs_csv(plan.exp_dir)
 
 
@@ -37,7 +38,7 @@ def log_event(exp_dir: Path, **fields: Any) -> None:
     """One JSON line appended to trials.log (O_APPEND: lines of concurrent workers never interleave)."""
     line = json.dumps({"time": datetime.now().isoformat(timespec="seconds"), "host": socket.gethostname(),
                        "pid": os.getpid(), **fields}, default=str) + "\n"
-    fd = os.open(exp_dir / "trials.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(exp_dir / "trials.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # the umask decides
     try:
         os.write(fd, line.encode())
     finally:

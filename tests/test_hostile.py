@@ -1,0 +1,363 @@
+"""Broken and hostile input at run time (issue 14): crafted and damaged checkpoints, the file system
+failing under the results folder, Ctrl-C, damaged run files, edited specs, permissions, secrets, the
+lock probe, and the memory check. The hostile *specs* are in tests/bad_specs/ (tests/test_bad_specs.py)."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from experiments import checkpoint, files
+from experiments import run as run_command
+from experiments.data import Embedded
+from experiments.train import Trainer
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAIN = {"steps": 20, "batch_size": 4, "lr": 3e-3, "warmup": 2, "eval_every": 10, "eval_batches": 2,
+         "checkpoint_every": 5, "device": "cpu"}  # exact comparisons: the CPU, also on a GPU host
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """20 kB of the embedded corpus: a short final evaluation keeps each tiny run near a second."""
+    path = tmp_path_factory.mktemp("corpus") / "docs.txt"
+    path.write_bytes(Embedded().read()[:20_000])
+    return path
+
+
+@pytest.fixture(autouse=True)
+def cache(lab_cache):
+    return lab_cache
+
+
+def write_spec(path: Path, corpus: Path, **extra) -> Path:
+    spec = {"experiment": "t", "seeds": [0], "data": {"corpus": str(corpus), "tokenizer": "char"},
+            "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "context_length": 16},
+            "train": dict(TRAIN), "sample": {"tokens": 5}, **extra}
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def main(spec: Path, results: Path, *extra: str) -> int:
+    return run_command.main([str(spec), "--results", str(results), "--no-report", *extra])
+
+
+def only_run(results: Path) -> Path:
+    [run_dir] = (results / "t" / "runs").iterdir()
+    return run_dir
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+class Evil:
+    """Unpickled, this would create a file: what a crafted checkpoint does to whoever opens it."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def plant(path: Path, state: dict) -> None:
+    """Write `state` as a checkpoint with a checksum that matches it (a forger can write both)."""
+    checkpoint.save(path, state)
+
+
+# -- checkpoints ---------------------------------------------------------------------------------
+def test_a_crafted_checkpoint_runs_no_code_and_its_run_starts_again(tmp_path, corpus, capsys):
+    from experiments import generate
+
+    spec = write_spec(tmp_path / "s.yaml", corpus)
+    assert main(spec, tmp_path / "r") == 0
+    run_dir = only_run(tmp_path / "r")
+    clean_loss = summary(run_dir)["final_val_loss"]
+    marker = tmp_path / "pwned"
+    plant(run_dir / "checkpoint.pt", {"model": Evil(marker), "step": 5})
+    capsys.readouterr()
+
+    assert generate.main([str(run_dir), "--tokens", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "holds more than tensors and plain data, so it was not loaded" in err and "Traceback" not in err
+    assert not marker.exists()
+
+    (run_dir / "summary.json").unlink()  # unfinished: the next invocation resumes it from the checkpoint
+    assert main(spec, tmp_path / "r") == 0
+    assert "training it again from step 0" in capsys.readouterr().err and not marker.exists()
+    again = summary(run_dir)
+    assert again["status"] == "done" and again["resumed_at_step"] is None and again["checkpoint_discarded"]
+    assert again["final_val_loss"] == clean_loss  # from scratch, seeded: the very same run
+
+
+@pytest.mark.parametrize("damage", ["flipped", "large_value", "truncated"])
+def test_a_damaged_checkpoint_is_detected_and_its_run_restarted(tmp_path, corpus, capsys, damage):
+    spec = write_spec(tmp_path / "s.yaml", corpus)
+    assert main(spec, tmp_path / "r") == 0
+    run_dir = only_run(tmp_path / "r")
+    clean_loss = summary(run_dir)["final_val_loss"]
+    path = run_dir / "checkpoint.pt"
+    data = bytearray(path.read_bytes())
+    if damage == "flipped":
+        data[len(data) // 2] ^= 0x40
+    elif damage == "large_value":  # a float32 of 1e30 over some weight: the run would end `diverged`
+        data[len(data) // 3: len(data) // 3 + 4] = np.float32(1e30).tobytes()
+    else:
+        data = data[: len(data) // 2]
+    path.write_bytes(bytes(data))
+    (run_dir / "summary.json").unlink()
+    capsys.readouterr()
+    for _ in range(2):  # never failing the same way on the next invocation
+        assert main(spec, tmp_path / "r") == 0
+        assert summary(run_dir)["status"] == "done" and summary(run_dir)["final_val_loss"] == clean_loss
+    assert capsys.readouterr().err.count("does not match the checksum") == 1
+
+
+def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    random.random(), np.random.rand(), torch.rand(1)  # mid-stream states, not fresh ones
+    path = tmp_path / "checkpoint.pt"
+    plant(path, {"model": {}, "rng": checkpoint.rng_state()})
+    expected = (random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist())
+    torch.load(path, map_location="cpu", weights_only=True)  # plain data only, nothing refused
+    checkpoint.set_rng_state(checkpoint.load(path)["rng"])
+    assert (random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist()) == expected
+
+
+def test_a_crash_between_a_checkpoint_and_its_record_leaves_a_matching_pair(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    plant(path, {"model": {"w": torch.zeros(2)}, "step": 1})
+    real_replace = os.replace
+
+    def crash_at_the_rename(src, dst):
+        if Path(dst) == path:
+            raise KeyboardInterrupt  # killed after the record names both files, before the new one is in place
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash_at_the_rename)
+    with pytest.raises(KeyboardInterrupt):
+        plant(path, {"model": {"w": torch.ones(2)}, "step": 2})
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert checkpoint.load(path)["step"] == 1 and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_damaged_tokenizer_json_is_one_clean_error(tmp_path, capsys):
+    from experiments import generate
+    from tiny_runs import tiny_runs
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_runs()["baseline"], run_dir)
+    for damaged in (b'{"name": "char", "vo', b"\xff\xfe not json", b'{"name": "char", "vocab": 7}'):
+        (run_dir / "tokenizer.json").write_bytes(damaged)
+        assert generate.main([str(run_dir), "--tokens", "3"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "tokenizer.json' is damaged" in err and err.count("\n") == 1
+
+
+# -- the results folder and the file system ------------------------------------------------------
+def fail_with(monkeypatch, code: int, after: int = 0) -> None:
+    """Every atomic write after the first `after` fails the way a full (or read-only) disk does."""
+    real = files.atomic_write
+    calls = []
+
+    def failing(path, write, mode="w", before_replace=None):
+        calls.append(path)
+        if len(calls) > after:
+            def write_then_fail(f):
+                write(f)
+                raise OSError(code, os.strerror(code))
+            return real(path, write_then_fail, mode, before_replace)
+        return real(path, write, mode, before_replace)
+
+    monkeypatch.setattr(files, "atomic_write", failing)
+
+
+@pytest.mark.parametrize("case", ["results_is_a_file", "name_too_long", "disk_full", "disk_full_mid_run"])
+def test_filesystem_errors_are_one_message_and_leave_nothing_half_written(tmp_path, corpus, capsys, monkeypatch,
+                                                                           case):
+    spec = write_spec(tmp_path / "s.yaml", corpus)
+    results, expected = tmp_path / "r", {"results_is_a_file": "a part of the path is a file, not a folder",
+                                         "name_too_long": "a file name is too long",
+                                         "disk_full": "no space is left on the disk",
+                                         "disk_full_mid_run": "no space is left on the disk"}[case]
+    if case == "results_is_a_file":
+        results.write_text("not a folder")
+    elif case == "name_too_long":
+        results = tmp_path / ("x" * 300)
+    else:  # the spec copy fails, or (mid run) the first checkpoint after the run's own files
+        fail_with(monkeypatch, errno.ENOSPC, after=0 if case == "disk_full" else 4)
+    assert main(spec, results) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write the results") and expected in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    if case == "disk_full":
+        assert not results.exists()  # the experiment folder it had just made is gone again
+    assert not [p for p in tmp_path.rglob("*.tmp")], "a temporary file was left behind"
+
+
+def test_a_finished_experiment_lists_again_from_read_only_storage(tmp_path, corpus, capsys, monkeypatch):
+    spec = write_spec(tmp_path / "s.yaml", corpus)
+    old_umask = os.umask(0o027)
+    try:
+        assert main(spec, tmp_path / "r") == 0
+    finally:
+        os.umask(old_umask)
+    written = [p for p in (tmp_path / "r").rglob("*") if p.is_file()]
+    assert {stat.S_IMODE(p.stat().st_mode) for p in written} == {0o640}, "files must follow the umask"
+    before = {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in written}
+    fail_with(monkeypatch, errno.EROFS)  # any write now fails as on read-only storage
+    monkeypatch.setattr(files.RunLock, "acquire", lambda self, patience=None: pytest.fail("a finished run was locked"))
+    capsys.readouterr()
+    assert main(spec, tmp_path / "r") == 0
+    assert "0 trained, 1 already done" in capsys.readouterr().out
+    assert {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in written} == before  # nothing was rewritten
+
+
+# -- runs that break, and the runner around them ---------------------------------------------------
+def test_a_truncated_summary_is_trained_again_and_the_rest_go_on(tmp_path, corpus, capsys):
+    spec = write_spec(tmp_path / "s.yaml", corpus, variants={"a": {}, "b": {"model.n_layers": 2}})
+    assert main(spec, tmp_path / "r") == 0
+    first, second = sorted((tmp_path / "r" / "t" / "runs").iterdir())
+    losses = {p: summary(p)["final_val_loss"] for p in (first, second)}
+    (first / "summary.json").write_text('{"status": "do')
+    capsys.readouterr()
+    assert main(spec, tmp_path / "r") == 0
+    out, err = capsys.readouterr()
+    assert "its summary.json cannot be read; training it again" in err and "1 trained, 1 already done" in out
+    assert summary(first)["resumed_at_step"] == 20 and summary(first)["final_val_loss"] == losses[first]
+
+
+def test_the_analysis_reads_past_damaged_run_files(tmp_path):
+    from analysis.tables import load_experiment
+    from synthetic import Run, build_experiment
+
+    exp = build_experiment(tmp_path, "e", [Run("baseline", s, 1.5 + s / 10) for s in range(3)], variants=["baseline"])
+    runs = sorted((exp / "runs").iterdir())
+    (runs[0] / "metrics.csv").write_bytes((runs[0] / "metrics.csv").read_bytes() + b"\xff\xfe,1,\x80\n")
+    (runs[1] / "summary.json").write_text('{"status": "do')
+    loaded = load_experiment(exp)
+    assert len(loaded.runs) == 3 and loaded.metrics["run_id"].nunique() == 3
+
+
+def test_ctrl_c_says_where_it_stopped_and_the_run_resumes(tmp_path, corpus, capsys, monkeypatch):
+    real_step = Trainer.train_step
+
+    def interrupted_at_7(self):
+        if self.step == 7:
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    spec = write_spec(tmp_path / "s.yaml", corpus)
+    monkeypatch.setattr(Trainer, "train_step", interrupted_at_7)
+    assert main(spec, tmp_path / "r") == 130
+    run_dir = only_run(tmp_path / "r")
+    assert capsys.readouterr().err == f"interrupted at step 7 of run {run_dir.name}; rerun the same command to resume\n"
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    assert main(spec, tmp_path / "r") == 0
+    assert summary(run_dir)["status"] == "done" and summary(run_dir)["resumed_at_step"] == 5
+
+
+def test_ctrl_c_through_the_real_command_has_no_traceback(tmp_path, corpus):
+    spec = write_spec(tmp_path / "s.yaml", corpus)
+    script = ("import sys; from experiments import run; from experiments.train import Trainer\n"
+              "def stop(self): raise KeyboardInterrupt\n"
+              "Trainer.train_step = stop\n"
+              "sys.exit(run.main(sys.argv[1:]))\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(spec), "--results", str(tmp_path / "r")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("interrupted at step 0 of run ")
+    assert proc.stderr.endswith("; rerun the same command to resume\n")
+
+
+def test_run_folders_of_an_earlier_spec_are_named_not_dropped(tmp_path, corpus, capsys):
+    spec = write_spec(tmp_path / "s.yaml", corpus)
+    assert main(spec, tmp_path / "r") == 0
+    old = only_run(tmp_path / "r").name
+    write_spec(spec, corpus, train={**TRAIN, "lr": 2e-3})
+    capsys.readouterr()
+    assert main(spec, tmp_path / "r") == 0
+    out = capsys.readouterr().out
+    assert f"note: 1 run folder(s) under {tmp_path / 'r' / 't' / 'runs'} are not in the current spec" in out
+    assert old in out.split("note:")[1]
+
+
+# -- locks ---------------------------------------------------------------------------------------
+def test_the_lock_probe_never_makes_a_runner_skip_a_run(tmp_path, monkeypatch):
+    """While runs.csv is rebuilt, a process probes each pending run's lock for a moment; a runner that
+    tries to take the lock in that moment must wait it out, not skip the run as 'running elsewhere'."""
+    import fcntl
+
+    lock = files.RunLock(tmp_path)
+    lock.path.touch()
+    probe = open(lock.path, "rb")
+    fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)  # the probe's moment, frozen
+    monkeypatch.setattr(files.time, "sleep", lambda s: probe.close())  # ... which ends while acquire() waits
+    assert lock.acquire()
+    assert files.RunLock(tmp_path).held_elsewhere()  # held by us now, as any other handle sees it
+    lock.release()
+
+
+# -- secrets -------------------------------------------------------------------------------------
+URL = "postgresql+psycopg2://lab:s3cret-pw@db.example:5432/lab"
+
+
+def test_no_storage_password_is_written_or_put_on_a_command_line(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from experiments.search import cli, study
+    from experiments.search.plan import make_plan
+    from experiments.spec import parse_spec
+    from registry import SpecError
+
+    base = {"experiment": "s", "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "context_length": 16},
+            "train": {"steps": 2, "warmup": 0}}
+    with pytest.raises(SpecError, match="search.storage holds a password"):
+        parse_spec({**base, "search": {"storage": URL, "space": {"model.n_heads": [1, 2]}}})
+    spec = parse_spec({**base, "search": {"space": {"model.n_heads": [1, 2]}}})
+    args = SimpleNamespace(storage=URL, results=str(tmp_path), workers=2, device=None, no_report=True)
+    plan = make_plan(spec, args, tmp_path / "s")
+    assert "s3cret-pw" not in json.dumps(plan.experiment_record([])) and plan.storage_url == URL
+    assert plan.storage_record == "postgresql+psycopg2://lab@db.example:5432/lab"
+
+    started = []
+    monkeypatch.setattr(cli.subprocess, "Popen", lambda cmd, env: started.append((cmd, env)) or SimpleNamespace(
+        pid=1, wait=lambda: 0))
+    plan.args.spec = tmp_path / "spec.yaml"
+    assert cli.spawn_workers(plan, 2) == 0
+    assert all("s3cret-pw" not in " ".join(cmd) and env[study.STORAGE_ENV] == URL for cmd, env in started)
+    monkeypatch.setenv(study.STORAGE_ENV, URL)  # how a worker (or the analysis) gets the password back
+    assert study.with_credentials(plan.storage_record) == URL
+
+
+# -- the memory a run needs ----------------------------------------------------------------------
+def test_a_run_that_cannot_fit_is_refused_before_anything_is_built(tmp_path, monkeypatch):
+    from experiments import resources
+    from experiments.runner import bind_data
+    from experiments.spec import parse_spec
+    from registry import SpecError
+
+    monkeypatch.setattr(resources, "device_memory", lambda device: 8 << 30)  # the same answer on any machine
+    spec = parse_spec({"experiment": "m", "model": {"preset": "gpt2-124m"}, "train": {"batch_size": 8}})
+    datasets = bind_data(spec.runs)  # 86 M parameters with a char vocabulary, and 8 x 1024 tokens: ~5.4 GiB
+    run, vocab = spec.runs[0], next(iter(datasets.values())).vocab_size
+    parts = resources.needs(run, vocab)
+    assert parts["weights and AdamW state"] == resources.meta_model(run.model, vocab).num_params() * 16
+    assert 5 << 30 < sum(parts.values()) < 6 << 30
+    spec = parse_spec({"experiment": "m", "model": {"preset": "gpt2-124m"}, "train": {"batch_size": 64}})
+    with pytest.raises(SpecError, match=r"run baseline \(seed 0\) needs ~\d+\.\d GiB, this machine has 8\.0 GiB"):
+        bind_data(spec.runs)
