@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import torch
 from torch import nn
 
 from registry import NORM, Range

@@ -13,7 +13,6 @@ import argparse
 import math
 import secrets
 import sys
-from pathlib import Path
 from typing import Any
 
 import torch

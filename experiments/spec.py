@@ -22,7 +22,7 @@ from components.model import PRESETS
 from experiments import sweeps as sweep_blocks
 from experiments.budget import warmup_steps, warmup_too_long
 from experiments.schema import (COMPONENT_FIELDS, DATA, LIMITS, MODEL, NAME_MAX_CHARS, SECTIONS, TOP, TRAIN,
-                                TrainSettings, is_int, is_number, key_problem, label)
+                                TrainSettings, is_number, key_problem, label)
 from experiments.search import space
 from experiments.specfile import read_yaml
 from registry import FAMILIES, SpecError, brief, choices_hint, cut, load_all

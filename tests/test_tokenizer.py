@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from components.tokenizer import CharTokenizer, gpt2_encoding
+from components.tokenizer import gpt2_encoding
 from registry import TOKENIZER, SpecError
 
 # Code point ranges a random string draws from: ASCII, whitespace, accented Latin, Greek, CJK,
