@@ -92,13 +92,12 @@ def load() -> ctypes.CDLL | None:
     if len(openmp_runtimes()) > 1:  # torch built with another OpenMP: two thread pools would fight
         return None
     f, i64, u64, u32, ptr = ctypes.c_float, ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p
-    lib.gelu_fwd.argtypes = [ptr, ptr, i64]
-    lib.gelu_bwd.argtypes = [ptr, ptr, ptr, i64]
-    lib.dropout.argtypes = [ptr, ptr, i64, u64, u32, f]
-    lib.attn_softmax.argtypes = [ptr, ptr, i64, i64, i64, i64, f, u64, u32, f, ctypes.c_int]
-    lib.attn_softmax_bwd.argtypes = [ptr, ptr, ptr, i64, i64, f]
-    lib.softmax_xent.argtypes = [ptr, ptr, ptr, i64, i64]
-    for fn in (lib.gelu_fwd, lib.gelu_bwd, lib.dropout, lib.attn_softmax, lib.attn_softmax_bwd, lib.softmax_xent):
-        fn.restype = None
+    signatures = {"gelu_fwd": [ptr, ptr, i64], "gelu_bwd": [ptr, ptr, ptr, i64], "dropout": [ptr, ptr, i64, u64, u32, f],
+                  "attn_softmax": [ptr, ptr, i64, i64, i64, i64, f, u64, u32, f, ctypes.c_int],
+                  "attn_softmax_bwd": [ptr, ptr, ptr, i64, i64, f]}
+    for name, argtypes in signatures.items():
+        for fn in (getattr(lib, name), getattr(lib, f"{name}_bf16")):  # float32's and bf16's, same arguments
+            fn.argtypes, fn.restype = argtypes, None
+    lib.softmax_xent.argtypes, lib.softmax_xent.restype = [ptr, ptr, ptr, i64, i64], None
     _lib = lib
     return lib
