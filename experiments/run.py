@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise SpecError("a search (or --storage / --workers) runs trials in parallel by itself; "
                                 "start it without torchrun")
             return search_cli.main(spec, Path(args.spec), args)
-        datasets = bind_data(spec.runs)
+        datasets = bind_data(spec.runs, device=args.device)
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

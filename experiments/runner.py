@@ -16,7 +16,7 @@ import torch
 from components.model import GPT
 from experiments import ddp, files
 from experiments.data import load_dataset
-from experiments.hardware import resolve_device
+from experiments.hardware import resolve_device, resolve_precision
 from experiments.schema import ModelConfig
 from experiments.train import Trainer
 from experiments.records import FINISHED, axis_values, text_table
@@ -27,11 +27,13 @@ RUN_OUTPUTS = ("checkpoint.pt", "metrics.csv", "summary.json", "samples.txt", "e
 
 
 # -- data binding --------------------------------------------------------------------------------
-def bind_data(runs: list[RunSpec], datasets: dict[tuple, Any] | None = None) -> dict[tuple, Any]:
+def bind_data(runs: list[RunSpec], datasets: dict[tuple, Any] | None = None,
+              device: str | None = None) -> dict[tuple, Any]:
     """Load (or read from cache) every dataset the runs use, check each run fits its data, and bind
-    the corpus hash into each run id. Every problem is raised at once, before anything is written.
-    Datasets already in `datasets` are reused, and the ones loaded here are added to it (a search
-    binds each trial's runs this way)."""
+    the corpus hash and the precision the run will use on its device (`device`, the --device
+    override, else its train.device) into each run id. Every problem is raised at once, before
+    anything is written. Datasets already in `datasets` are reused, and the ones loaded here are
+    added to it (a search binds each trial's runs this way)."""
     datasets = {} if datasets is None else datasets
     problems: list[str] = []
     unreadable: set[tuple] = set()
@@ -47,16 +49,22 @@ def bind_data(runs: list[RunSpec], datasets: dict[tuple, Any] | None = None) -> 
         if key in unreadable:
             continue
         ds = datasets[key]
+        run.bind_corpus(ds.corpus_sha256)
         try:
             ds.check_context(run.model["context_length"])
             if run.sample["prompt"] is not None:
                 ds.tokenizer.encode(run.sample["prompt"])
+            run.bind_precision(resolve_precision(run.train.precision, run_device(run, device)))
         except SpecError as err:
             problems += err.problems
-        run.bind_corpus(ds.corpus_sha256)
     if problems:
         raise SpecError(dedupe(problems))
     return datasets
+
+
+def run_device(run: RunSpec, override: str | None = None):
+    """--device (`override`), else the run's train.device; under torchrun each rank on its own GPU."""
+    return resolve_device(ddp.device(override or run.train.device))
 
 
 def data_key(run: RunSpec) -> tuple:
@@ -134,8 +142,7 @@ class Runner:
             Trainer(run, self.datasets[data_key(run)], self.exp_dir / "runs" / run.run_id, self.device_for(run)).fit()
 
     def device_for(self, run: RunSpec):
-        """--device, else the run's train.device; under torchrun each rank on its own GPU."""
-        return resolve_device(ddp.device(self.device_override or run.train.device))
+        return run_device(run, self.device_override)
 
     @staticmethod
     def force_clean(run_dir: Path) -> None:

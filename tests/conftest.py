@@ -9,6 +9,9 @@ import pytest
 # Tiny models run fastest on one thread, and two busy threads on a shared 2-core machine can be 30x
 # slower than one; subprocesses the tests start inherit this too.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# `precision: auto` on the CPU means fp32 in the tests whatever the CPU (with bf16 units it would
+# otherwise time both and may pick bf16); tests/test_precision.py unsets this to test the choice.
+os.environ.setdefault("LAB_CPU_PRECISION", "fp32")
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ def main(spec, spec_path: Path, args) -> int:
         heartbeat_settings()
         if not plan.default_storage and (problems := storage_problems(plan.storage_url, "--storage")):
             raise SpecError(problems)
-        datasets = bind_data(spec.runs)
+        datasets = bind_data(spec.runs, device=args.device)
     except SpecError as err:
         return fail(str(err))
     if args.dry_run:
