@@ -63,6 +63,10 @@ def cuda_has_native_bf16(device: torch.device) -> bool:
     """Whether the run's GPU (not the current one) multiplies bf16 in hardware: compute capability 8.0
     or later (A100, H100, RTX 30xx on). torch.cuda.is_bf16_supported() also says yes where bf16 is
     emulated (V100, T4: slower than float32) and asks the current device; ROCm GPUs count as it counts them."""
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if (device.index or 0) >= count:
+        raise SpecError(f"device {device} (train.device or --device) is not here: this machine has {count} "
+                        "CUDA device(s); use cpu, auto, or cuda:N with N below that count")
     if torch.version.hip:
         return torch.cuda.is_bf16_supported()
     index = device.index if device.index is not None else torch.cuda.current_device()
@@ -115,7 +119,8 @@ def cpu_bf16_supported() -> bool:
         return False
 
 
-PROBE = {"preset": "nanogpt-cpu", "vocab_size": 65, "batch_size": 12, "warmup": 3, "steps": 8}  # the smallest recipe shipped
+# What cpu_step_times times: the smallest recipe the lab ships, where bf16 gains least.
+PROBE = {"preset": "nanogpt-cpu", "vocab_size": 65, "batch_size": 12, "warmup": 3, "steps": 8}
 
 
 def cpu_step_times() -> dict[str, float]:
@@ -124,9 +129,9 @@ def cpu_step_times() -> dict[str, float]:
     lets one process measure while concurrent ones (torchrun's ranks) wait for its answer."""
     from components.kernels import c_loader, fused
 
-    sources = [c_loader.SOURCE_FILE.read_text(encoding="utf-8"), Path(fused.__file__).read_text(encoding="utf-8")]
-    key = hashlib.sha256("\n".join([*sources, c_loader.cpu_flags(), cpu_model(), torch.__version__,
-                                    str(os.cpu_count()), json.dumps(PROBE)]).encode()).hexdigest()[:16]
+    sources = [Path(f).read_text(encoding="utf-8") for f in (c_loader.SOURCE_FILE, fused.__file__)]
+    machine = [c_loader.cpu_flags(), c_loader.cpuinfo_line("model name"), str(os.cpu_count()), torch.__version__]
+    key = hashlib.sha256("\n".join([*sources, *machine, json.dumps(PROBE)]).encode()).hexdigest()[:16]
     path = c_loader.kernel_dir() / f"precision-{key}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "a") as lock:
@@ -138,14 +143,6 @@ def cpu_step_times() -> dict[str, float]:
         times = time_cpu_steps()
         files.write_json(path, times)
         return times
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line for line in f if line.startswith("model name")), "")
-    except OSError:
-        return ""
 
 
 def time_cpu_steps() -> dict[str, float]:

@@ -41,17 +41,27 @@ def test_explicit_precisions_are_kept_on_every_device():
     assert resolve_precision("auto", torch.device("mps")) == "fp32"
 
 
-@pytest.mark.parametrize("capability, expected", [((7, 0), "fp32"), ((7, 5), "fp32"), ((8, 0), "bf16"), ((9, 0), "bf16")])
+@pytest.mark.parametrize("capability, expected", [((7, 0), "fp32"), ((7, 5), "fp32"), ((8, 0), "bf16"),
+                                                  ((9, 0), "bf16")])
 def test_auto_on_cuda_is_bf16_only_where_the_runs_gpu_has_it_natively(monkeypatch, capability, expected):
     """V100 (7.0) and T4 (7.5) emulate bf16, which torch.cuda.is_bf16_supported() counts as support."""
     asked = []
     monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i: asked.append(i) or capability)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert resolve_precision("auto", torch.device("cuda", 1)) == expected
     assert resolve_precision("auto", CUDA) == expected
     assert asked == [1, 0]  # the run's GPU, not the current one; the current one for a bare "cuda"
+
+
+def test_auto_on_a_gpu_that_is_not_there_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SpecError, match="device cuda:1 .* is not here: this machine has 0 CUDA device"):
+        resolve_precision("auto", torch.device("cuda", 1))
+    assert resolve_precision("fp32", CUDA) == "fp32"  # an explicit precision needs no GPU to be resolved
 
 
 def test_auto_on_a_cpu_without_bf16_units_is_fp32_without_measuring(measured, monkeypatch):
