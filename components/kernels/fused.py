@@ -73,6 +73,11 @@ def c_loop(lib, name: str, dtype: torch.dtype):
     return getattr(lib, name if dtype == torch.float32 else f"{name}_bf16")
 
 
+def cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """t in dtype; skips the ~5 us a no-op .to() costs, since the float32 steps of a small model feel it."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def no_autocast():
     """Inside a kernel every dtype is chosen explicitly: autocast must not recast its matmuls' inputs.
     (Entering autocast costs ~15 us: float32 steps, outside it, skip that.)"""
@@ -169,7 +174,7 @@ class _TanhGELU(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         if ctx.lib is not None:
             (x,) = ctx.saved_tensors
-            grad, dx = grad.contiguous().to(x.dtype), torch.empty_like(x)
+            grad, dx = cast(grad.contiguous(), x.dtype), torch.empty_like(x)
             c_loop(ctx.lib, "gelu_bwd", x.dtype)(ptr(x), ptr(grad), ptr(dx), x.numel())
             return dx
         x, s = ctx.saved_tensors
@@ -251,7 +256,7 @@ class _CausalAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         q, k, v, *saved = ctx.saved_tensors
-        grad, lib = grad.contiguous().to(q.dtype), ctx.lib
+        grad, lib = cast(grad.contiguous(), q.dtype), ctx.lib
         # dk and dv gather one product per block: summed in float32 (bf16 sums would lose bits per block)
         dq = torch.empty_like(q)
         dk, dv = (torch.zeros_like(t, dtype=torch.float32) for t in (k, v))
@@ -270,7 +275,7 @@ class _CausalAttention(torch.autograd.Function):
                 ds = ds.addcmul_(probs.float(), ds.sum(dim=-1, keepdim=True), value=-1).mul_(ctx.scale).to(q.dtype)
             dq[:, start:end] = torch.bmm(ds, k[:, :end])
             dk[:, :end] += torch.bmm(ds.transpose(1, 2), q[:, start:end])
-        return dq, dk.to(k.dtype), dv.to(v.dtype), None, None
+        return dq, cast(dk, k.dtype), cast(dv, v.dtype), None, None
 
 
 def causal_attention(q, k, v, bias: torch.Tensor | None, dropout_p: float) -> torch.Tensor:
@@ -278,13 +283,13 @@ def causal_attention(q, k, v, bias: torch.Tensor | None, dropout_p: float) -> to
     (key/value heads already shared out), bias: (H, T, T) or None. Computed in kernel_dtype(q): under
     bf16 autocast the inputs are rounded to bf16 as the stock matmuls would; the masks stay float32."""
     B, H, T, hd = q.shape
-    dtype = kernel_dtype(q, "attention") or q.dtype
+    dtype = torch.bfloat16 if torch.is_autocast_enabled("cpu") else q.dtype   # callers have checked use_fused
     mask = None
     if bias is not None or c_lib() is None:
         mask = causal_bias(T, torch.empty(0, device=q.device))[None]           # (1, T, T) float32, broadcast over B * H
         if bias is not None:
             mask = (bias.float() + mask).repeat(B, 1, 1)                       # (B * H, T, T), batch-major like q
-    out = _CausalAttention.apply(*(t.to(dtype).reshape(B * H, T, hd) for t in (q, k, v)), mask, dropout_p)
+    out = _CausalAttention.apply(*(cast(t, dtype).reshape(B * H, T, hd) for t in (q, k, v)), mask, dropout_p)
     return out.view(B, H, T, hd)
 
 
@@ -303,7 +308,7 @@ def _cross_entropy_blocks(x, weight, targets, gradient: bool):
     step, lib, targets = rows_per_chunk(weight.shape[0]), c_lib(), targets.contiguous().long()
     for start in range(0, x.shape[0], step):
         rows = slice(start, start + step)
-        logits, ys = (x[rows] @ weight.t()).float(), targets[rows]            # (rows, V), (rows,)
+        logits, ys = cast(x[rows] @ weight.t(), torch.float32), targets[rows]  # (rows, V), (rows,)
         if lib is not None:  # softmax, loss and gradient in one pass (the gradient costs nothing extra)
             losses = torch.empty(len(ys), dtype=torch.float32)
             lib.softmax_xent(ptr(logits), ptr(ys), ptr(losses), *logits.shape)
@@ -334,12 +339,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, targets, dtype):
         with no_autocast():
-            xc, wc = x.to(dtype), weight.to(dtype)
+            xc, wc = cast(x, dtype), cast(weight, dtype)
             dx, dw = torch.empty_like(x), torch.zeros_like(weight)
             total = torch.zeros((), dtype=torch.float64)
             for rows, loss, grad_logits in _cross_entropy_blocks(xc, wc, targets, gradient=True):
                 total += loss
-                g = grad_logits.to(dtype)
+                g = cast(grad_logits, dtype)
                 if dx.dtype == dtype:
                     torch.mm(g, wc, out=dx[rows])
                 else:
@@ -358,7 +363,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 @torch.no_grad()
 def _blocked_cross_entropy(x, weight, targets, dtype) -> torch.Tensor:
     with no_autocast():
-        blocks = _cross_entropy_blocks(x.to(dtype), weight.to(dtype), targets, gradient=False)
+        blocks = _cross_entropy_blocks(cast(x, dtype), cast(weight, dtype), targets, gradient=False)
         total = sum(loss for _, loss, _ in blocks)
     return (total / x.shape[0]).to(x.dtype)
 
