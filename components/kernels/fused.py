@@ -280,8 +280,8 @@ class _CausalAttention(torch.autograd.Function):
 
 def causal_attention(q, k, v, bias: torch.Tensor | None, dropout_p: float) -> torch.Tensor:
     """softmax(q k^T / sqrt(hd) + bias + causal mask), dropout, @ v; q: (B, H, T, hd), k, v: (B, H, T, hd)
-    (key/value heads already shared out), bias: (H, T, T) or None. Computed in kernel_dtype(q): under
-    bf16 autocast the inputs are rounded to bf16 as the stock matmuls would; the masks stay float32."""
+    (key/value heads already shared out), bias: (H, T, T) or None. Computed in q's dtype, or under bf16
+    autocast in bf16 (the inputs rounded as the stock matmuls would round them); the masks stay float32."""
     B, H, T, hd = q.shape
     dtype = torch.bfloat16 if torch.is_autocast_enabled("cpu") else q.dtype   # callers have checked use_fused
     mask = None
