@@ -26,13 +26,13 @@ def sdpa_attention(q, k, v, bias: torch.Tensor | None, dropout_p: float) -> torc
     mask folded in, or None.
 
     The fastest fused path for each case: SDPA's own kernels on CUDA and for inference; on the CPU
-    (float32) training goes through the lab's fused kernel, which SDPA lacks for attention dropout and
+    (float32 or bf16) training goes through the lab's fused kernel, which SDPA lacks for attention dropout and
     ALiBi's bias (it falls back to its unfused math path, 2x slower at dropout 0.2) and which also beat
     SDPA's flash kernel by ~25% at context 256 (it skips the masked blocks and keeps the softmax).
     """
     # without dropout or bias, only while its saved probabilities (~T^2 / 2 per head) stay small
     training = torch.is_grad_enabled() and q.requires_grad and q.shape[2] <= fused.ATTENTION_MAX_T
-    if (dropout_p > 0 or bias is not None or training) and fused.use_fused(q):
+    if (dropout_p > 0 or bias is not None or training) and fused.use_fused(q, "attention"):
         k, v = share_heads(k, v, q.shape[1])
         return fused.causal_attention(q, k, v, bias, dropout_p)
     grouped = q.shape[1] != k.shape[1]

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.datasheets import datasheet_peak
+from components.kernels.settings import BF16_KERNELS
 
 COLUMNS = ["preset", "precision", "impl", "compile", "without", "threads", "batch_size", "step_ms", "step_ms_iqr",
            "tokens_per_s", "gflops", "peak_gflops", "mfu", "datasheet_gflops", "mfu_datasheet", "peak_mem_mb",
@@ -49,7 +50,10 @@ KNOBS = {  # --without: what each switches off
     "c_kernels": "the C loops inside the fused kernels: the same algorithms as torch ops",
     "fused_adamw": "the fused AdamW: torch's default per-parameter loop",
     "allocator": "the glibc allocator tuning: freed activations go back to the OS",
+    **{f"bf16_{k}": f"bf16 rows only: the bf16 path of the fused {k.replace('_', '-')} kernel: the stock op under "
+                    "autocast instead" for k in sorted(BF16_KERNELS)},
 }
+BF16_KNOBS = tuple(f"bf16_{k}" for k in sorted(BF16_KERNELS))
 
 
 # -- timing --------------------------------------------------------------------------------------
@@ -138,7 +142,7 @@ def run_spec(cfg: dict[str, Any]):
     return parse_spec(raw).runs[0]
 
 
-RUNTIME_KNOBS = ("fused_kernels", "c_kernels", "fused_adamw")  # switched between steps in one process
+RUNTIME_KNOBS = ("fused_kernels", "c_kernels", "fused_adamw", *BF16_KNOBS)  # switched between steps in one process
 
 
 class Switch:
@@ -156,7 +160,8 @@ class Switch:
 
         from components.kernels import settings
         settings.configure(dataclasses.replace(self.kernels, fused=self.kernels.fused and knob != "fused_kernels",
-                                               c_loops=self.kernels.c_loops and knob != "c_kernels"))
+                                               c_loops=self.kernels.c_loops and knob != "c_kernels",
+                                               bf16=self.kernels.bf16 - {(knob or "").removeprefix("bf16_")}))
         self.trainer.optimizer = self.own_optimizer
         if knob == "fused_adamw":
             if self.torch_adamw is None:
@@ -335,7 +340,7 @@ def combos(args: argparse.Namespace, device, precisions: list[str]) -> list[dict
         for precision in precisions:
             for impl in args.impl:
                 for compiled in ([False, True] if args.compile else [False]):
-                    knobs = args.without if precision == "fp32" else []  # the switches are float32's
+                    knobs = [k for k in args.without if precision == "bf16" or k not in BF16_KNOBS]
                     for without in [None, *(k for k in knobs if k not in RUNTIME_KNOBS)]:
                         out.append({"preset": preset, "precision": precision, "impl": impl, "compile": compiled,
                                     "without": without,

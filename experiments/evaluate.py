@@ -125,4 +125,4 @@ def score_run(run_dir: str | Path, split: str = "test", device: str = "cpu", bat
         raise SpecError(f"run {run_dir} has no {split} text: its data.{split}_fraction is 0")
     device_ = next(model.parameters()).device
     return score(model, *dataset.scored(split), batch_size or spec["train"]["batch_size"], device_,
-                 autocast_dtype(spec["train"]["precision"], device_))
+                 autocast_dtype(spec.get("precision") or spec["train"]["precision"], device_))

@@ -20,7 +20,7 @@ import torch
 
 from experiments import budget, ddp, files, resources, tensorboard_log
 from experiments.data import load_dataset
-from experiments.hardware import resolve_device
+from experiments.hardware import resolve_device, resolve_precision
 from experiments.progress import PROGRESS
 from experiments.train import Trainer
 from experiments.records import FINISHED, axis_values, read_summary, text_table
@@ -35,10 +35,10 @@ RUN_OUTPUTS = ("checkpoint.pt", "checkpoint.pt.sha256", "metrics.csv", "summary.
 def bind_data(runs: list[RunSpec], datasets: dict[tuple, Any] | None = None,
               device: str | None = None) -> dict[tuple, Any]:
     """Load (or read from cache) every dataset the runs use, check each run fits its data and its
-    device's memory (`device`: the --device override, else each run's train.device), and bind the
-    corpus hash into each run id. Every problem is raised at once, before anything is written.
-    Datasets already in `datasets` are reused, and the ones loaded here are added to it (a search
-    binds each trial's runs this way)."""
+    device's memory, and bind the corpus hash and the precision the run will use on its device
+    (`device`: the --device override, else each run's train.device) into each run id. Every problem
+    is raised at once, before anything is written. Datasets already in `datasets` are reused, and the
+    ones loaded here are added to it (a search binds each trial's runs this way)."""
     datasets = {} if datasets is None else datasets
     problems: list[str] = []
     unreadable: set[tuple] = set()
@@ -54,15 +54,16 @@ def bind_data(runs: list[RunSpec], datasets: dict[tuple, Any] | None = None,
         if key in unreadable:
             continue
         ds = datasets[key]
+        run.bind_corpus(ds.corpus_sha256)
         try:
             ds.check_context(run.model["context_length"])
             if run.sample["prompt"] is not None:
                 ds.tokenizer.encode(run.sample["prompt"])
             if run.train.budget is not None:  # its own steps, from its data and model size
                 budget.bind(run, ds, *model_size(run, ds.vocab_size))
+            run.bind_precision(resolve_precision(run.train.precision, run_device(run, device)))
         except SpecError as err:
             problems += err.problems
-        run.bind_corpus(ds.corpus_sha256)
     if problems:
         raise SpecError(dedupe(problems))
     world = int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun each process holds its share of a batch

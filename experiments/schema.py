@@ -196,7 +196,7 @@ TRAIN = {
     "eval_batches": positive_int(20, "batches per evaluation (fixed per seed)"),
     "checkpoint_every": Field(None, int | None, "steps between checkpoints", COUNT,
                               rule="an integer >= 0 (default eval_every; 0 = only at the end)"),
-    "precision": one_of("auto", "fp32, bf16 autocast, or auto (bf16 on CUDA, fp32 elsewhere)",
+    "precision": one_of("auto", "fp32, bf16 autocast, or auto (bf16 where the device runs it natively and faster)",
                         "auto", "fp32", "bf16"),
     "compile": Field(False, bool, "torch.compile the model (a fresh dynamo per run; summary.json says if it ran compiled)"),
     "device": Field("auto", str, "where to train (auto = CUDA > MPS > CPU)", pattern=r"auto|cpu|mps|cuda(:\d+)?",

@@ -46,16 +46,24 @@ class RunSpec:
     train: TrainSettings
     sample: dict[str, Any]
     corpus_sha256: str = ""           # bound once the corpus is read, so an edited data file is a new run
+    precision: str = ""               # train.precision resolved on the run's device (fp32 | bf16), once bound
     run_id: str = ""
 
     def identity(self) -> dict[str, Any]:
-        """What the run computes (the id's input): data (and its content hash), model, train, seed."""
+        """What the run computes (the id's input): data (and its content hash), model, train (with the
+        precision it resolves to: `auto` is fp32 on one machine and bf16 on another), seed."""
         train = {k: v for k, v in dataclasses.asdict(self.train).items() if k not in NOT_IN_RUN_ID["train"]}
+        train["precision"] = self.precision or train["precision"]
         return {"data": self.data, "corpus_sha256": self.corpus_sha256, "model": self.model,
                 "train": train, "seed": self.seed}
 
     def bind_corpus(self, sha256: str) -> None:
         self.corpus_sha256 = sha256
+        self.run_id = run_id(self)
+
+    def bind_precision(self, precision: str) -> None:
+        """Fix what train.precision means for this run (experiments.hardware.resolve_precision)."""
+        self.precision = precision
         self.run_id = run_id(self)
 
     def to_dict(self) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from experiments import checkpoint, compiling, ddp, evaluate, files, metrics
 from experiments.checkpoint import rng_state, seed_everything, set_rng_state
 from experiments.cpu_runtime import CpuThreads, tune_cpu_allocator
 from experiments.data import TRAIN_STREAM, Batches
-from experiments.hardware import autocast, autocast_dtype
+from experiments.hardware import autocast, autocast_dtype, resolve_precision, tf32_enabled
 from experiments.optim import clip_grad_norm, lr_at, make_optimizer
 from experiments.progress import ProgressFile
 from experiments.schema import ModelConfig
@@ -76,7 +76,8 @@ class Trainer:
         self.step_model = self.compiled(self.model)
         self.eval_model = self.step_model  # training goes through DDP under torchrun (see fit), eval does not
         self.optimizer = make_optimizer(self.model, run.train, device)
-        self.dtype = autocast_dtype(run.train.precision, device)
+        self.precision = run.precision or resolve_precision(run.train.precision, device)  # bound: the run id's
+        self.dtype = autocast_dtype(self.precision, device)
         if device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -371,7 +372,8 @@ class Trainer:
             metrics.TOKENS_PER_S: self.tokens_per_s(),
             metrics.WALL_S: round(self.wall_seconds, 3), metrics.TRAIN_S: round(self.train_seconds, 3),
             "resumed_at_step": resumed_at, "checkpoint_discarded": self.discarded,
-            "device": str(self.device), "precision": self.train_cfg.precision,
+            "device": str(self.device), "precision": self.precision,
+            "precision_setting": self.train_cfg.precision, "tf32": tf32_enabled(self.device),
             "autocast": str(self.dtype).replace("torch.", "") if self.dtype else "fp32",
             "tokenizer": self.dataset.tokenizer.name, "vocab_size": self.dataset.vocab_size,
             "corpus": self.dataset.corpus_name, "corpus_sha256": self.dataset.corpus_sha256,

@@ -10,6 +10,9 @@ import pytest
 # slower than one; subprocesses the tests start inherit this too.
 if not os.environ.get("OMP_NUM_THREADS"):  # unset or empty: an empty one would leave the thread count to the load
     os.environ["OMP_NUM_THREADS"] = "1"
+# `precision: auto` on the CPU means fp32 in the tests whatever the CPU (with bf16 units it would
+# otherwise time both and may pick bf16); tests/test_precision.py unsets this to test the choice.
+os.environ.setdefault("LAB_CPU_PRECISION", "fp32")
 
 
 @pytest.fixture

@@ -54,8 +54,9 @@ def test_bf16_units_are_read_from_the_cpu_flags(flags, expected):
 
 @pytest.mark.parametrize("bf16_units", [False, True])
 def test_bench_times_a_tiny_config_and_writes_the_table(tmp_path, capsys, monkeypatch, bf16_units):
-    """The default precisions follow the CPU: fp32, plus bf16 (with no --without rows) where the CPU has
-    bf16 units. Both answers are pinned here, so the test says the same on every CPU."""
+    """The default precisions follow the CPU: fp32, plus bf16 where the CPU has bf16 units (with its own
+    --without rows: the kernels serve bf16 too). Both answers are pinned here, so the test says the same
+    on every CPU."""
     from experiments import hardware
     monkeypatch.setattr(hardware, "bf16_is_fast", lambda device: bf16_units)
     out = tmp_path / "bench.csv"
@@ -66,7 +67,7 @@ def test_bench_times_a_tiny_config_and_writes_the_table(tmp_path, capsys, monkey
     assert list(rows[0]) == bench.COLUMNS
     assert [(r["preset"], r["precision"], r["impl"], r["without"]) for r in rows] == [
         ("tiny", "fp32", "sdpa", "-"), ("tiny", "fp32", "sdpa", "fused_kernels")] + (
-        [("tiny", "bf16", "sdpa", "-")] if bf16_units else [])
+        [("tiny", "bf16", "sdpa", "-"), ("tiny", "bf16", "sdpa", "fused_kernels")] if bf16_units else [])
     for r in rows:
         assert float(r["step_ms"]) > 0 and float(r["tokens_per_s"]) > 0
         # mfu is rounded from the unrounded figures; gflops and peak_gflops are shown to 0.1, which on a slow
@@ -84,3 +85,25 @@ def test_fixed_cost_reports_imports_data_and_build(tmp_path):
            "precision": "fp32", "compile": False, "device": "cpu", "warmup": 1, "steps": 1}
     cost = bench.fixed_cost(cfg)
     assert set(cost) == {"imports_s", "data_s", "build_s"} and all(v >= 0 for v in cost.values())
+
+
+def test_bf16_knobs_time_the_bf16_rows_and_switch_one_kernel_off_each():
+    import types
+
+    from components.kernels import settings
+
+    args = bench.parse_args(["--preset", "tiny", "--without", "bf16_attention", "fused_kernels", "allocator"])
+    cfgs = bench.combos(args, torch.device("cpu"), ["fp32", "bf16"])
+    assert [(c["precision"], c["without"], c["interleave"]) for c in cfgs] == [
+        ("fp32", None, ["fused_kernels"]), ("fp32", "allocator", []),
+        ("bf16", None, ["bf16_attention", "fused_kernels"]), ("bf16", "allocator", [])]
+    before = settings.current()
+    switch = bench.Switch(types.SimpleNamespace(optimizer=None))
+    try:
+        for kernel in settings.BF16_KERNELS:
+            switch.set(f"bf16_{kernel}")
+            assert settings.current().bf16 == settings.BF16_KERNELS - {kernel} and settings.current().fused
+        switch.set(None)
+        assert settings.current() == before
+    finally:
+        settings.configure(before)

@@ -97,15 +97,23 @@ def test_dropout_keeps_one_minus_p_scales_and_backpropagates_its_mask(path):
     assert torch.equal(fused._Dropout.apply(x, 0.2), y)  # masks follow torch's seed (so runs resume exactly)
 
 
-def test_stock_ops_serve_where_the_kernels_do_not():
+def test_the_kernels_serve_float32_and_bf16_and_the_stock_ops_the_rest():
     x = torch.randn(8, requires_grad=True)
-    assert fused.use_fused(x)
+    assert all(fused.kernel_dtype(x, k) == torch.float32 for k in settings.BF16_KERNELS)
+    assert all(fused.kernel_dtype(x.bfloat16(), k) == torch.bfloat16 for k in settings.BF16_KERNELS)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not fused.use_fused(x)
-    assert not fused.use_fused(x.double())
+        # the kernels with matmuls compute in autocast's dtype; elementwise ones in their input's
+        assert fused.kernel_dtype(x, "attention") == fused.kernel_dtype(x, "cross_entropy") == torch.bfloat16
+        assert fused.kernel_dtype(x, "gelu") == fused.kernel_dtype(x, "dropout") == torch.float32
+        with settings.using(bf16=settings.BF16_KERNELS - {"attention"}):  # one bf16 path off: its stock op
+            assert fused.kernel_dtype(x, "attention") is None
+            assert fused.kernel_dtype(x, "cross_entropy") == torch.bfloat16
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert not fused.use_fused(x, "attention")
+    assert not fused.use_fused(x.double(), "gelu") and not fused.use_fused(x.half(), "gelu")
     with settings.using(fused=False):
-        assert not fused.use_fused(x)
-    assert fused.use_fused(x)  # the setting is back once the block ends
+        assert not fused.use_fused(x, "gelu") and not fused.use_fused(x.bfloat16(), "gelu")
+    assert fused.use_fused(x, "gelu")  # the setting is back once the block ends
 
 
 def test_the_setting_switches_the_c_loops_and_restores_them():
@@ -115,7 +123,7 @@ def test_the_setting_switches_the_c_loops_and_restores_them():
     assert settings.current() == before
     previous = settings.configure(settings.KernelSettings(fused=False, c_loops=False))
     try:
-        assert previous == before and not fused.use_fused(torch.randn(4))
+        assert previous == before and not fused.use_fused(torch.randn(4), "gelu")
     finally:
         settings.configure(previous)
 

@@ -73,7 +73,9 @@ def test_results_layout(tmp_path, capsys):
         for key in ("params", "flops_per_token", "tokens_per_s", "wall_s", "torch", "python", "device",
                     "git_commit", "corpus_sha256"):
             assert summary[key] not in (None, ""), key
-        assert yaml.safe_load((run_dir / "spec.yaml").read_text())["seed"] == int(row["seed"])
+        assert (summary["precision"], summary["precision_setting"], summary["tf32"]) == ("fp32", "auto", False)
+        run_spec = yaml.safe_load((run_dir / "spec.yaml").read_text())
+        assert run_spec["seed"] == int(row["seed"]) and run_spec["precision"] == "fp32"  # auto, resolved
     plan = json.loads((exp / "experiment.json").read_text())
     assert plan["axes"] == ["model.block"] and len(plan["runs"]) == 4
     record = (exp / "spec.yaml").read_text()  # the command line, then the file as it was

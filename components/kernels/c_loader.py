@@ -6,6 +6,8 @@ mask as draw/compare/convert/multiply, softmax then dropout) reads and writes ea
 tensor once per op; these loops do it once. They share torch's OpenMP thread pool (torch ships
 libgomp.so.1, which the loader hands to this library too), so they follow torch.set_num_threads.
 
+Each loop has a float32 form and a bf16 one (name_bf16: bf16 in and out, float32 arithmetic).
+
 Dropout masks come from a counter-based hash of (seed, element index), the seed drawn from torch's
 generator: the same draws whatever the thread count, nothing to store for the backward (the mask is
 regenerated), and a checkpoint's torch RNG state still resumes a run exactly.
@@ -59,9 +61,14 @@ def build(cc: str) -> Path:
 
 
 def cpu_flags() -> str:
+    return cpuinfo_line("flags")
+
+
+def cpuinfo_line(key: str) -> str:
+    """The first line of /proc/cpuinfo that starts with `key` ("flags", "model name"), or ""."""
     try:
         with open("/proc/cpuinfo") as f:
-            return next((line for line in f if line.startswith("flags")), "")
+            return next((line for line in f if line.startswith(key)), "")
     except OSError:
         return ""
 
@@ -92,13 +99,13 @@ def load() -> ctypes.CDLL | None:
     if len(openmp_runtimes()) > 1:  # torch built with another OpenMP: two thread pools would fight
         return None
     f, i64, u64, u32, ptr = ctypes.c_float, ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p
-    lib.gelu_fwd.argtypes = [ptr, ptr, i64]
-    lib.gelu_bwd.argtypes = [ptr, ptr, ptr, i64]
-    lib.dropout.argtypes = [ptr, ptr, i64, u64, u32, f]
-    lib.attn_softmax.argtypes = [ptr, ptr, i64, i64, i64, i64, f, u64, u32, f, ctypes.c_int]
-    lib.attn_softmax_bwd.argtypes = [ptr, ptr, ptr, i64, i64, f]
-    lib.softmax_xent.argtypes = [ptr, ptr, ptr, i64, i64]
-    for fn in (lib.gelu_fwd, lib.gelu_bwd, lib.dropout, lib.attn_softmax, lib.attn_softmax_bwd, lib.softmax_xent):
-        fn.restype = None
+    signatures = {"gelu_fwd": [ptr, ptr, i64], "gelu_bwd": [ptr, ptr, ptr, i64],
+                  "dropout": [ptr, ptr, i64, u64, u32, f],
+                  "attn_softmax": [ptr, ptr, i64, i64, i64, i64, f, u64, u32, f, ctypes.c_int],
+                  "attn_softmax_bwd": [ptr, ptr, ptr, i64, i64, f]}
+    for name, argtypes in signatures.items():
+        for fn in (getattr(lib, name), getattr(lib, f"{name}_bf16")):  # float32's and bf16's, same arguments
+            fn.argtypes, fn.restype = argtypes, None
+    lib.softmax_xent.argtypes, lib.softmax_xent.restype = [ptr, ptr, ptr, i64, i64], None
     _lib = lib
     return lib

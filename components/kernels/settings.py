@@ -4,6 +4,8 @@
     settings.configure(settings.KernelSettings(fused=False))   # stock torch ops from now on
     with settings.using(c_loops=False):                        # torch-op versions of the C loops, for a block
         ...
+    with settings.using(bf16=settings.BF16_KERNELS - {"attention"}):  # bf16 attention by the stock ops
+        ...
 
 The kernels are for speed only: every choice computes the same function (to float rounding; dropout
 draws other masks from the same distribution). `LAB_NO_C_KERNELS=1` in the environment makes
@@ -14,13 +16,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from typing import Iterator
+from typing import Any, Iterator
+
+BF16_KERNELS = frozenset({"attention", "cross_entropy", "dropout", "gelu"})
 
 
 @dataclasses.dataclass(frozen=True)
 class KernelSettings:
     fused: bool = True     # off: the stock torch ops everywhere (the bench's --without fused_kernels)
     c_loops: bool = True   # off: the fused kernels' algorithms as torch ops (--without c_kernels)
+    bf16: frozenset[str] = BF16_KERNELS  # the fused kernels that serve bfloat16 too (--without bf16_<kernel>)
 
 
 _current = KernelSettings(c_loops=not os.environ.get("LAB_NO_C_KERNELS"))
@@ -38,8 +43,8 @@ def configure(new: KernelSettings) -> KernelSettings:
 
 
 @contextlib.contextmanager
-def using(**changes: bool) -> Iterator[KernelSettings]:
-    """The current setting with `changes` (fused=..., c_loops=...) inside the block, restored after it."""
+def using(**changes: Any) -> Iterator[KernelSettings]:
+    """The current setting with `changes` (fused=..., c_loops=..., bf16=...) inside the block, restored after it."""
     previous = configure(dataclasses.replace(_current, **changes))
     try:
         yield _current

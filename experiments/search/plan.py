@@ -131,7 +131,7 @@ class SearchPlan(Plan):
     def runs(self, encoded: dict[str, Any], variant: str, datasets: dict) -> list[RunSpec]:
         values = self.values(encoded)
         runs = self.spec.runs_for(values, variant=variant, axes=values)
-        bind_data(runs, datasets, self.args.device)
+        bind_data(runs, datasets, device=self.args.device)
         return runs
 
     def experiment_record(self, trials) -> dict[str, Any]:
