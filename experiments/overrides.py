@@ -187,3 +187,9 @@ def spec_record(spec_path: str | Path, original: Any, overrides: dict[str, Any],
                   + ", ".join(f"{k}={flow(v)}" for k, v in overrides.items()))
     body = yaml.safe_dump(apply_overrides(original, overrides)[0], sort_keys=False, allow_unicode=True)
     return "\n".join(header) + "\n" + body
+
+
+def same_spec_record(recorded: str, new: str) -> bool:
+    """Whether two spec records hold the same spec: command lines that differ only in where the
+    results go (--results, --only, --no-report ...) made the same experiment, so its spec.yaml stays."""
+    return recorded.partition("\n")[2] == new.partition("\n")[2]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from experiments import files, metrics
+from experiments.overrides import same_spec_record
 from experiments.schema import TRAIN, label
 
 if TYPE_CHECKING:
@@ -52,12 +53,22 @@ def start_experiment(exp_dir: Path, spec: Spec, spec_text: str, runs: list[RunSp
     created = next((p for p in reversed([exp_dir, *exp_dir.parents]) if not p.exists()), None)
     try:
         exp_dir.mkdir(parents=True, exist_ok=True)
-        files.write_text(exp_dir / "spec.yaml", spec_text, only_if_changed=True)
+        write_spec_record(exp_dir, spec_text)
         files.write_json(exp_dir / "experiment.json", plan_record(spec, runs), only_if_changed=True)
     except OSError:
         if created is not None:  # the first folder this call made, and everything in it
             shutil.rmtree(created, ignore_errors=True)
         raise
+
+
+def write_spec_record(exp_dir: Path, spec_text: str) -> None:
+    """results/<experiment>/spec.yaml, left alone when it holds the same spec (the command line aside)."""
+    try:
+        recorded = (exp_dir / "spec.yaml").read_text(encoding="utf-8")
+    except (OSError, ValueError):  # none yet, or not text: written anew
+        recorded = ""
+    if not same_spec_record(recorded, spec_text):
+        files.write_text(exp_dir / "spec.yaml", spec_text)
 
 
 # -- runs.csv ------------------------------------------------------------------------------------

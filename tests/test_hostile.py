@@ -8,6 +8,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -155,6 +156,36 @@ def test_a_crash_between_a_checkpoint_and_its_record_leaves_a_matching_pair(tmp_
     assert checkpoint.load(path)["step"] == 1 and not list(tmp_path.glob(".*.tmp"))
 
 
+def test_ctrl_c_during_a_checkpoint_save_waits_for_the_save_to_end(tmp_path, monkeypatch):
+    """Raised inside torch.save's writer, the KeyboardInterrupt left a C++ writer behind that aborted
+    the process later (SIGABRT, exit -6); now Ctrl-C waits until the checkpoint is whole."""
+    path, real_write, pressed = tmp_path / "checkpoint.pt", checkpoint.HashingWriter.write, []
+
+    def write_and_press_ctrl_c(self, data):
+        if not pressed:
+            pressed.append(True)
+            signal.raise_signal(signal.SIGINT)
+        return real_write(self, data)
+
+    monkeypatch.setattr(checkpoint.HashingWriter, "write", write_and_press_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        plant(path, {"model": {"w": torch.ones(2)}, "step": 3})
+    assert pressed and checkpoint.load(path)["step"] == 3 and not list(tmp_path.glob(".*.tmp"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_full_disk_inside_torch_save_is_reported_as_a_full_disk(tmp_path, monkeypatch):
+    """torch.save, closing its archive after the failed write, raised a RuntimeError ("unexpected pos")
+    that hid the OSError, so the runner recorded a failed run instead of saying the disk is full."""
+    def full(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(checkpoint.HashingWriter, "write", full)
+    with pytest.raises(OSError) as err:
+        plant(tmp_path / "checkpoint.pt", {"model": {"w": torch.ones(2)}, "step": 3})
+    assert err.value.errno == errno.ENOSPC and not list(tmp_path.iterdir())
+
+
 def test_a_damaged_tokenizer_json_is_one_clean_error(tmp_path, capsys):
     from experiments import generate
     from tiny_runs import tiny_runs
@@ -222,9 +253,12 @@ def test_a_finished_experiment_lists_again_from_read_only_storage(tmp_path, corp
     fail_with(monkeypatch, errno.EROFS)  # any write now fails as on read-only storage
     monkeypatch.setattr(files.RunLock, "acquire", lambda self, patience=None: pytest.fail("a finished run was locked"))
     capsys.readouterr()
-    assert main(spec, tmp_path / "r") == 0
+    moved = tmp_path / "elsewhere"
+    (tmp_path / "r").rename(moved)  # copied to other storage: the command line differs, the spec does not
+    assert main(spec, moved, "--only", "*") == 0
     assert "0 trained, 1 already done" in capsys.readouterr().out
-    assert {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in written} == before  # nothing was rewritten
+    written = {moved / p.relative_to(tmp_path / "r"): times for p, times in before.items()}
+    assert {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in written} == written  # nothing was rewritten
 
 
 # -- runs that break, and the runner around them ---------------------------------------------------

@@ -13,8 +13,7 @@ import time
 import warnings
 from pathlib import Path
 
-from experiments import files
-from experiments.records import report_is_stale, text_table, write_report
+from experiments.records import report_is_stale, text_table, write_report, write_spec_record
 from experiments.runner import bind_data, dry_run_table
 from experiments.search.plan import WORKER_ENV, Plan, make_plan
 from experiments.search.space import label
@@ -62,7 +61,7 @@ def main(spec, spec_text: str, args) -> int:
     except StorageError as err:
         return fail(str(err))
     if plan.role is None:
-        files.write_text(exp_dir / "spec.yaml", spec_text, only_if_changed=True)
+        write_spec_record(exp_dir, spec_text)
     sync_records(plan, study)
     return run_study(plan, study, datasets)
 
