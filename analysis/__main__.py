@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from experiments import interrupts
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -37,12 +39,12 @@ def main(argv: list[str] | None = None) -> int:
 
         path = write_report(args.experiment, consecutive=args.consecutive, out=args.out)
     except ExperimentError as err:
-        print(f"python -m analysis: cannot analyse {args.experiment}: {err} Pass the folder "
+        print(f"error: cannot analyse {args.experiment}: {err} Pass the folder "
               "that `python -m experiments.run <spec.yaml>` wrote, i.e. results/<experiment> "
               "containing runs.csv and experiment.json.", file=sys.stderr)
         return 2
     except OSError as err:
-        print(f"python -m analysis: cannot write the report for {args.experiment}: {err}. "
+        print(f"error: cannot write the report for {args.experiment}: {err}. "
               "Check that the folder is writable and the disk is not full, or write the report "
               "elsewhere with --out DIR.", file=sys.stderr)
         return 2
@@ -51,4 +53,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(interrupts.run_main(main, interrupts.INTERRUPTED))

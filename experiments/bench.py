@@ -37,6 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from experiments import interrupts
+
 from experiments.datasheets import datasheet_peak
 from components.kernels.settings import BF16_KERNELS
 
@@ -453,4 +455,4 @@ def print_summary(rows: list[dict[str, Any]]) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(interrupts.run_main(main, interrupts.INTERRUPTED))

@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from experiments import interrupts
+
 from components.tokenizer import Tokenizer
 from experiments.files import atomic_write
 from experiments.schema import DATA
@@ -494,4 +496,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(interrupts.run_main(main, interrupts.INTERRUPTED))

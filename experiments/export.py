@@ -16,6 +16,11 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from experiments import interrupts
+
+if __name__ == "__main__":  # Ctrl-C while the imports below load (torch: seconds) ends quietly too
+    interrupts.quiet_while_loading(interrupts.INTERRUPTED)
+
 from experiments import files
 from experiments.checkpoint import check_run_dir, load_run, read_run_spec
 from registry import Registry, SpecError
@@ -278,4 +283,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(interrupts.run_main(main, interrupts.INTERRUPTED))

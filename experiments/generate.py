@@ -15,6 +15,11 @@ import secrets
 import sys
 from typing import Any
 
+from experiments import interrupts
+
+if __name__ == "__main__":  # Ctrl-C while the imports below load (torch: seconds) ends quietly too
+    interrupts.quiet_while_loading(interrupts.INTERRUPTED)
+
 import torch
 
 from experiments.checkpoint import load_run
@@ -127,4 +132,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(interrupts.run_main(main, interrupts.INTERRUPTED))

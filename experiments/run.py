@@ -9,24 +9,16 @@ runner processes on one spec share the work through per-run locks. A spec with a
 from __future__ import annotations
 
 import argparse
-import contextlib
 import fnmatch
-import os
-import signal
 import sys
 import time
 from pathlib import Path
 
+from experiments import interrupts
+
 INTERRUPTED = "interrupted; rerun the same command to resume (finished runs are kept)"
-
-
-def interrupted_while_loading(signum, frame) -> None:
-    print(INTERRUPTED, file=sys.stderr, flush=True)
-    os._exit(130)
-
-
 if __name__ == "__main__":  # Ctrl-C while the imports below load (torch: seconds) ends quietly too
-    signal.signal(signal.SIGINT, interrupted_while_loading)
+    interrupts.quiet_while_loading(INTERRUPTED)
 
 from tqdm import tqdm
 
@@ -63,18 +55,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """The command: 0 when every run finished, 1 when one failed or the results cannot be written,
     2 for a spec in error, 130 when interrupted (Ctrl-C). Never a traceback for any of these."""
-    with contextlib.suppress(ValueError):  # (ValueError: not the main thread, where the handler stays as it is)
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on Ctrl-C is a KeyboardInterrupt
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    return interrupts.run_main(lambda: run_reporting_errors(argv), INTERRUPTED)
+
+
+def run_reporting_errors(argv: list[str]) -> int:
     args = parse_args(argv)
     try:
         return run_command(args, argv)
-    except Interrupted as err:
+    except Interrupted as err:  # during a run: says which, and at which step
         print(f"{err}; rerun the same command to resume", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print(INTERRUPTED, file=sys.stderr)
-        return 130
+        return interrupts.EXIT_STATUS
     except OSError as err:  # the results folder: read-only, full, a file in the way, a name too long ...
         print(f"error: {files.os_error_message(err, Path(args.results))}", file=sys.stderr)
         return 1

@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from experiments import progress
+from experiments import interrupts, progress
 from experiments.records import text_table
 from experiments.search.study import FINISHED_STATES, StorageError, mask, read_trials, recorded_storage
 
@@ -125,4 +125,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(interrupts.run_main(main, interrupts.INTERRUPTED))

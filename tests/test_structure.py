@@ -141,8 +141,8 @@ def test_libraries_never_import_an_entry_point():
 
 def test_layers_point_down():
     """components never reach up into experiments or analysis; the experiment libraries reach the
-    analysis only through the report hook; the analysis reads only the metric names and the study
-    helpers of the experiments side."""
+    analysis only through the report hook; the analysis reads only the metric names, the study
+    helpers and the Ctrl-C handling of the experiments side."""
     graph = import_graph()
 
     def edges(source: str, target: str) -> set[tuple[str, str]]:
@@ -152,7 +152,8 @@ def test_layers_point_down():
     assert not edges("components", "experiments") | edges("components", "analysis")
     assert {m for m, _ in edges("experiments", "analysis")} <= {"experiments.records"}
     assert {t for _, t in edges("analysis", "experiments")} <= {
-        "experiments", "experiments.metrics", "experiments.search", "experiments.search.study"}
+        "experiments", "experiments.metrics", "experiments.search", "experiments.search.study",
+        "experiments.interrupts"}
 
 
 # Modules another branch is rewriting, whose split waits for it (shown as XFAIL on every run).
