@@ -133,6 +133,15 @@ GELU_KERNELS(gelu_fwd_bf16, gelu_bwd_bf16, bf16, bf16_load, bf16_round)
 DROPOUT_KERNEL(dropout, float, F32_LOAD, F32_ROUND)
 DROPOUT_KERNEL(dropout_bf16, bf16, bf16_load, bf16_round)
 
+/* Row r of attn_softmax's scores, in place: the softmax over the keys its query sees, zeros after. */
+static inline void lab_causal_softmax_row(float *row, int64_t r, int64_t chunk, int64_t len, int64_t start,
+                                          float scale) {
+    int64_t seen = start + r % chunk + 1;
+    if (seen > len) seen = len;
+    lab_softmax_row(row, seen, scale);
+    for (int64_t j = seen; j < len; j++) row[j] = 0.0f;
+}
+
 /* Causal softmax over rows of s (rows x len), scaled, in place -> probabilities; row r of a block of
    `chunk` query rows sits at query position start + r % chunk and sees keys 0 .. that position.
    With p > 0, dropped = probs * keep / (1 - p) (keep from (seed, row * len + key)). */
@@ -141,10 +150,7 @@ void attn_softmax(float *s, float *dropped, int64_t rows, int64_t chunk, int64_t
     #pragma omp parallel for schedule(static) if (rows * len > PAR_MIN)
     for (int64_t r = 0; r < rows; r++) {
         float *row = s + r * len;
-        int64_t seen = start + r % chunk + 1;
-        if (seen > len) seen = len;
-        lab_softmax_row(row, seen, scale);
-        for (int64_t j = seen; j < len; j++) row[j] = 0.0f;
+        lab_causal_softmax_row(row, r, chunk, len, start, scale);
         if (dropout) {
             float *d = dropped + r * len;
             uint64_t base = (uint64_t)r * (uint64_t)len;
@@ -188,13 +194,10 @@ void attn_softmax_bf16(bf16 *s, bf16 *dropped, int64_t rows, int64_t chunk, int6
     #pragma omp parallel for schedule(static) if (rows * len > PAR_MIN)
     for (int64_t r = 0; r < rows; r++) {
         bf16 *row = s + r * len;
-        int64_t seen = start + r % chunk + 1;
-        if (seen > len) seen = len;
         float p[len];
         #pragma omp simd
-        for (int64_t j = 0; j < seen; j++) p[j] = bf16_load(row[j]);
-        lab_softmax_row(p, seen, scale);
-        for (int64_t j = seen; j < len; j++) p[j] = 0.0f;
+        for (int64_t j = 0; j < len; j++) p[j] = bf16_load(row[j]);
+        lab_causal_softmax_row(p, r, chunk, len, start, scale);
         #pragma omp simd
         for (int64_t j = 0; j < len; j++) row[j] = bf16_round(p[j]);
         if (dropout) {
