@@ -116,6 +116,21 @@ def test_the_kernels_serve_float32_and_bf16_and_the_stock_ops_the_rest():
     assert fused.use_fused(x, "gelu")  # the setting is back once the block ends
 
 
+@pytest.mark.parametrize("T, dropout, dtype, fused_kernel", [
+    (64, 0.0, torch.float32, False),    # short float32 context, no dropout: SDPA's flash kernel
+    (64, 0.1, torch.float32, True),     # dropout: SDPA has no fused CPU kernel for it
+    (128, 0.0, torch.float32, True),    # from ATTENTION_MIN_T on, the lab's kernel was the faster
+    (64, 0.0, torch.bfloat16, True),    # bf16 keeps the lab's kernel at any length
+])
+def test_cpu_training_attention_picks_the_kernel_measured_faster(monkeypatch, T, dropout, dtype, fused_kernel):
+    import components.attention as attention
+    calls = []
+    monkeypatch.setattr(fused, "causal_attention", lambda *a: calls.append(a) or a[0])
+    q, k, v = (torch.randn(1, 2, T, 8, dtype=dtype, requires_grad=True) for _ in range(3))
+    attention.sdpa_attention(q, k, v, None, dropout)
+    assert bool(calls) == fused_kernel
+
+
 def test_the_setting_switches_the_c_loops_and_restores_them():
     before = settings.current()
     with settings.using(c_loops=False):

@@ -2,6 +2,7 @@
 
    Built once per machine by components/kernels/c_loader.py:
        cc -O3 -march=native -fopenmp -fPIC -shared -fno-math-errno -fno-trapping-math
+          [-mprefer-vector-width=512 on x86]
    The loops share torch's OpenMP thread pool, so they follow torch.set_num_threads.
    -fno-trapping-math lets the compiler if-convert (so vectorise) the loops; NaNs still propagate.
 

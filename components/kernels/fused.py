@@ -40,6 +40,7 @@ from components.kernels import c_loader, chunked, settings
 
 ATTENTION_CHUNK = 64  # queries per block: small enough to skip most of the masked triangle, big enough for the GEMMs
 ATTENTION_MAX_T = 512  # longer contexts without dropout keep SDPA's flash kernel, whose memory is O(T)
+ATTENTION_MIN_T = 128  # shorter float32 ones too: SDPA was faster at 32-96, the lab's kernel from 128 on
 MATMUL_KERNELS = ("attention", "cross_entropy")  # under autocast these compute in its dtype, as the stock ops would
 
 
