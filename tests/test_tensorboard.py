@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
 from experiments.tensorboard_log import Board, board_dir
-from tiny_runs import tiny_runs
+from tiny_runs import SPEC, tiny_runs
 
 
 def accumulator(folder: Path) -> EventAccumulator:
@@ -39,14 +39,15 @@ def test_a_finished_run_holds_its_curves_and_hparams():
         rows = list(csv.DictReader(f))
     summary = json.loads((run_dir / "summary.json").read_text())
     val_bpb = curve(acc, "val/bpb")
-    assert [s for s, _ in val_bpb] == [int(r["step"]) for r in rows] == [0, 200]
+    steps = SPEC["train"]["steps"]
+    assert [s for s, _ in val_bpb] == [int(r["step"]) for r in rows] == [0, steps]
     assert [v for _, v in val_bpb] == pytest.approx([float(r["val_bpb"]) for r in rows], rel=1e-6)
     for tag, column in (("val/loss", "val_loss"), ("train/loss", "train_loss"), ("train/bpb", "train_bpb")):
         assert [v for _, v in curve(acc, tag)] == pytest.approx([float(r[column]) for r in rows], rel=1e-6)
-    assert curve(acc, "final/val_bpb") == [(200, pytest.approx(summary["final_val_bpb"], rel=1e-6))]
+    assert curve(acc, "final/val_bpb") == [(steps, pytest.approx(summary["final_val_bpb"], rel=1e-6))]
     live = {"train/loss_running", "opt/lr", "opt/grad_norm", "speed/tokens_per_s"}
     assert live <= set(acc.Tags()["scalars"])
-    assert [s for s, _ in curve(acc, "train/loss_running")] == list(range(10, 201, 10))
+    assert [s for s, _ in curve(acc, "train/loss_running")] == list(range(10, steps + 1, 10))
     start = hparams_data(acc, "_hparams_/session_start_info").session_start_info
     assert start.hparams["variant"].string_value == "baseline" and start.hparams["seed"].number_value == 0
     assert start.hparams["run_id"].string_value == run_dir.name
