@@ -23,6 +23,7 @@ EPYC; see the bench's notes):
 - attention: SDPA has no fused CPU kernel for dropout or an additive bias (ALiBi) and falls back to
   its math path (bernoulli, NaN checks, the full T x T matrix). Here queries go in blocks that skip
   the causal mask's upper triangle, and softmax + scale + mask + dropout is one pass each way.
+  (Without dropout or bias, float32 contexts under ATTENTION_MIN_T keep SDPA's flash kernel, faster there.)
 - output cross-entropy: with GPT-2's vocabulary the logits are the largest tensor of a small model;
   in blocks of rows they stay in cache, and softmax, loss and gradient are one pass (the
   seed-ladder's BPE rung stepped 2.5x faster: 684 -> 277 ms).
