@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,3 +22,22 @@ def lab_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "lab-cache"
     monkeypatch.setenv("LAB_CACHE_DIR", str(path))
     return path
+
+
+@pytest.fixture
+def spawned(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[str], dict[str, str]]]:
+    """subprocess.Popen replaced by a process that exits at once: the (command, environment) of each
+    process the test starts, in order (search workers, say)."""
+    started = []
+
+    class FakeProcess:
+        pid = 1
+
+        def __init__(self, cmd, env=None, **_):
+            started.append((cmd, env))
+
+        def wait(self, timeout=None):
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", FakeProcess)
+    return started

@@ -4,7 +4,6 @@ would refuse them, each local search worker on its own GPU, the datasheet peaks 
 from __future__ import annotations
 
 import gc
-import subprocess
 import types
 
 import pytest
@@ -108,25 +107,13 @@ def test_local_workers_take_a_gpu_each(device, runs, visible, expected):
     assert search_cli.worker_gpus(device, runs, visible) == expected
 
 
-def test_spawned_workers_see_one_gpu_each(monkeypatch, tmp_path):
-    started = []
-
-    class FakeProcess:
-        pid = 1
-
-        def __init__(self, cmd, env):
-            started.append(env)
-
-        def wait(self, timeout=None):
-            return 0
-
-    monkeypatch.setattr(subprocess, "Popen", FakeProcess)
+def test_spawned_workers_see_one_gpu_each(monkeypatch, tmp_path, spawned):
     monkeypatch.setattr(search_cli, "visible_gpus", lambda: ["0", "1"])
     run = types.SimpleNamespace(train=types.SimpleNamespace(device="auto"))
     plan = types.SimpleNamespace(args=types.SimpleNamespace(spec=tmp_path / "s.yaml", results=str(tmp_path), device=None),
                                  storage_url="sqlite:///x.db", spec=types.SimpleNamespace(runs=[run]))
     assert search_cli.spawn_workers(plan, 3) == 0
-    assert [env["CUDA_VISIBLE_DEVICES"] for env in started] == ["0", "1", "0"]
+    assert [env["CUDA_VISIBLE_DEVICES"] for _, env in spawned] == ["0", "1", "0"]
 
 
 @pytest.mark.parametrize("name, precision, gflops", [

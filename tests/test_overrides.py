@@ -167,20 +167,7 @@ def test_dry_run_shows_the_effect_and_a_bad_override_exits_2_without_results(tmp
     assert not results.exists()
 
 
-def test_search_workers_get_the_same_overrides(tmp_path, monkeypatch):
-    started = []
-
-    class FakeProcess:
-        pid = 1
-
-        def __init__(self, cmd, env):
-            started.append(cmd)
-
-        def wait(self):
-            return 0
-
-    monkeypatch.setattr(search_cli.subprocess, "Popen", FakeProcess)
-
+def test_search_workers_get_the_same_overrides(spawned):
     class Args:
         spec, overrides, results, device = "s.yaml", ["train.steps=12", "seeds=[0, 1]"], "res", None
 
@@ -189,4 +176,4 @@ def test_search_workers_get_the_same_overrides(tmp_path, monkeypatch):
         spec = types.SimpleNamespace(runs=[types.SimpleNamespace(train=types.SimpleNamespace(device="cpu"))])
 
     assert search_cli.spawn_workers(Plan, 2) == 0
-    assert len(started) == 2 and all(cmd[3:6] == ["s.yaml", "train.steps=12", "seeds=[0, 1]"] for cmd in started)
+    assert len(spawned) == 2 and all(cmd[3:6] == ["s.yaml", "train.steps=12", "seeds=[0, 1]"] for cmd, _ in spawned)
