@@ -29,10 +29,15 @@ def sdpa_attention(q, k, v, bias: torch.Tensor | None, dropout_p: float) -> torc
     (float32 or bf16) training goes through the lab's fused kernel, which SDPA lacks for attention dropout and
     ALiBi's bias (it falls back to its unfused math path, 2x slower at dropout 0.2) and which also beat
     SDPA's flash kernel by ~25% at context 256 (it skips the masked blocks and keeps the softmax).
-    Below context 128, without dropout or bias, float32 training keeps SDPA's flash kernel: it takes
-    the heads' strided views as they are, where the lab's kernel copies them into and out of its
-    layout (the nanogpt-cpu step, context 64: 55.5 -> 51.5 ms, alternating in one process).
+    Without dropout or bias, float32 training up to context 256 goes through the lab's whole-head C
+    kernel (fused.causal_attention_heads: strided heads as they are, grouped key/value heads unrepeated,
+    O(T) memory); where the C loops are off, below context 128 it keeps SDPA's flash kernel, which takes
+    the heads' strided views as they are where the lab's blocked kernel copies them into its layout.
     """
+    if dropout_p == 0 and bias is None and q.requires_grad:  # float32 training up to fused.HEADS_MAX_T
+        out = fused.causal_attention_heads(q, k, v)
+        if out is not None:
+            return out
     # without dropout or bias: only while its saved probabilities (~T^2 / 2 per head) stay small, and in
     # float32 only from ATTENTION_MIN_T on
     T = q.shape[2]

@@ -50,6 +50,8 @@ BATCH_SIZE = {"nanogpt-cpu": 12, "shakespeare-cpu": 16, "gpt2-124m": 16}  # the 
 KNOBS = {  # --without: what each switches off
     "fused_kernels": "the fused CPU kernels (attention, dropout, GELU, output cross-entropy): stock ops instead",
     "c_kernels": "the C loops inside the fused kernels: the same algorithms as torch ops",
+    "heads_attention": "the whole-head C attention (float32, no dropout or bias, context <= 256): SDPA's flash "
+                       "kernel or the lab's blocked kernel instead",
     "fused_adamw": "the fused AdamW: torch's default per-parameter loop",
     "allocator": "the glibc allocator tuning: freed activations go back to the OS",
     **{f"bf16_{k}": f"bf16 rows only: the bf16 path of the fused {k.replace('_', '-')} kernel: the stock op under "
@@ -144,7 +146,7 @@ def run_spec(cfg: dict[str, Any]):
     return parse_spec(raw).runs[0]
 
 
-RUNTIME_KNOBS = ("fused_kernels", "c_kernels", "fused_adamw", *BF16_KNOBS)  # switched between steps in one process
+RUNTIME_KNOBS = ("fused_kernels", "c_kernels", "heads_attention", "fused_adamw", *BF16_KNOBS)  # switched between steps in one process
 
 
 class Switch:
@@ -163,6 +165,7 @@ class Switch:
         from components.kernels import settings
         settings.configure(dataclasses.replace(self.kernels, fused=self.kernels.fused and knob != "fused_kernels",
                                                c_loops=self.kernels.c_loops and knob != "c_kernels",
+                                               heads_attention=self.kernels.heads_attention and knob != "heads_attention",
                                                bf16=self.kernels.bf16 - {(knob or "").removeprefix("bf16_")}))
         self.trainer.optimizer = self.own_optimizer
         if knob == "fused_adamw":

@@ -116,19 +116,100 @@ def test_the_kernels_serve_float32_and_bf16_and_the_stock_ops_the_rest():
     assert fused.use_fused(x, "gelu")  # the setting is back once the block ends
 
 
-@pytest.mark.parametrize("T, dropout, dtype, fused_kernel", [
-    (64, 0.0, torch.float32, False),    # short float32 context, no dropout: SDPA's flash kernel
-    (64, 0.1, torch.float32, True),     # dropout: SDPA has no fused CPU kernel for it
-    (128, 0.0, torch.float32, True),    # from ATTENTION_MIN_T on, the lab's kernel was the faster
-    (64, 0.0, torch.bfloat16, True),    # bf16 keeps the lab's kernel at any length
+def needs_heads_kernel():
+    lib = c_loader.load()
+    if lib is None or lib.causal_attn_vector_width() < fused.HEADS_MIN_VECTOR:
+        pytest.skip("the whole-head attention kernel does not serve this machine (no C compiler or no AVX)")
+
+
+@pytest.mark.parametrize("T, dropout, dtype, c_loops, kernel", [
+    (64, 0.0, torch.float32, True, "heads"),      # float32, no dropout or bias: the whole-head C kernel
+    (fused.HEADS_MAX_T, 0.0, torch.float32, True, "heads"),
+    (fused.HEADS_MAX_T + 1, 0.0, torch.float32, True, "blocked"),  # longer: the lab's blocked kernel
+    (64, 0.1, torch.float32, True, "blocked"),    # dropout: SDPA has no fused CPU kernel for it
+    (64, 0.0, torch.bfloat16, True, "blocked"),   # bf16 keeps the lab's blocked kernel at any length
+    (64, 0.0, torch.float32, False, "sdpa"),      # C loops off: SDPA's flash kernel below ATTENTION_MIN_T
+    (128, 0.0, torch.float32, False, "blocked"),  # and the blocked kernel from there on
 ])
-def test_cpu_training_attention_picks_the_kernel_measured_faster(monkeypatch, T, dropout, dtype, fused_kernel):
+def test_cpu_training_attention_picks_the_kernel_measured_faster(monkeypatch, T, dropout, dtype, c_loops, kernel):
     import components.attention as attention
+    if kernel == "heads":
+        needs_heads_kernel()
     calls = []
-    monkeypatch.setattr(fused, "causal_attention", lambda *a: calls.append(a) or a[0])
+    monkeypatch.setattr(fused, "causal_attention", lambda *a: calls.append("blocked") or a[0])
+    monkeypatch.setattr(fused._HeadsAttention, "apply", lambda *a: calls.append("heads") or a[0])
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", lambda *a, **kw: calls.append("sdpa") or a[0])
     q, k, v = (torch.randn(1, 2, T, 8, dtype=dtype, requires_grad=True) for _ in range(3))
-    attention.sdpa_attention(q, k, v, None, dropout)
-    assert bool(calls) == fused_kernel
+    with settings.using(c_loops=c_loops):
+        attention.sdpa_attention(q, k, v, None, dropout)
+    assert calls == [kernel]
+
+
+def test_the_whole_head_kernel_steps_aside_where_it_was_not_measured_faster(monkeypatch):
+    needs_heads_kernel()
+    q = torch.randn(1, 2, 64, 8, requires_grad=True)
+    assert fused.heads_lib(q) is not None
+    with torch.no_grad():                                  # evaluation and sampling: SDPA
+        assert fused.heads_lib(q) is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fused.heads_lib(q) is None
+    monkeypatch.setattr(c_loader.load(), "causal_attn_vector_width", lambda: 4)  # built without AVX
+    assert fused.heads_lib(q) is None
+
+
+def split_heads(qkv: torch.Tensor, H: int, KV: int, hd: int):
+    """q, k, v as the attention module makes them: strided (B, heads, T, hd) views of one projection."""
+    B, T, _ = qkv.shape
+    q, k, v = qkv.split([H * hd, KV * hd, KV * hd], dim=-1)
+    return (q.view(B, T, H, hd).transpose(1, 2), k.view(B, T, KV, hd).transpose(1, 2),
+            v.view(B, T, KV, hd).transpose(1, 2))
+
+
+@pytest.mark.parametrize("B, T, H, KV, hd", [
+    (2, 64, 4, 4, 32),    # nanogpt-cpu's heads
+    (1, 1, 2, 2, 8),      # one position
+    (3, 17, 4, 2, 8),     # grouped heads; T and hd not whole vectors
+    (2, 40, 4, 1, 24),    # multi-query
+    (1, 100, 2, 2, 64),
+    (1, fused.HEADS_MAX_T, 2, 1, 16),
+])
+def test_the_whole_head_kernel_matches_the_explicit_path(B, T, H, KV, hd):
+    needs_heads_kernel()
+    qkv = torch.randn(B, T, (H + 2 * KV) * hd, generator=torch.Generator().manual_seed(T), dtype=torch.float64)
+
+    def grads(attend, dtype):
+        x = qkv.to(dtype).requires_grad_()
+        out = attend(*split_heads(x, H, KV, hd))
+        out.backward(torch.ones_like(out) + torch.arange(out.numel(), dtype=dtype).view(out.shape).sin())
+        return out.detach().double(), x.grad.double()
+
+    out, grad = grads(lambda q, k, v: fused._HeadsAttention.apply(q, k, v, c_loader.load()), torch.float32)
+    ref, ref_grad = grads(lambda q, k, v: naive_attention(q, k, v, None, 0.0), torch.float64)
+    assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(grad, ref_grad, atol=1e-4, rtol=1e-4)
+
+
+def test_the_whole_head_kernel_keeps_a_nan_a_nan():
+    needs_heads_kernel()
+    q, k, v = (torch.randn(1, 1, 20, 8) for _ in range(3))
+    q[0, 0, 2, 0] = float("nan")
+    out = fused.causal_attention_heads(q.requires_grad_(), k, v)
+    assert torch.isnan(out[0, 0, 2]).all() and not torch.isnan(out[0, 0, 3]).any()
+
+
+def test_the_whole_head_kernel_gives_the_same_bits_on_any_thread_count():
+    needs_heads_kernel()
+    qkv = torch.randn(6, 50, 3 * 4 * 16, generator=torch.Generator().manual_seed(0))
+    threads = torch.get_num_threads()
+    results = []
+    for n in (1, 2):
+        torch.set_num_threads(n)
+        x = qkv.clone().requires_grad_()
+        out = fused.causal_attention_heads(*split_heads(x, 4, 4, 16))
+        out.sum().backward()
+        results.append((out.detach(), x.grad))
+    torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(*results))
 
 
 def test_the_setting_switches_the_c_loops_and_restores_them():

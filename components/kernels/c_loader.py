@@ -6,7 +6,8 @@ mask as draw/compare/convert/multiply, softmax then dropout) reads and writes ea
 tensor once per op; these loops do it once. They share torch's OpenMP thread pool (torch ships
 libgomp.so.1, which the loader hands to this library too), so they follow torch.set_num_threads.
 
-Each loop has a float32 form and a bf16 one (name_bf16: bf16 in and out, float32 arithmetic).
+Each loop has a float32 form and a bf16 one (name_bf16: bf16 in and out, float32 arithmetic), except
+the whole-head attention (causal_attn_*), float32 only.
 
 Dropout masks come from a counter-based hash of (seed, element index), the seed drawn from torch's
 generator: the same draws whatever the thread count, nothing to store for the backward (the mask is
@@ -112,5 +113,9 @@ def load() -> ctypes.CDLL | None:
         for fn in (getattr(lib, name), getattr(lib, f"{name}_bf16")):  # float32's and bf16's, same arguments
             fn.argtypes, fn.restype = argtypes, None
     lib.softmax_xent.argtypes, lib.softmax_xent.restype = [ptr, ptr, ptr, i64, i64], None
+    # float32 only; strides as int64 arrays; they return 1 when a work buffer could not be allocated
+    lib.causal_attn_fwd.argtypes, lib.causal_attn_fwd.restype = [ptr] * 5 + [i64] * 5 + [ptr, f], ctypes.c_int
+    lib.causal_attn_bwd.argtypes, lib.causal_attn_bwd.restype = [ptr] * 8 + [i64] * 5 + [ptr, ptr, f], ctypes.c_int
+    lib.causal_attn_vector_width.argtypes, lib.causal_attn_vector_width.restype = [], ctypes.c_int
     _lib = lib
     return lib

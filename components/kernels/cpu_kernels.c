@@ -6,11 +6,13 @@
    The loops share torch's OpenMP thread pool, so they follow torch.set_num_threads.
    -fno-trapping-math lets the compiler if-convert (so vectorise) the loops; NaNs still propagate.
 
-   Each kernel has a float32 and a bfloat16 form (suffix _bf16). The bf16 forms read and write bf16
+   Each kernel but the whole-head attention (causal_attn_*, float32 only) has a float32 and a
+   bfloat16 form (suffix _bf16). The bf16 forms read and write bf16
    (torch's storage: the high 16 bits of a float) and compute in float32: loads widen exactly,
    every sum and exp is a float, and each result is rounded once, to nearest even as torch rounds. */
 #include <stdint.h>
 #include <math.h>
+#include <stdlib.h>
 
 /* exp(x) to ~2 ulp for the whole float range (Cephes' polynomial after Cody-Waite reduction);
    written without library calls so that loops over it vectorise. NaN stays NaN (the comparisons
@@ -225,3 +227,225 @@ void attn_softmax_bwd_bf16(bf16 *dd, const bf16 *probs, const bf16 *dropped, int
         for (int64_t j = 0; j < len; j++) g[j] = bf16_round(scale * (gd[j] - bf16_load(p[j]) * sum));
     }
 }
+
+/* ---- Causal attention without dropout or bias, whole heads at a time (float32) ----------------------
+   One task per (batch row, key/value head): its keys and values are loaded once and serve the R query
+   heads of its group (so grouped and multi-query heads need no repeated copies), and dK, dV sum over
+   those heads without races. Per head everything (T x head_dim operands, the T x T scores) stays in
+   L1/L2: scores are held transposed, keys as rows and queries as columns, so the causal softmax runs
+   down the columns in full vectors, with no horizontal reductions. The matmuls are register tiles of
+   4 rows x 2 vectors. Only the log-sum-exp of each query is kept for the backward, which recomputes
+   the probabilities (O(T) memory, as SDPA's flash kernel).
+   Operands are copied into zero-padded buffers whose rows are whole vectors (LAB_W floats), so every
+   tile is whole and every load aligned. Strides: st = [b, h, t] of q, k, v, o and
+   gst = [b, h, t] of dO, dQ, dK, dV, in elements; the head dimension is contiguous. */
+/* LAB_W floats: one vector register of the target (GCC splits wider generic vectors into slow pieces). */
+#if defined(__AVX512F__)
+#define LAB_W 16
+#elif defined(__AVX__)
+#define LAB_W 8
+#else
+#define LAB_W 4
+#endif
+typedef float lab_vf __attribute__((vector_size(LAB_W * 4)));
+
+static inline int64_t lab_up(int64_t n) { return (n + LAB_W - 1) / LAB_W * LAB_W; }
+static inline int64_t lab_min(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* Rows c[0..4) (row stride ldc) (+)= sum over k in [k0, k1) of a(r, k) * b[k][0..n), with
+   a(r, k) = a[r * ars + k * aks] (any layout) and b row-major (ldb); n a multiple of LAB_W. */
+static inline void lab_mm4(float *c, int64_t ldc, const float *a, int64_t ars, int64_t aks, const float *b,
+                           int64_t ldb, int64_t k0, int64_t k1, int64_t n, int accumulate) {
+    int64_t col = 0;
+    for (; col + 2 * LAB_W <= n; col += 2 * LAB_W) {
+        lab_vf c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0}, c30 = {0}, c31 = {0};
+        for (int64_t k = k0; k < k1; k++) {
+            const lab_vf b0 = *(const lab_vf *)(b + k * ldb + col), b1 = *(const lab_vf *)(b + k * ldb + col + LAB_W);
+            const float *ak = a + k * aks;
+            const float a0 = ak[0], a1 = ak[ars], a2 = ak[2 * ars], a3 = ak[3 * ars];
+            c00 += a0 * b0; c01 += a0 * b1; c10 += a1 * b0; c11 += a1 * b1;
+            c20 += a2 * b0; c21 += a2 * b1; c30 += a3 * b0; c31 += a3 * b1;
+        }
+        lab_vf *r0 = (lab_vf *)(c + col), *r1 = (lab_vf *)(c + ldc + col);
+        lab_vf *r2 = (lab_vf *)(c + 2 * ldc + col), *r3 = (lab_vf *)(c + 3 * ldc + col);
+        if (!accumulate) { r0[0] = r0[1] = r1[0] = r1[1] = r2[0] = r2[1] = r3[0] = r3[1] = (lab_vf){0}; }
+        r0[0] += c00; r0[1] += c01; r1[0] += c10; r1[1] += c11; r2[0] += c20; r2[1] += c21; r3[0] += c30; r3[1] += c31;
+    }
+    for (; col < n; col += LAB_W) {
+        lab_vf c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0};
+        for (int64_t k = k0; k < k1; k++) {
+            const lab_vf b0 = *(const lab_vf *)(b + k * ldb + col);
+            const float *ak = a + k * aks;
+            c0 += ak[0] * b0; c1 += ak[ars] * b0; c2 += ak[2 * ars] * b0; c3 += ak[3 * ars] * b0;
+        }
+        lab_vf *r0 = (lab_vf *)(c + col), *r1 = (lab_vf *)(c + ldc + col);
+        lab_vf *r2 = (lab_vf *)(c + 2 * ldc + col), *r3 = (lab_vf *)(c + 3 * ldc + col);
+        if (!accumulate) { *r0 = *r1 = *r2 = *r3 = (lab_vf){0}; }
+        *r0 += c0; *r1 += c1; *r2 += c2; *r3 += c3;
+    }
+}
+
+/* src's T rows of D (row stride st) into dst, Tp x Dp, zero-padded */
+static void lab_load_rows(float *dst, const float *src, int64_t T, int64_t D, int64_t st, int64_t Tp, int64_t Dp) {
+    for (int64_t t = 0; t < T; t++) {
+        float *row = dst + t * Dp;
+        const float *s = src + t * st;
+        #pragma omp simd
+        for (int64_t d = 0; d < D; d++) row[d] = s[d];
+        for (int64_t d = D; d < Dp; d++) row[d] = 0.0f;
+    }
+    for (int64_t x = T * Dp; x < Tp * Dp; x++) dst[x] = 0.0f;
+}
+
+/* the same, transposed: dst is Dp x Tp */
+static void lab_load_cols(float *dst, const float *src, int64_t T, int64_t D, int64_t st, int64_t Tp, int64_t Dp) {
+    if (T < Tp || D < Dp)
+        for (int64_t x = 0; x < Tp * Dp; x++) dst[x] = 0.0f;
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t d = 0; d < D; d++) dst[d * Tp + t] = src[t * st + d];
+}
+
+static void lab_store_rows(float *dst, const float *src, int64_t T, int64_t D, int64_t st, int64_t Dp) {
+    for (int64_t t = 0; t < T; t++) {
+        #pragma omp simd
+        for (int64_t d = 0; d < D; d++) dst[t * st + d] = src[t * Dp + d];
+    }
+}
+
+/* sT[j][i] = rows[j] . cols[.][i] (Tp x Tp) on the column blocks that reach the diagonal or pass it
+   (i >= j somewhere); rows: Tp x Dp, cols: Dp x Tp. The blocks left of them are never read. */
+static void lab_causal_products(float *sT, const float *rows, const float *cols, int64_t Tp, int64_t Dp) {
+    for (int64_t j = 0; j < Tp; j += 4) {
+        int64_t c0 = j / LAB_W * LAB_W;
+        lab_mm4(sT + j * Tp + c0, Tp, rows + j * Dp, Dp, 1, cols + c0, Tp, 0, Dp, Tp - c0, 0);
+    }
+}
+
+/* o = softmax(q k^T * scale, causal) v and lse = each query's log-sum-exp of its scaled scores.
+   q: (B, H, T, D), k, v: (B, KV, T, D), o: (B, H, T, D) by the strides st; lse: (B, H, T) contiguous.
+   Returns 0, or 1 when a work buffer could not be allocated. */
+int causal_attn_fwd(const float *q, const float *k, const float *v, float *o, float *lse, int64_t B, int64_t H,
+                    int64_t KV, int64_t T, int64_t D, const int64_t *st, float scale) {
+    const int64_t R = H / KV, Tp = lab_up(T), Dp = lab_up(D);
+    int failed = 0;
+    #pragma omp parallel if (B * KV > 1)
+    {
+        float *kp = aligned_alloc(64, sizeof(float) * (4 * Tp * Dp + Tp * Tp));
+        float *vp = kp + Tp * Dp, *qT = vp + Tp * Dp, *ob = qT + Tp * Dp, *pT = ob + Tp * Dp;
+        if (!kp) { _Pragma("omp atomic write") failed = 1; }
+        #pragma omp for schedule(static)
+        for (int64_t task = 0; task < B * KV; task++) {
+            if (!kp) continue;
+            const int64_t b = task / KV, g = task % KV;
+            lab_load_rows(kp, k + b * st[3] + g * st[4], T, D, st[5], Tp, Dp);
+            lab_load_rows(vp, v + b * st[6] + g * st[7], T, D, st[8], Tp, Dp);
+            for (int64_t h = g * R; h < (g + 1) * R; h++) {
+                lab_load_cols(qT, q + b * st[0] + h * st[1], T, D, st[2], Tp, Dp);
+                lab_causal_products(pT, kp, qT, Tp, Dp);                      /* scores, transposed */
+                float *lh = lse + (b * H + h) * T;
+                for (int64_t i0 = 0; i0 < Tp; i0 += LAB_W) {  /* softmax down a block of query columns, keys j <= i */
+                    const int64_t jn = lab_min(i0 + LAB_W, Tp);
+                    float m[LAB_W], sum[LAB_W], inv[LAB_W];
+                    for (int l = 0; l < LAB_W; l++) { m[l] = -INFINITY; sum[l] = 0.0f; }
+                    for (int64_t j = 0; j < jn; j++) {
+                        const float *r = pT + j * Tp + i0;
+                        #pragma omp simd
+                        for (int l = 0; l < LAB_W; l++) {
+                            float x = j <= i0 + l ? r[l] * scale : -INFINITY;
+                            m[l] = x > m[l] ? x : m[l];
+                        }
+                    }
+                    for (int64_t j = 0; j < jn; j++) {
+                        float *r = pT + j * Tp + i0;
+                        #pragma omp simd
+                        for (int l = 0; l < LAB_W; l++) {
+                            float e = j <= i0 + l ? lab_exp(r[l] * scale - m[l]) : 0.0f;
+                            r[l] = e;
+                            sum[l] += e;
+                        }
+                    }
+                    #pragma omp simd
+                    for (int l = 0; l < LAB_W; l++) inv[l] = 1.0f / sum[l];
+                    for (int64_t j = 0; j < jn; j++) {
+                        float *r = pT + j * Tp + i0;
+                        #pragma omp simd
+                        for (int l = 0; l < LAB_W; l++) r[l] *= inv[l];
+                    }
+                    for (int l = 0; l < LAB_W && i0 + l < T; l++) lh[i0 + l] = m[l] + logf(sum[l]);
+                }
+                for (int64_t i = 0; i < Tp; i += 4)          /* o = p v: query rows i.., keys j < i + 4 */
+                    lab_mm4(ob + i * Dp, Dp, pT + i, 1, Tp, vp, Dp, 0, lab_min(i + 4, Tp), Dp, 0);
+                lab_store_rows(o + b * st[9] + h * st[10], ob, T, D, st[11], Dp);
+            }
+        }
+        free(kp);
+    }
+    return failed;
+}
+
+/* The gradients of causal_attn_fwd: dq (like q), dk, dv (like k, v) from dout (like o), by gst. */
+int causal_attn_bwd(const float *q, const float *k, const float *v, const float *lse, const float *dout, float *dq,
+                    float *dk, float *dv, int64_t B, int64_t H, int64_t KV, int64_t T, int64_t D, const int64_t *st,
+                    const int64_t *gst, float scale) {
+    const int64_t R = H / KV, Tp = lab_up(T), Dp = lab_up(D);
+    int failed = 0;
+    #pragma omp parallel if (B * KV > 1)
+    {
+        float *kp = aligned_alloc(64, sizeof(float) * (9 * Tp * Dp + 2 * Tp * Tp));
+        float *vp = kp + Tp * Dp, *qp = vp + Tp * Dp, *qT = qp + Tp * Dp, *dop = qT + Tp * Dp, *doT = dop + Tp * Dp;
+        float *dK = doT + Tp * Dp, *dV = dK + Tp * Dp, *dQ = dV + Tp * Dp, *pT = dQ + Tp * Dp, *dsT = pT + Tp * Tp;
+        if (!kp) { _Pragma("omp atomic write") failed = 1; }
+        #pragma omp for schedule(static)
+        for (int64_t task = 0; task < B * KV; task++) {
+            if (!kp) continue;
+            const int64_t b = task / KV, g = task % KV;
+            lab_load_rows(kp, k + b * st[3] + g * st[4], T, D, st[5], Tp, Dp);
+            lab_load_rows(vp, v + b * st[6] + g * st[7], T, D, st[8], Tp, Dp);
+            for (int64_t x = 0; x < 2 * Tp * Dp; x++) dK[x] = 0.0f;                 /* dK and dV */
+            for (int64_t h = g * R; h < (g + 1) * R; h++) {
+                const float *qh = q + b * st[0] + h * st[1], *doh = dout + b * gst[0] + h * gst[1];
+                lab_load_rows(qp, qh, T, D, st[2], Tp, Dp);
+                lab_load_cols(qT, qh, T, D, st[2], Tp, Dp);
+                lab_load_rows(dop, doh, T, D, gst[2], Tp, Dp);
+                lab_load_cols(doT, doh, T, D, gst[2], Tp, Dp);
+                lab_causal_products(pT, kp, qT, Tp, Dp);                      /* scores, transposed */
+                lab_causal_products(dsT, vp, doT, Tp, Dp);                    /* dp^T = v do^T */
+                const float *lh = lse + (b * H + h) * T;
+                for (int64_t i0 = 0; i0 < Tp; i0 += LAB_W) {  /* p from the saved lse; ds = p (dp - sum_j p dp) scale */
+                    const int64_t jn = lab_min(i0 + LAB_W, Tp);
+                    float l_[LAB_W], dsum[LAB_W];
+                    for (int l = 0; l < LAB_W; l++) { l_[l] = i0 + l < T ? lh[i0 + l] : 0.0f; dsum[l] = 0.0f; }
+                    for (int64_t j = 0; j < jn; j++) {
+                        float *r = pT + j * Tp + i0, *dr = dsT + j * Tp + i0;
+                        #pragma omp simd
+                        for (int l = 0; l < LAB_W; l++) {
+                            float e = j <= i0 + l && i0 + l < T ? lab_exp(r[l] * scale - l_[l]) : 0.0f;
+                            r[l] = e;
+                            dsum[l] += e * dr[l];
+                        }
+                    }
+                    for (int64_t j = 0; j < jn; j++) {
+                        float *r = pT + j * Tp + i0, *dr = dsT + j * Tp + i0;
+                        #pragma omp simd
+                        for (int l = 0; l < LAB_W; l++) dr[l] = r[l] * (dr[l] - dsum[l]) * scale;
+                    }
+                }
+                for (int64_t i = 0; i < Tp; i += 4)          /* dq = ds k */
+                    lab_mm4(dQ + i * Dp, Dp, dsT + i, 1, Tp, kp, Dp, 0, lab_min(i + 4, Tp), Dp, 0);
+                lab_store_rows(dq + b * gst[3] + h * gst[4], dQ, T, D, gst[5], Dp);
+                for (int64_t j = 0; j < Tp; j += 4) {        /* dk += ds^T q, dv += p^T do, over queries i >= j */
+                    const int64_t i0 = j / LAB_W * LAB_W;
+                    lab_mm4(dK + j * Dp, Dp, dsT + j * Tp, Tp, 1, qp, Dp, i0, Tp, Dp, 1);
+                    lab_mm4(dV + j * Dp, Dp, pT + j * Tp, Tp, 1, dop, Dp, i0, Tp, Dp, 1);
+                }
+            }
+            lab_store_rows(dk + b * gst[6] + g * gst[7], dK, T, D, gst[8], Dp);
+            lab_store_rows(dv + b * gst[9] + g * gst[10], dV, T, D, gst[11], Dp);
+        }
+        free(kp);
+    }
+    return failed;
+}
+
+/* The vector width the attention kernels were built with: below 8 floats (no AVX) they lose to SDPA. */
+int causal_attn_vector_width(void) { return LAB_W; }

@@ -23,7 +23,9 @@ EPYC; see the bench's notes):
 - attention: SDPA has no fused CPU kernel for dropout or an additive bias (ALiBi) and falls back to
   its math path (bernoulli, NaN checks, the full T x T matrix). Here queries go in blocks that skip
   the causal mask's upper triangle, and softmax + scale + mask + dropout is one pass each way.
-  (Without dropout or bias, float32 contexts under ATTENTION_MIN_T keep SDPA's flash kernel, faster there.)
+- attention without dropout or bias (float32 training, context <= 256): whole heads in C, transposed scores
+  softmaxed down full vectors, only the log-sum-exp kept; ~1.2-1.7x SDPA's flash kernel and the blocked
+  kernel at contexts 64-256 on a 2-core AVX-512 Xeon (where the C loops are off, short contexts keep SDPA's flash kernel).
 - output cross-entropy: with GPT-2's vocabulary the logits are the largest tensor of a small model;
   in blocks of rows they stay in cache, and softmax, loss and gradient are one pass (the
   seed-ladder's BPE rung stepped 2.5x faster: 684 -> 277 ms).
@@ -31,6 +33,7 @@ EPYC; see the bench's notes):
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
 
 import torch
@@ -295,6 +298,73 @@ def causal_attention(q, k, v, bias: torch.Tensor | None, dropout_p: float) -> to
         mask = causal_bias(T, torch.empty(0, device=q.device))[None]           # (1, T, T) float32, broadcast over B * H
     out = _CausalAttention.apply(*(cast(t, dtype).reshape(B * H, T, hd) for t in (q, k, v)), mask, dropout_p)
     return out.view(B, H, T, hd)
+
+
+# -- causal attention without dropout or bias: whole heads in C ------------------------------------
+HEADS_MAX_T = 256  # up to here the C kernel beat SDPA's flash kernel and the lab's blocked kernel
+HEADS_MIN_VECTOR = 8  # floats per vector register it was built with; 4-wide (no AVX) it lost to SDPA
+
+
+def heads_lib(q: torch.Tensor):
+    """The C library when causal_attention_heads serves q (CPU float32 training within HEADS_MAX_T,
+    no autocast, the setting on, C loops built with wide enough vectors), else None."""
+    if (q.shape[2] > HEADS_MAX_T or kernel_dtype(q, "attention") != torch.float32
+            or not settings.current().heads_attention or torch.is_autocast_enabled("cpu") or not torch.is_grad_enabled()):
+        return None
+    lib = c_lib()
+    return lib if lib is not None and lib.causal_attn_vector_width() >= HEADS_MIN_VECTOR else None
+
+
+def head_strides(*tensors: torch.Tensor):
+    """The [batch, head, position] strides of each (B, heads, T, hd) tensor, in elements, as a C array."""
+    values = [n for t in tensors for n in t.stride()[:3]]
+    return (ctypes.c_int64 * len(values))(*values)
+
+
+def by_position(B: int, heads: int, T: int, hd: int, like: torch.Tensor) -> torch.Tensor:
+    """A new (B, heads, T, hd) tensor laid out as (B, T, heads, hd): merging its heads is then free."""
+    return like.new_empty(B, T, heads, hd).transpose(1, 2)
+
+
+def check_memory(failed: int) -> None:
+    if failed:
+        raise MemoryError("the attention kernel could not allocate its per-thread work buffers")
+
+
+class _HeadsAttention(torch.autograd.Function):
+    """softmax(q k^T / sqrt(hd), causal) @ v one (batch row, key/value head) at a time in C
+    (cpu_kernels.c: causal_attn_fwd / _bwd); q: (B, H, T, hd), k, v: (B, KV, T, hd), any strides with a
+    contiguous last dimension. Saves each query's log-sum-exp, not the probabilities."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, lib):
+        B, H, T, hd = q.shape
+        q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+        out, lse = by_position(B, H, T, hd, q), q.new_empty(B, H, T)
+        check_memory(lib.causal_attn_fwd(ptr(q), ptr(k), ptr(v), ptr(out), ptr(lse), B, H, k.shape[1], T, hd,
+                                         head_strides(q, k, v, out), hd ** -0.5))
+        ctx.save_for_backward(q, k, v, lse)
+        ctx.lib = lib
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, lse = ctx.saved_tensors
+        B, H, T, hd = q.shape
+        KV = k.shape[1]
+        grad = grad if grad.stride(-1) == 1 else grad.contiguous()
+        dq, dk, dv = by_position(B, H, T, hd, q), by_position(B, KV, T, hd, k), by_position(B, KV, T, hd, v)
+        check_memory(ctx.lib.causal_attn_bwd(ptr(q), ptr(k), ptr(v), ptr(lse), ptr(grad), ptr(dq), ptr(dk), ptr(dv),
+                                             B, H, KV, T, hd, head_strides(q, k, v, grad),  # 4th unused
+                                             head_strides(grad, dq, dk, dv), hd ** -0.5))
+        return dq, dk, dv, None
+
+
+def causal_attention_heads(q, k, v) -> torch.Tensor | None:
+    """Causal attention without dropout or bias through the whole-head C kernel (grouped key/value
+    heads as they are), or None where it does not serve (see heads_lib): the caller's kernel then runs."""
+    lib = heads_lib(q)
+    return None if lib is None else _HeadsAttention.apply(q, k, v, lib)
 
 
 # -- output layer and cross-entropy --------------------------------------------------------------

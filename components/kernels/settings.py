@@ -26,6 +26,7 @@ class KernelSettings:
     fused: bool = True     # off: the stock torch ops everywhere (the bench's --without fused_kernels)
     c_loops: bool = True   # off: the fused kernels' algorithms as torch ops (--without c_kernels)
     bf16: frozenset[str] = BF16_KERNELS  # the fused kernels that serve bfloat16 too (--without bf16_<kernel>)
+    heads_attention: bool = True  # off: its cases go to the other attention kernels (--without heads_attention)
 
 
 _current = KernelSettings(c_loops=not os.environ.get("LAB_NO_C_KERNELS"))
@@ -44,7 +45,8 @@ def configure(new: KernelSettings) -> KernelSettings:
 
 @contextlib.contextmanager
 def using(**changes: Any) -> Iterator[KernelSettings]:
-    """The current setting with `changes` (fused=..., c_loops=..., bf16=...) inside the block, restored after it."""
+    """The current setting with `changes` (fused=..., c_loops=..., bf16=..., heads_attention=...) inside the block,
+    restored after it."""
     previous = configure(dataclasses.replace(_current, **changes))
     try:
         yield _current
