@@ -26,16 +26,18 @@ def sdpa_attention(q, k, v, bias: torch.Tensor | None, dropout_p: float) -> torc
     mask folded in, or None.
 
     The fastest fused path for each case: SDPA's own kernels on CUDA and for inference; on the CPU
-    (float32 or bf16) training goes through the lab's fused kernel, which SDPA lacks for attention dropout and
-    ALiBi's bias (it falls back to its unfused math path, 2x slower at dropout 0.2) and which also beat
-    SDPA's flash kernel by ~25% at context 256 (it skips the masked blocks and keeps the softmax).
-    Without dropout or bias, float32 training up to context 256 goes through the lab's whole-head C
-    kernel (fused.causal_attention_heads: strided heads as they are, grouped key/value heads unrepeated,
-    O(T) memory); where the C loops are off, below context 128 it keeps SDPA's flash kernel, which takes
-    the heads' strided views as they are where the lab's blocked kernel copies them into its layout.
+    (float32 or bf16) training goes through the lab's fused kernels, which SDPA lacks for attention dropout and
+    ALiBi's bias (it falls back to its unfused math path, 2x slower at dropout 0.2):
+    - float32 without a bias, context up to 256: the whole-head C kernel (fused.causal_attention_heads:
+      strided heads as they are, grouped key/value heads unrepeated, O(T) memory, dropout included),
+      1.2-1.8x SDPA's flash kernel and the blocked kernel there;
+    - the rest (bf16, ALiBi, longer contexts): the blocked kernel (fused.causal_attention), which beat
+      SDPA's flash kernel by ~25% at context 256 (it skips the masked blocks and keeps the softmax).
+    Where the C loops are off, short float32 contexts without dropout or bias keep SDPA's flash kernel,
+    which takes the heads' strided views as they are where the blocked kernel copies them into its layout.
     """
-    if dropout_p == 0 and bias is None and q.requires_grad:  # float32 training up to fused.HEADS_MAX_T
-        out = fused.causal_attention_heads(q, k, v)
+    if bias is None and q.requires_grad:  # float32 training up to fused.HEADS_MAX_T
+        out = fused.causal_attention_heads(q, k, v, dropout_p)
         if out is not None:
             return out
     # without dropout or bias: only while its saved probabilities (~T^2 / 2 per head) stay small, and in

@@ -123,13 +123,14 @@ def needs_heads_kernel():
 
 
 @pytest.mark.parametrize("T, dropout, dtype, c_loops, kernel", [
-    (64, 0.0, torch.float32, True, "heads"),      # float32, no dropout or bias: the whole-head C kernel
+    (64, 0.0, torch.float32, True, "heads"),      # float32 without a bias: the whole-head C kernel
+    (64, 0.1, torch.float32, True, "heads"),      # with dropout too
     (fused.HEADS_MAX_T, 0.0, torch.float32, True, "heads"),
     (fused.HEADS_MAX_T + 1, 0.0, torch.float32, True, "blocked"),  # longer: the lab's blocked kernel
-    (64, 0.1, torch.float32, True, "blocked"),    # dropout: SDPA has no fused CPU kernel for it
     (64, 0.0, torch.bfloat16, True, "blocked"),   # bf16 keeps the lab's blocked kernel at any length
     (64, 0.0, torch.float32, False, "sdpa"),      # C loops off: SDPA's flash kernel below ATTENTION_MIN_T
-    (128, 0.0, torch.float32, False, "blocked"),  # and the blocked kernel from there on
+    (64, 0.1, torch.float32, False, "blocked"),   # but not with dropout: SDPA has no fused CPU kernel for it
+    (128, 0.0, torch.float32, False, "blocked"),  # and the blocked kernel from ATTENTION_MIN_T on
 ])
 def test_cpu_training_attention_picks_the_kernel_measured_faster(monkeypatch, T, dropout, dtype, c_loops, kernel):
     import components.attention as attention
@@ -183,17 +184,49 @@ def test_the_whole_head_kernel_matches_the_explicit_path(B, T, H, KV, hd):
         out.backward(torch.ones_like(out) + torch.arange(out.numel(), dtype=dtype).view(out.shape).sin())
         return out.detach().double(), x.grad.double()
 
-    out, grad = grads(lambda q, k, v: fused._HeadsAttention.apply(q, k, v, c_loader.load()), torch.float32)
+    out, grad = grads(lambda q, k, v: fused._HeadsAttention.apply(q, k, v, 0.0, c_loader.load()), torch.float32)
     ref, ref_grad = grads(lambda q, k, v: naive_attention(q, k, v, None, 0.0), torch.float64)
     assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
     assert torch.allclose(grad, ref_grad, atol=1e-4, rtol=1e-4)
+
+
+def test_the_whole_head_kernels_dropout_keeps_1_minus_p_and_backpropagates_its_mask():
+    """With v the identity (head_dim = T) the output is the dropped probabilities themselves: the mask is
+    read off them, and the gradients must be those of softmax -> that mask -> @ v, computed in float64."""
+    needs_heads_kernel()
+    B, H, KV, T, p = 3, 4, 2, 16, 0.3
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(B, H, T, T, generator=g), torch.randn(B, KV, T, T, generator=g), torch.randn(B, KV, T, T, generator=g)
+    lib = c_loader.load()
+    torch.manual_seed(7)
+    dropped = fused._HeadsAttention.apply(q.requires_grad_(), k, torch.eye(T).expand(B, KV, T, T), p, lib).detach()
+    probs = naive_attention(q.double(), k.double(), torch.eye(T, dtype=torch.float64).expand(B, KV, T, T), None, 0.0)
+    kept = dropped != 0
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    assert not kept[..., ~causal].any()
+    assert kept[..., causal].float().mean().item() == pytest.approx(1 - p, abs=0.05)
+    assert torch.allclose(dropped.double(), probs * kept / (1 - p), atol=1e-6)
+
+    def attend_with_that_mask(q, k, v):
+        return (naive_attention(q, k, torch.eye(T, dtype=q.dtype).expand(B, KV, T, T), None, 0.0) * kept / (1 - p)
+                ) @ share_heads(v, v, H)[0]
+
+    def seeded(q, k, v):
+        torch.manual_seed(7)
+        return fused._HeadsAttention.apply(q, k, v, p, lib)
+
+    out, grads = with_grads(seeded, q, k, v)
+    ref, ref_grads = with_grads(attend_with_that_mask, q.double(), k.double(), v.double())
+    assert torch.allclose(out.double(), ref, atol=1e-5)
+    for a, b in zip(grads, ref_grads):
+        assert torch.allclose(a.double(), b, atol=1e-4)
 
 
 def test_the_whole_head_kernel_keeps_a_nan_a_nan():
     needs_heads_kernel()
     q, k, v = (torch.randn(1, 1, 20, 8) for _ in range(3))
     q[0, 0, 2, 0] = float("nan")
-    out = fused.causal_attention_heads(q.requires_grad_(), k, v)
+    out = fused.causal_attention_heads(q.requires_grad_(), k, v, 0.0)
     assert torch.isnan(out[0, 0, 2]).all() and not torch.isnan(out[0, 0, 3]).any()
 
 
@@ -204,8 +237,9 @@ def test_the_whole_head_kernel_gives_the_same_bits_on_any_thread_count():
     results = []
     for n in (1, 2):
         torch.set_num_threads(n)
+        torch.manual_seed(4)  # the same dropout mask
         x = qkv.clone().requires_grad_()
-        out = fused.causal_attention_heads(*split_heads(x, 4, 4, 16))
+        out = fused.causal_attention_heads(*split_heads(x, 4, 4, 16), 0.2)
         out.sum().backward()
         results.append((out.detach(), x.grad))
     torch.set_num_threads(threads)

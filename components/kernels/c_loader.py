@@ -114,8 +114,10 @@ def load() -> ctypes.CDLL | None:
             fn.argtypes, fn.restype = argtypes, None
     lib.softmax_xent.argtypes, lib.softmax_xent.restype = [ptr, ptr, ptr, i64, i64], None
     # float32 only; strides as int64 arrays; they return 1 when a work buffer could not be allocated
-    lib.causal_attn_fwd.argtypes, lib.causal_attn_fwd.restype = [ptr] * 5 + [i64] * 5 + [ptr, f], ctypes.c_int
-    lib.causal_attn_bwd.argtypes, lib.causal_attn_bwd.restype = [ptr] * 8 + [i64] * 5 + [ptr, ptr, f], ctypes.c_int
+    dropout = [u64, u32, f, ctypes.c_int]  # seed, threshold, keep scale, on
+    lib.causal_attn_fwd.argtypes, lib.causal_attn_fwd.restype = [ptr] * 5 + [i64] * 5 + [ptr, f] + dropout, ctypes.c_int
+    lib.causal_attn_bwd.argtypes = [ptr] * 8 + [i64] * 5 + [ptr, ptr, f] + dropout
+    lib.causal_attn_bwd.restype = ctypes.c_int
     lib.causal_attn_vector_width.argtypes, lib.causal_attn_vector_width.restype = [], ctypes.c_int
     _lib = lib
     return lib

@@ -228,14 +228,15 @@ void attn_softmax_bwd_bf16(bf16 *dd, const bf16 *probs, const bf16 *dropped, int
     }
 }
 
-/* ---- Causal attention without dropout or bias, whole heads at a time (float32) ----------------------
+/* ---- Causal attention without a bias, whole heads at a time (float32) -------------------------------
    One task per (batch row, key/value head): its keys and values are loaded once and serve the R query
    heads of its group (so grouped and multi-query heads need no repeated copies), and dK, dV sum over
    those heads without races. Per head everything (T x head_dim operands, the T x T scores) stays in
    L1/L2: scores are held transposed, keys as rows and queries as columns, so the causal softmax runs
    down the columns in full vectors, with no horizontal reductions. The matmuls are register tiles of
    4 rows x 2 vectors. Only the log-sum-exp of each query is kept for the backward, which recomputes
-   the probabilities (O(T) memory, as SDPA's flash kernel).
+   the probabilities (O(T) memory, as SDPA's flash kernel), and the dropout mask, a hash of (seed, index)
+   as in the other kernels with index ((b H + h) T + query) T + key, so nothing T x T is stored.
    Operands are copied into zero-padded buffers whose rows are whole vectors (LAB_W floats), so every
    tile is whole and every load aligned. Strides: st = [b, h, t] of q, k, v, o and
    gst = [b, h, t] of dO, dQ, dK, dV, in elements; the head dimension is contiguous. */
@@ -321,11 +322,19 @@ static void lab_causal_products(float *sT, const float *rows, const float *cols,
     }
 }
 
-/* o = softmax(q k^T * scale, causal) v and lse = each query's log-sum-exp of its scaled scores.
-   q: (B, H, T, D), k, v: (B, KV, T, D), o: (B, H, T, D) by the strides st; lse: (B, H, T) contiguous.
+/* The dropout factor of probability (query i, key j) of head bh: keep_scale where kept, else 0. */
+static inline float lab_attn_keep(uint64_t seed, int64_t bh, int64_t T, int64_t i, int64_t j, uint32_t threshold,
+                                  float keep_scale) {
+    return lab_draw(seed, (uint64_t)((bh * T + i) * T + j)) >= threshold ? keep_scale : 0.0f;
+}
+
+/* o = dropout(softmax(q k^T * scale, causal)) v and lse = each query's log-sum-exp of its scaled scores;
+   with dropout == 0 the seed, threshold and keep_scale are unused. q: (B, H, T, D), k, v: (B, KV, T, D),
+   o: (B, H, T, D) by the strides st; lse: (B, H, T) contiguous.
    Returns 0, or 1 when a work buffer could not be allocated. */
 int causal_attn_fwd(const float *q, const float *k, const float *v, float *o, float *lse, int64_t B, int64_t H,
-                    int64_t KV, int64_t T, int64_t D, const int64_t *st, float scale) {
+                    int64_t KV, int64_t T, int64_t D, const int64_t *st, float scale, uint64_t seed,
+                    uint32_t threshold, float keep_scale, int dropout) {
     const int64_t R = H / KV, Tp = lab_up(T), Dp = lab_up(D);
     int failed = 0;
     #pragma omp parallel if (B * KV > 1)
@@ -368,8 +377,14 @@ int causal_attn_fwd(const float *q, const float *k, const float *v, float *o, fl
                     for (int l = 0; l < LAB_W; l++) inv[l] = 1.0f / sum[l];
                     for (int64_t j = 0; j < jn; j++) {
                         float *r = pT + j * Tp + i0;
-                        #pragma omp simd
-                        for (int l = 0; l < LAB_W; l++) r[l] *= inv[l];
+                        if (dropout) {
+                            #pragma omp simd
+                            for (int l = 0; l < LAB_W; l++)
+                                r[l] *= inv[l] * lab_attn_keep(seed, b * H + h, T, i0 + l, j, threshold, keep_scale);
+                        } else {
+                            #pragma omp simd
+                            for (int l = 0; l < LAB_W; l++) r[l] *= inv[l];
+                        }
                     }
                     for (int l = 0; l < LAB_W && i0 + l < T; l++) lh[i0 + l] = m[l] + logf(sum[l]);
                 }
@@ -383,17 +398,20 @@ int causal_attn_fwd(const float *q, const float *k, const float *v, float *o, fl
     return failed;
 }
 
-/* The gradients of causal_attn_fwd: dq (like q), dk, dv (like k, v) from dout (like o), by gst. */
+/* The gradients of causal_attn_fwd (the same seed: the same mask): dq (like q), dk, dv (like k, v) from
+   dout (like o), by gst. */
 int causal_attn_bwd(const float *q, const float *k, const float *v, const float *lse, const float *dout, float *dq,
                     float *dk, float *dv, int64_t B, int64_t H, int64_t KV, int64_t T, int64_t D, const int64_t *st,
-                    const int64_t *gst, float scale) {
+                    const int64_t *gst, float scale, uint64_t seed, uint32_t threshold, float keep_scale,
+                    int dropout) {
     const int64_t R = H / KV, Tp = lab_up(T), Dp = lab_up(D);
     int failed = 0;
     #pragma omp parallel if (B * KV > 1)
     {
-        float *kp = aligned_alloc(64, sizeof(float) * (9 * Tp * Dp + 2 * Tp * Tp));
+        float *kp = aligned_alloc(64, sizeof(float) * (9 * Tp * Dp + (dropout ? 3 : 2) * Tp * Tp));
         float *vp = kp + Tp * Dp, *qp = vp + Tp * Dp, *qT = qp + Tp * Dp, *dop = qT + Tp * Dp, *doT = dop + Tp * Dp;
         float *dK = doT + Tp * Dp, *dV = dK + Tp * Dp, *dQ = dV + Tp * Dp, *pT = dQ + Tp * Dp, *dsT = pT + Tp * Tp;
+        float *uT = dropout ? dsT + Tp * Tp : pT;  /* the probabilities before dropout (pT holds them after it) */
         if (!kp) { _Pragma("omp atomic write") failed = 1; }
         #pragma omp for schedule(static)
         for (int64_t task = 0; task < B * KV; task++) {
@@ -411,7 +429,9 @@ int causal_attn_bwd(const float *q, const float *k, const float *v, const float 
                 lab_causal_products(pT, kp, qT, Tp, Dp);                      /* scores, transposed */
                 lab_causal_products(dsT, vp, doT, Tp, Dp);                    /* dp^T = v do^T */
                 const float *lh = lse + (b * H + h) * T;
-                for (int64_t i0 = 0; i0 < Tp; i0 += LAB_W) {  /* p from the saved lse; ds = p (dp - sum_j p dp) scale */
+                /* p from the saved lse; dropped = p f with f the dropout factor; dp = f d(dropped) (dsT held
+                   d(dropped)); ds = p (dp - sum_j p dp) scale */
+                for (int64_t i0 = 0; i0 < Tp; i0 += LAB_W) {
                     const int64_t jn = lab_min(i0 + LAB_W, Tp);
                     float l_[LAB_W], dsum[LAB_W];
                     for (int l = 0; l < LAB_W; l++) { l_[l] = i0 + l < T ? lh[i0 + l] : 0.0f; dsum[l] = 0.0f; }
@@ -420,14 +440,22 @@ int causal_attn_bwd(const float *q, const float *k, const float *v, const float 
                         #pragma omp simd
                         for (int l = 0; l < LAB_W; l++) {
                             float e = j <= i0 + l && i0 + l < T ? lab_exp(r[l] * scale - l_[l]) : 0.0f;
-                            r[l] = e;
+                            if (dropout) {
+                                float f = lab_attn_keep(seed, b * H + h, T, i0 + l, j, threshold, keep_scale);
+                                uT[j * Tp + i0 + l] = e;
+                                dr[l] *= f;
+                                r[l] = e * f;
+                            } else {
+                                r[l] = e;
+                            }
                             dsum[l] += e * dr[l];
                         }
                     }
                     for (int64_t j = 0; j < jn; j++) {
-                        float *r = pT + j * Tp + i0, *dr = dsT + j * Tp + i0;
+                        const float *u = uT + j * Tp + i0;
+                        float *dr = dsT + j * Tp + i0;
                         #pragma omp simd
-                        for (int l = 0; l < LAB_W; l++) dr[l] = r[l] * (dr[l] - dsum[l]) * scale;
+                        for (int l = 0; l < LAB_W; l++) dr[l] = u[l] * (dr[l] - dsum[l]) * scale;
                     }
                 }
                 for (int64_t i = 0; i < Tp; i += 4)          /* dq = ds k */

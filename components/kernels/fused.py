@@ -23,9 +23,10 @@ EPYC; see the bench's notes):
 - attention: SDPA has no fused CPU kernel for dropout or an additive bias (ALiBi) and falls back to
   its math path (bernoulli, NaN checks, the full T x T matrix). Here queries go in blocks that skip
   the causal mask's upper triangle, and softmax + scale + mask + dropout is one pass each way.
-- attention without dropout or bias (float32 training, context <= 256): whole heads in C, transposed scores
-  softmaxed down full vectors, only the log-sum-exp kept; ~1.2-1.7x SDPA's flash kernel and the blocked
-  kernel at contexts 64-256 on a 2-core AVX-512 Xeon (where the C loops are off, short contexts keep SDPA's flash kernel).
+- attention without a bias (float32 training, context <= 256): whole heads in C, transposed scores
+  softmaxed down full vectors, only the log-sum-exp and the dropout seed kept; 1.2-1.8x SDPA's flash
+  kernel and the blocked kernel at contexts 64-256 on a 2-core AVX-512 Xeon (with the C loops off,
+  short contexts without dropout keep SDPA's flash kernel).
 - output cross-entropy: with GPT-2's vocabulary the logits are the largest tensor of a small model;
   in blocks of rows they stay in cache, and softmax, loss and gradient are one pass (the
   seed-ladder's BPE rung stepped 2.5x faster: 684 -> 277 ms).
@@ -300,7 +301,7 @@ def causal_attention(q, k, v, bias: torch.Tensor | None, dropout_p: float) -> to
     return out.view(B, H, T, hd)
 
 
-# -- causal attention without dropout or bias: whole heads in C ------------------------------------
+# -- causal attention without a bias: whole heads in C --------------------------------------------
 HEADS_MAX_T = 256  # up to here the C kernel beat SDPA's flash kernel and the lab's blocked kernel
 HEADS_MIN_VECTOR = 8  # floats per vector register it was built with; 4-wide (no AVX) it lost to SDPA
 
@@ -332,17 +333,18 @@ def check_memory(failed: int) -> None:
 
 
 class _HeadsAttention(torch.autograd.Function):
-    """softmax(q k^T / sqrt(hd), causal) @ v one (batch row, key/value head) at a time in C
+    """dropout(softmax(q k^T / sqrt(hd), causal), p) @ v one (batch row, key/value head) at a time in C
     (cpu_kernels.c: causal_attn_fwd / _bwd); q: (B, H, T, hd), k, v: (B, KV, T, hd), any strides with a
-    contiguous last dimension. Saves each query's log-sum-exp, not the probabilities."""
+    contiguous last dimension. Saves each query's log-sum-exp and the mask's seed, nothing T x T."""
 
     @staticmethod
-    def forward(ctx, q, k, v, lib):
+    def forward(ctx, q, k, v, p: float, lib):
         B, H, T, hd = q.shape
         q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
         out, lse = by_position(B, H, T, hd, q), q.new_empty(B, H, T)
+        ctx.dropout = (draw_seed() if p > 0 else 0, keep_threshold(p), 1.0 / (1.0 - p), int(p > 0))
         check_memory(lib.causal_attn_fwd(ptr(q), ptr(k), ptr(v), ptr(out), ptr(lse), B, H, k.shape[1], T, hd,
-                                         head_strides(q, k, v, out), hd ** -0.5))
+                                         head_strides(q, k, v, out), hd ** -0.5, *ctx.dropout))
         ctx.save_for_backward(q, k, v, lse)
         ctx.lib = lib
         return out
@@ -356,15 +358,15 @@ class _HeadsAttention(torch.autograd.Function):
         dq, dk, dv = by_position(B, H, T, hd, q), by_position(B, KV, T, hd, k), by_position(B, KV, T, hd, v)
         check_memory(ctx.lib.causal_attn_bwd(ptr(q), ptr(k), ptr(v), ptr(lse), ptr(grad), ptr(dq), ptr(dk), ptr(dv),
                                              B, H, KV, T, hd, head_strides(q, k, v, grad),  # 4th unused
-                                             head_strides(grad, dq, dk, dv), hd ** -0.5))
-        return dq, dk, dv, None
+                                             head_strides(grad, dq, dk, dv), hd ** -0.5, *ctx.dropout))
+        return dq, dk, dv, None, None
 
 
-def causal_attention_heads(q, k, v) -> torch.Tensor | None:
-    """Causal attention without dropout or bias through the whole-head C kernel (grouped key/value
-    heads as they are), or None where it does not serve (see heads_lib): the caller's kernel then runs."""
+def causal_attention_heads(q, k, v, dropout_p: float) -> torch.Tensor | None:
+    """Causal attention without a bias through the whole-head C kernel (grouped key/value heads as they
+    are), or None where it does not serve (see heads_lib): the caller's kernel then runs."""
     lib = heads_lib(q)
-    return None if lib is None else _HeadsAttention.apply(q, k, v, lib)
+    return None if lib is None else _HeadsAttention.apply(q, k, v, dropout_p, lib)
 
 
 # -- output layer and cross-entropy --------------------------------------------------------------
