@@ -322,6 +322,13 @@ static void lab_causal_products(float *sT, const float *rows, const float *cols,
     }
 }
 
+/* Key/value head g of batch row b (strides st, as below) into padded rows kp, vp (Tp x Dp each). */
+static void lab_load_kv(float *kp, float *vp, const float *k, const float *v, int64_t b, int64_t g, int64_t T,
+                        int64_t D, const int64_t *st, int64_t Tp, int64_t Dp) {
+    lab_load_rows(kp, k + b * st[3] + g * st[4], T, D, st[5], Tp, Dp);
+    lab_load_rows(vp, v + b * st[6] + g * st[7], T, D, st[8], Tp, Dp);
+}
+
 /* The dropout factor of probability (query i, key j) of head bh: keep_scale where kept, else 0. */
 static inline float lab_attn_keep(uint64_t seed, int64_t bh, int64_t T, int64_t i, int64_t j, uint32_t threshold,
                                   float keep_scale) {
@@ -346,8 +353,7 @@ int causal_attn_fwd(const float *q, const float *k, const float *v, float *o, fl
         for (int64_t task = 0; task < B * KV; task++) {
             if (!kp) continue;
             const int64_t b = task / KV, g = task % KV;
-            lab_load_rows(kp, k + b * st[3] + g * st[4], T, D, st[5], Tp, Dp);
-            lab_load_rows(vp, v + b * st[6] + g * st[7], T, D, st[8], Tp, Dp);
+            lab_load_kv(kp, vp, k, v, b, g, T, D, st, Tp, Dp);
             for (int64_t h = g * R; h < (g + 1) * R; h++) {
                 lab_load_cols(qT, q + b * st[0] + h * st[1], T, D, st[2], Tp, Dp);
                 lab_causal_products(pT, kp, qT, Tp, Dp);                      /* scores, transposed */
@@ -417,8 +423,7 @@ int causal_attn_bwd(const float *q, const float *k, const float *v, const float 
         for (int64_t task = 0; task < B * KV; task++) {
             if (!kp) continue;
             const int64_t b = task / KV, g = task % KV;
-            lab_load_rows(kp, k + b * st[3] + g * st[4], T, D, st[5], Tp, Dp);
-            lab_load_rows(vp, v + b * st[6] + g * st[7], T, D, st[8], Tp, Dp);
+            lab_load_kv(kp, vp, k, v, b, g, T, D, st, Tp, Dp);
             for (int64_t x = 0; x < 2 * Tp * Dp; x++) dK[x] = 0.0f;                 /* dK and dV */
             for (int64_t h = g * R; h < (g + 1) * R; h++) {
                 const float *qh = q + b * st[0] + h * st[1], *doh = dout + b * gst[0] + h * gst[1];
