@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 
 import pytest
 import torch
@@ -87,7 +88,7 @@ def test_fixed_cost_reports_imports_data_and_build(tmp_path):
     assert set(cost) == {"imports_s", "data_s", "build_s"} and all(v >= 0 for v in cost.values())
 
 
-def test_bf16_knobs_time_the_bf16_rows_and_switch_one_kernel_off_each():
+def test_runtime_knobs_switch_one_kernel_off_each():
     import types
 
     from components.kernels import settings
@@ -103,6 +104,8 @@ def test_bf16_knobs_time_the_bf16_rows_and_switch_one_kernel_off_each():
         for kernel in settings.BF16_KERNELS:
             switch.set(f"bf16_{kernel}")
             assert settings.current().bf16 == settings.BF16_KERNELS - {kernel} and settings.current().fused
+        switch.set("heads_attention")  # the whole-head attention alone off
+        assert settings.current() == dataclasses.replace(before, heads_attention=False)
         switch.set(None)
         assert settings.current() == before
     finally:
