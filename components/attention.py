@@ -28,7 +28,7 @@ def sdpa_attention(q, k, v, bias: torch.Tensor | None, dropout_p: float) -> torc
     The fastest fused path for each case: SDPA's own kernels on CUDA and for inference; on the CPU
     (float32 or bf16) training goes through the lab's fused kernels, which SDPA lacks for attention dropout and
     ALiBi's bias (it falls back to its unfused math path, 2x slower at dropout 0.2):
-    - float32 without a bias, context up to 256: the whole-head C kernel (fused.causal_attention_heads:
+    - float32 without a bias, context up to 384: the whole-head C kernel (fused.causal_attention_heads:
       strided heads as they are, grouped key/value heads unrepeated, O(T) memory, dropout included),
       1.2-1.8x SDPA's flash kernel and the blocked kernel there;
     - the rest (bf16, ALiBi, longer contexts): the blocked kernel (fused.causal_attention), which beat

@@ -50,7 +50,7 @@ BATCH_SIZE = {"nanogpt-cpu": 12, "shakespeare-cpu": 16, "gpt2-124m": 16}  # the 
 KNOBS = {  # --without: what each switches off
     "fused_kernels": "the fused CPU kernels (attention, dropout, GELU, output cross-entropy): stock ops instead",
     "c_kernels": "the C loops inside the fused kernels: the same algorithms as torch ops",
-    "heads_attention": "the whole-head C attention (float32, no bias, context <= 256): SDPA's flash kernel "
+    "heads_attention": "the whole-head C attention (float32, no bias, context <= 384): SDPA's flash kernel "
                        "or the lab's blocked kernel instead",
     "fused_adamw": "the fused AdamW: torch's default per-parameter loop",
     "allocator": "the glibc allocator tuning: freed activations go back to the OS",

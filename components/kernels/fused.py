@@ -23,9 +23,9 @@ EPYC; see the bench's notes):
 - attention: SDPA has no fused CPU kernel for dropout or an additive bias (ALiBi) and falls back to
   its math path (bernoulli, NaN checks, the full T x T matrix). Here queries go in blocks that skip
   the causal mask's upper triangle, and softmax + scale + mask + dropout is one pass each way.
-- attention without a bias (float32 training, context <= 256): whole heads in C, transposed scores
+- attention without a bias (float32 training, context <= 384): whole heads in C, transposed scores
   softmaxed down full vectors, only the log-sum-exp and the dropout seed kept; 1.2-1.8x SDPA's flash
-  kernel and the blocked kernel at contexts 64-256 on a 2-core AVX-512 Xeon (with the C loops off,
+  kernel and the blocked kernel at contexts 64-384 on a 2-core AVX-512 Xeon (with the C loops off,
   short contexts without dropout keep SDPA's flash kernel).
 - output cross-entropy: with GPT-2's vocabulary the logits are the largest tensor of a small model;
   in blocks of rows they stay in cache, and softmax, loss and gradient are one pass (the
@@ -302,7 +302,7 @@ def causal_attention(q, k, v, bias: torch.Tensor | None, dropout_p: float) -> to
 
 
 # -- causal attention without a bias: whole heads in C --------------------------------------------
-HEADS_MAX_T = 256  # up to here the C kernel beat SDPA's flash kernel and the lab's blocked kernel
+HEADS_MAX_T = 384  # it beat SDPA's flash kernel and the blocked kernel at 64-448; at 512 without dropout it lost
 HEADS_MIN_VECTOR = 8  # floats per vector register it was built with; 4-wide (no AVX) it lost to SDPA
 
 
