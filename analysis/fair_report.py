@@ -87,10 +87,16 @@ HONEST = ("How this is kept honest. A score of the runs that made a choice is op
           "scored on what chose it. {text} Seeds: runs of one seed share batches and initialisation, so a "
           "seed that favoured a value on one text favours it on any; each seed's score is therefore its run "
           "at the value chosen on the *other* seeds (leave one seed out; `stable` counts the seeds whose "
-          "choice is the best value above). Δ = variant − {reference} per seed, each at its own such value, "
-          "then the t interval over seeds and Holm's correction over the variants. The interval is for the "
-          "tuning procedure (the best of these values, chosen on the other seeds), not for one fixed value; "
-          "where every choice is stable it is the comparison at the best values above.")
+          "choice is the best value above). Δ = variant − {reference} per seed, each at its own such value. "
+          "Those Δ are not independent (each seed's choice saw all the others), so p is not Student t's but "
+          "a swap test's: the two variants' runs are swapped within every subset of seeds (a fixed sample of "
+          "4,095 subsets beyond 12 seeds), the values chosen again and the mean Δ recomputed, which is exact "
+          "when the variant makes no difference; the 95% interval holds every shift of the variant's scores "
+          "that test does not reject (±∞: none is rejected on that side). With n seeds the smallest p is "
+          "2/2^n (0.25 with 3 seeds, 0.0625 with 5), so a \"yes\" here needs at least 6 seeds. Holm's "
+          "correction is over the variants. The interval is for the tuning procedure (the best of these "
+          "values, chosen on the other seeds), not for one fixed value; where every choice is stable it is "
+          "the comparison at the best values above.")
 
 
 def tune_section(exp: Experiment) -> list[str]:

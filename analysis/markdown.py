@@ -59,7 +59,7 @@ def ci(low: float, high: float, n: int, empty: str = "no finished run") -> str:
         return empty
     if n == 1 or math.isnan(low):
         return "n=1: no CI"
-    return f"[{low:.4f}, {high:.4f}]"
+    return "[" + ", ".join(f"{v:.4f}" if math.isfinite(v) else "−∞" if v < 0 else "+∞" for v in (low, high)) + "]"
 
 
 def fence(text: str, lang: str = "text") -> str:

@@ -15,11 +15,20 @@ never scores a choice on what made it:
     value on the validation text favours it on any text. Each seed's score is therefore its run at
     the value chosen on the *other* seeds (leave one seed out), and Δ for that seed is its arm's score
     minus the reference arm's, each at its own such value.
-The t interval over the seeds' Δ and Holm's correction over the arms are then those of every other
-table (analysis/stats.py). What they estimate is the tuning procedure (pick the best of these values
-on the other seeds), not one fixed value; when every leave-one-out choice is the overall best value
-(`stable`), it is the comparison at the best values the table names. With one seed no seed can be
-left out: the choice and the score share it, and there is no interval.
+The seeds' Δ are then not independent (each seed's choice saw every other seed: simulated under no
+difference, Student t over them said "yes" 9-16% of the time at 5%, more with more seeds), so p and
+the interval come from a swap test instead (swap_effect): under "the arm makes no difference" the two
+arms' runs of one seed are exchangeable, so swapping them within any set of seeds, choosing again and
+recomputing the mean Δ gives the statistic's exact null distribution (every one of the 2^n swaps up to
+SWAP_ALL_UP_TO seeds, a fixed random sample beyond). The 95% interval is every shift δ of the arm's
+scores that the test does not reject: a constant added to all of an arm's runs of a seed moves no
+choice, so each swap's mean Δ is linear in δ and the interval is exact too. The smallest p is 2 / 2^n
+(the identity and the swap of every seed), so a verdict needs at least 6 seeds. Holm's correction
+over the arms is that of every other table (analysis/stats.py). What they estimate is the tuning
+procedure (pick the best of these values on the other seeds), not one fixed value; when every
+leave-one-out choice is the overall best value (`stable`), it is the comparison at the best values the
+table names. With one seed no seed can be left out: the choice and the score share it, and there is
+no test.
 """
 from __future__ import annotations
 
@@ -28,7 +37,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from analysis.stats import family_verdicts, mean_ci, seed_level_effect
+from analysis.stats import ALPHA, SeedEffect, family_verdicts, mean_ci
 from analysis.tables import Experiment, arm_labels, done_runs, ordered_arms
 
 VAL, TEST = "final_val_bpb", "final_test_bpb"
@@ -70,8 +79,29 @@ def choose(val: pd.DataFrame, seeds: list[int]) -> str | None:
     """The value with the lowest mean validation score over `seeds`, among those all of them finished."""
     if not seeds:
         return None
-    means = val.loc[seeds].mean(axis=0, skipna=False).dropna()
-    return None if means.empty else str(means.idxmin())
+    index = int(value_choice(val.loc[seeds].to_numpy(dtype=float)))
+    return None if index < 0 else str(val.columns[index])
+
+
+def value_choice(val: np.ndarray) -> np.ndarray:
+    """(..., seeds, values) validation scores -> (...,) the index of the value with the lowest mean
+    over those seeds among the values every one of them finished (the first on a tie), -1 if none."""
+    means = val.mean(axis=-2)                                                   # NaN where a seed did not finish
+    finite = np.isfinite(means)
+    return np.where(finite.any(axis=-1), np.where(finite, means, np.inf).argmin(axis=-1), -1)
+
+
+def loo_scores(val: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """(..., seeds, values) -> (..., seeds): each seed's score at the value chosen on the other seeds
+    (on itself when it is the only one); NaN where there is no choice or that run did not finish."""
+    n = val.shape[-2]
+    out = np.full(val.shape[:-1], np.nan)
+    for s in range(n):
+        others = [o for o in range(n) if o != s] or [s]
+        choice = value_choice(val[..., others, :])                             # (...,)
+        picked = np.take_along_axis(score[..., s, :], np.maximum(choice, 0)[..., None], axis=-1)[..., 0]
+        out[..., s] = np.where(choice >= 0, picked, np.nan)
+    return out
 
 
 def edge(exp: Experiment, value: str | None) -> str:
@@ -131,21 +161,87 @@ def loo_choices(val: pd.DataFrame) -> dict[int, str | None]:
 def seed_scores(exp: Experiment, arm: str) -> pd.Series:
     """Seed -> that seed's score at the value chosen without it (NaN where that run did not finish)."""
     val, score = matrices(exp, arm)
-    out = {s: (score.loc[s, c] if c is not None else math.nan) for s, c in loo_choices(val).items()}
-    return pd.Series(out, dtype=float)
+    return pd.Series(loo_scores(val.to_numpy(dtype=float), score.to_numpy(dtype=float)), index=val.index)
+
+
+# -- the comparison: a swap test, since each seed's choice saw the other seeds ----------------------
+SWAP_ALL_UP_TO = 12   # seeds: all 2^n swaps (4,096) up to here; beyond, the identity and SWAP_SAMPLE more
+SWAP_SAMPLE = 4095    # drawn with a fixed seed, so a report reads the same every time
+
+
+def swaps(n: int) -> np.ndarray:
+    """(patterns, n) bool, True = that seed's two runs swapped; row 0 is the identity."""
+    if n <= SWAP_ALL_UP_TO:
+        return (np.arange(2 ** n)[:, None] >> np.arange(n)) & 1 == 1
+    drawn = np.random.default_rng(0).integers(0, 2, (SWAP_SAMPLE, n)) == 1
+    return np.vstack([np.zeros((1, n), bool), drawn])
+
+
+def swap_effect(arm: tuple[np.ndarray, np.ndarray], reference: tuple[np.ndarray, np.ndarray],
+                alpha: float = ALPHA) -> SeedEffect:
+    """Mean Δ = arm − reference over seeds, each scored at its leave-one-out choice, with the swap
+    test's two-sided p and the interval of shifts it does not reject (see the module docstring).
+    arm, reference: (validation, score) as seeds x values arrays, NaN where a run did not finish."""
+    n = arm[0].shape[0]
+    swapped = swaps(n)[:, :, None]                                            # (P, n, 1)
+    side = [tuple(np.where(swapped, r, a) for a, r in zip(arm, reference)),
+            tuple(np.where(swapped, a, r) for a, r in zip(arm, reference))]
+    deltas = loo_scores(*side[0]) - loo_scores(*side[1])                      # (P, n)
+    finite = np.isfinite(deltas)
+    seeds, count = finite[0], finite.sum(axis=1)
+    if seeds.sum() < 2:
+        mean = float(deltas[0, seeds].mean()) if seeds.any() else math.nan
+        return SeedEffect(int(seeds.sum()), 1, mean, math.nan, math.nan, math.nan, 0, math.nan, seeds, np.ones(1, bool))
+    keep = count > 0
+    means = np.where(finite, deltas, 0).sum(axis=1)[keep] / count[keep]      # each swap's mean Δ at δ = 0
+    slopes = np.where(finite, np.where(swapped[:, :, 0], -1.0, 1.0), 0).sum(axis=1)[keep] / count[keep]
+    low, high = shift_interval(means, slopes, alpha)
+    p = swap_p(means, slopes, 0.0)
+    return SeedEffect(int(seeds.sum()), 1, float(means[0]), math.nan, low, high, int(seeds.sum()) - 1, p, seeds,
+                      np.ones(1, bool))
+
+
+def swap_p(means: np.ndarray, slopes: np.ndarray, delta: float | np.ndarray) -> np.ndarray:
+    """Two-sided p of 'the arm's scores are the reference's shifted by delta': the share of swaps whose
+    |mean Δ - delta · slope| reaches the observed one (row 0). Each swap's mean Δ moves by -slope · delta."""
+    d = np.asarray(delta, dtype=float)[..., None]
+    stat = np.abs(means - d * slopes)
+    return ((stat >= stat[..., :1] * (1 - 1e-12)).sum(axis=-1) / len(means))[()]
+
+
+def shift_interval(means: np.ndarray, slopes: np.ndarray, alpha: float) -> tuple[float, float]:
+    """The shifts delta the swap test does not reject at alpha (p > alpha), as [low, high]; ±inf where
+    no shift is rejected on that side (too few seeds). p only changes where a swap's |statistic| meets
+    the observed one, so it is read at those points and between them."""
+    m0 = means[0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cuts = np.concatenate([(m0 - means) / (1 - slopes), (m0 + means) / (1 + slopes)])
+    cuts = np.unique(cuts[np.isfinite(cuts)])
+    spread = max(1.0, float(np.abs(cuts).max(initial=0.0)))
+    points = np.concatenate([cuts, (cuts[1:] + cuts[:-1]) / 2, [m0, cuts.min(initial=m0) - spread,
+                                                                cuts.max(initial=m0) + spread]])
+    p = np.concatenate([swap_p(means, slopes, chunk) for chunk in np.array_split(points, len(points) // 256 + 1)])
+    kept = points[p > alpha]
+    low = -math.inf if kept.min() < cuts.min(initial=m0) else float(kept.min())
+    high = math.inf if kept.max() > cuts.max(initial=m0) else float(kept.max())
+    return low, high
 
 
 def tuned_effects(exp: Experiment) -> pd.DataFrame:
     """Each arm vs the reference arm, each at its own leave-one-seed-out best value, paired by seed:
-    the t interval over seeds and Holm over the arms, in the columns of analysis/effects.py."""
+    the swap test's p and interval (swap_effect) and Holm over the arms, in the columns of
+    analysis/effects.py."""
     order = arm_order(exp)
     if len(order) < 2:
         return pd.DataFrame()
-    reference = seed_scores(exp, order[0])
+
+    def runs(arm: str) -> tuple[np.ndarray, np.ndarray]:
+        return tuple(m.to_numpy(dtype=float) for m in matrices(exp, arm))
+
+    reference = runs(order[0])
     rows, effects = [], []
     for arm in order[1:]:
-        delta = (seed_scores(exp, arm) - reference).to_numpy()
-        e = seed_level_effect(delta)
+        e = swap_effect(runs(arm), reference)
         effects.append(e)
         rows.append({"comparison": f"{arm} vs {order[0]}", "n_seeds": e.n_seeds, "n_settings": 1,
                      "mean_delta": e.mean, "ci_low": e.low, "ci_high": e.high, "p": e.p, "left_out": ""})

@@ -53,14 +53,71 @@ def test_each_variant_gets_its_best_value_and_the_edge_is_flagged(tmp_path):
 
 
 def test_the_comparison_is_on_test_scores_at_each_variants_own_value(tmp_path):
-    exp = load_experiment(tuned_experiment(tmp_path, test_offset=0.02))
+    exp = load_experiment(tuned_experiment(tmp_path, seeds=range(6), test_offset=0.02))
     effects = tuning.tuned_effects(exp)
     runs = exp.runs.set_index(["variant", "seed"])
     want = np.mean([runs.loc[("post, lr=0.01", s), "final_test_bpb"] - runs.loc[("baseline, lr=0.003", s), "final_test_bpb"]
-                    for s in range(4)])
+                    for s in range(6)])
     assert effects.loc[0, "comparison"] == "post vs baseline"
     assert effects.loc[0, "mean_delta"] == pytest.approx(want)
-    assert effects.loc[0, "n_seeds"] == 4 and bool(effects.loc[0, "significant"])
+    # every seed's Δ is negative: only the identity and the swap of all six seeds reach it, p = 2 / 64
+    assert effects.loc[0, "n_seeds"] == 6 and effects.loc[0, "p"] == pytest.approx(2 / 64)
+    assert bool(effects.loc[0, "significant"]) and effects.loc[0, "ci_high"] < 0
+
+
+def test_with_four_seeds_the_swap_test_cannot_say_yes(tmp_path):
+    """The same clear difference: 4 seeds have 16 swaps, so p is at least 2 / 16 and the interval open."""
+    effects = tuning.tuned_effects(load_experiment(tuned_experiment(tmp_path, seeds=range(4))))
+    assert effects.loc[0, "p"] == pytest.approx(2 / 16) and not bool(effects.loc[0, "significant"])
+    assert effects.loc[0, "ci_low"] == -np.inf and effects.loc[0, "ci_high"] == np.inf
+    text = build_report(load_experiment(tmp_path / "tuned"), PlotSet())
+    assert "[−∞, +∞]" in text and "needs at least 6 seeds" in text
+
+
+def sign_flips(n: int) -> np.ndarray:
+    return 1 - 2 * ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1)
+
+
+def test_with_one_value_the_swap_test_is_the_paired_sign_flip_test():
+    """Nothing to choose: swapping a seed's runs flips the sign of its Δ. p and the interval against
+    a direct sign-flip test and a grid inversion of it."""
+    rng = np.random.default_rng(3)
+    a, r = rng.normal(0.7, 1, (7, 1)), rng.normal(0, 1, (7, 1))
+    e = tuning.swap_effect((a, a), (r, r))
+    d = (a - r)[:, 0]
+    assert e.mean == pytest.approx(d.mean())
+    assert e.p == pytest.approx(np.mean(np.abs((sign_flips(7) * d).mean(1)) >= abs(d.mean()) * (1 - 1e-12)))
+    grid = np.linspace(d.mean() - 4, d.mean() + 4, 8001)
+    p = [np.mean(np.abs((sign_flips(7) * (d - g)).mean(1)) >= abs((d - g).mean()) * (1 - 1e-12)) for g in grid]
+    accepted = grid[np.array(p) > 0.05]
+    assert e.low == pytest.approx(accepted.min(), abs=2e-3) and e.high == pytest.approx(accepted.max(), abs=2e-3)
+
+
+def simulated(rng, n: int, shift: float, values: int = 4):
+    """Two arms with no difference but `shift`: per seed a level, a seed x value interaction the choice
+    can chase, and test scores that share it."""
+    arms = []
+    for _ in range(2):
+        val = rng.normal(0, 1, (n, 1)) + rng.normal(0, 1, (n, values))
+        arms.append((val, val + rng.normal(0, 0.3, (n, values))))
+    return (arms[0][0] + shift, arms[0][1] + shift), arms[1]
+
+
+def test_the_swap_test_holds_its_level_where_a_t_test_over_seeds_did_not():
+    from analysis.stats import seed_level_effect
+    rng, trials = np.random.default_rng(11), 400
+    swap_yes = t_yes = covered = 0
+    for _ in range(trials):
+        arm, reference = simulated(rng, n=6, shift=0.0)
+        e = tuning.swap_effect(arm, reference)
+        swap_yes += e.p < 0.05
+        t_yes += seed_level_effect(tuning.loo_scores(*arm) - tuning.loo_scores(*reference)).p < 0.05
+        arm, reference = simulated(rng, n=6, shift=0.4)
+        e = tuning.swap_effect(arm, reference)
+        covered += e.low <= 0.4 <= e.high
+    assert swap_yes / trials <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / trials)     # its level, within sampling error
+    assert t_yes > swap_yes                                                   # the t test over Δ runs hot here
+    assert covered / trials >= 0.95 - 2 * np.sqrt(0.05 * 0.95 / trials)
 
 
 def test_a_seed_is_scored_at_the_value_the_other_seeds_chose(tmp_path):
