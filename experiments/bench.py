@@ -19,7 +19,8 @@
    between steps (a sync per step would time the launch queue draining, not the step).
 
 Timings on a shared machine vary by ~10%: compare rows of one invocation; the load average is printed.
-`--without` adds rows with one optimisation switched off, for before/after in the same invocation;
+`--breakdown` profiles a few more steps and prints where they go (matmuls, attention, norms, casts,
+optimizer, between ops; experiments/step_profile.py). `--without` adds rows with one optimisation switched off, for before/after in the same invocation;
 the kernel and optimizer switches are timed step by step in turn with the base row in one process.
 """
 from __future__ import annotations
@@ -37,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from experiments import interrupts
+from experiments import interrupts, step_profile
 
 from experiments.datasheets import datasheet_peak
 from components.kernels.settings import BF16_KERNELS
@@ -215,6 +216,8 @@ def measure(cfg: dict[str, Any]) -> dict[str, Any]:
     for i in range(cfg["steps"]):
         clock.time(("batch",), lambda: trainer.batches.batch("train", i))
     measured = clock.seconds()
+    breakdown = (step_profile.profile_steps(trainer.train_step, cfg["breakdown"], device.type == "cuda")
+                 if cfg.get("breakdown") else None)
     times, batch_times = {v: measured[v] for v in variants}, measured[("batch",)]
     model = trainer.model
     peak_mem = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
@@ -230,7 +233,8 @@ def measure(cfg: dict[str, Any]) -> dict[str, Any]:
         q = statistics.quantiles(ts, n=4) if len(ts) > 1 else [ts[0]] * 3
         # one process: its peak memory is the largest variant's, so only the first row reports it
         results[variant or "-"] = common | {"step_s": statistics.median(ts), "step_iqr_s": q[2] - q[0],
-                                             "peak_mem_mb": peak_mem if variant == cfg["without"] else None}
+                                             "peak_mem_mb": peak_mem if variant == cfg["without"] else None,
+                                             "breakdown": breakdown if variant == cfg["without"] else None}
     return results
 
 
@@ -329,6 +333,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--without", nargs="+", default=[], choices=sorted(KNOBS),
                    help="also time each float32 combination with this optimisation off: " +
                         "; ".join(f"{k}: {v}" for k, v in KNOBS.items()))
+    p.add_argument("--breakdown", type=int, nargs="?", const=5, default=0, metavar="STEPS",
+                   help="also profile STEPS (default 5) more steps of each combination and print where the time "
+                        "goes: matmuls, attention, norms, casts, optimizer, ... (experiments/step_profile.py)")
     p.add_argument("--no-fixed-cost", action="store_true", help="skip the per-run fixed cost measurement")
     p.add_argument("--csv", help="write the table here too")
     p.add_argument("--measure", help=argparse.SUPPRESS)       # worker modes: a JSON config
@@ -353,7 +360,8 @@ def combos(args: argparse.Namespace, device, precisions: list[str]) -> list[dict
                                     "corpus": args.corpus, "device": args.device,
                                     "tokenizer": args.tokenizer or ("gpt2" if preset == "gpt2-124m" else "char"),
                                     "batch_size": args.batch_size or BATCH_SIZE.get(preset, 32),
-                                    "steps": args.steps, "warmup": args.warmup, "threads": args.threads})
+                                    "steps": args.steps, "warmup": args.warmup, "threads": args.threads,
+                                    "breakdown": args.breakdown})
     return out
 
 
@@ -424,7 +432,7 @@ def time_combos(args: argparse.Namespace, device, precisions: list[str], peaks: 
     for cfg in combos(args, device, precisions):
         if cfg["precision"] == "bf16" and not bf16_fast:
             # emulated bf16 runs ~20-100x slower than float32: a few steps show it
-            cfg |= {"steps": min(cfg["steps"], 3), "warmup": min(cfg["warmup"], 1)}
+            cfg |= {"steps": min(cfg["steps"], 3), "warmup": min(cfg["warmup"], 1), "breakdown": min(cfg["breakdown"], 2)}
             print(f"  note: no bf16 matrix units here; {cfg['preset']} bf16 is timed over {cfg['steps']} steps only")
         results, _ = in_subprocess("measure", cfg)
         for variant, result in results.items():
@@ -435,6 +443,9 @@ def time_combos(args: argparse.Namespace, device, precisions: list[str], peaks: 
                   f"peak" + (f", {sheet:.3f} of the datasheet's" if sheet else "")
                   + (f"; {watch['compile_graphs']} graph(s), {watch['eager_steps']} step(s) uncompiled" if watch else ""),
                   flush=True)
+            if result.get("breakdown"):
+                print(step_profile.format_breakdown(f"  {cfg['preset']} {cfg['precision']} without={variant}",
+                                                    result["breakdown"]), flush=True)
     return rows
 
 

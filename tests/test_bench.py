@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import time
 
 import pytest
 import torch
@@ -110,3 +111,38 @@ def test_runtime_knobs_switch_one_kernel_off_each():
         assert settings.current() == before
     finally:
         settings.configure(before)
+
+
+def test_the_breakdown_sorts_ops_into_kinds_and_keeps_the_rest_between_ops():
+    import torch
+
+    from experiments import step_profile
+    kinds = {name: step_profile.kind_of(name) for name in (
+        "aten::addmm", "_HeadsAttentionBackward", "aten::native_layer_norm_backward", "aten::_fused_adamw_",
+        "aten::linalg_vector_norm", "aten::copy_", "AddmmBackward0", "autograd::engine::evaluate_function: MmBackward0",
+        "_TanhGELU", "aten::sum", "aten::view")}
+    assert kinds == {"aten::addmm": "matmul", "_HeadsAttentionBackward": "attention",
+                     "aten::native_layer_norm_backward": "norms", "aten::_fused_adamw_": "optimizer + clipping",
+                     "aten::linalg_vector_norm": "optimizer + clipping", "aten::copy_": "casts + copies",
+                     "AddmmBackward0": step_profile.FRAMEWORK_KIND,
+                     "autograd::engine::evaluate_function: MmBackward0": step_profile.FRAMEWORK_KIND,
+                     "_TanhGELU": "activation + dropout", "aten::sum": "reductions (bias gradients)",
+                     "aten::view": step_profile.FRAMEWORK_KIND}
+    a = torch.randn(256, 256)
+
+    def step():
+        torch.mm(a, a)
+        time.sleep(0.005)  # Python between ops: in no op's self time
+
+    profile = step_profile.profile_steps(step, steps=3, cuda=False)
+    assert profile["kinds"]["matmul"] > 0 and profile["top"][0][1] == "matmul"
+    assert profile["kinds"][step_profile.BETWEEN_OPS] >= 4.5
+    assert sum(profile["kinds"].values()) == pytest.approx(profile["step_ms"])
+    assert "between ops" in step_profile.format_breakdown("tiny", profile)
+
+
+def test_bench_prints_a_breakdown_per_combination(capsys):
+    assert bench.main(["--preset", "tiny", "--steps", "1", "--warmup", "1", "--batch-size", "4", "--threads", "1",
+                       "--device", "cpu", "--precision", "fp32", "--no-fixed-cost", "--breakdown", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "tiny fp32 without=-:" in printed and "ms per profiled step" in printed and "  matmul " in printed
