@@ -22,7 +22,8 @@ from analysis.tables import Experiment, done_runs
 
 EFFECT_COLUMNS = ["factor", "level", "reference", "comparison", "metric", "n_seeds", "n_settings",
                   "n_pairs", "mean_delta", "std_delta", "ci_low", "ci_high", "df", "p", "p_holm",
-                  "significant", "left_out"]
+                  "significant", "left_out", "unfinished"]
+ENDED = ("diverged", "failed")  # runs that ended without a final score
 
 
 class Factor(NamedTuple):
@@ -129,6 +130,20 @@ def _left_out(matrix: pd.DataFrame, e: SeedEffect) -> str:
     return "; ".join(seeds + settings)
 
 
+def unfinished(exp: Experiment, column: str, levels: tuple[str, str], others: list[Factor],
+               setting: str | None = None) -> str:
+    """The runs at either of `levels` of `column` (in `setting` of the others, if given) that ended
+    without finishing, e.g. 'post seed 2 diverged' ('' if none). Their seeds have no pair, so the
+    comparison is of the seeds that survived: a level that diverges more often can look better."""
+    runs = exp.runs
+    if column not in runs.columns:
+        return ""
+    ended = runs[runs["status"].isin(ENDED) & runs[column].isin(levels)]
+    if setting is not None and len(ended):
+        ended = ended[[s == setting for s in _settings(ended, others)]]
+    return "; ".join(f"{r.variant} seed {int(r.seed)} {r.status}" for r in ended.itertuples())
+
+
 def _family(results: list[tuple[dict[str, Any], SeedEffect]],
             columns: list[str] = EFFECT_COLUMNS) -> pd.DataFrame:
     """The rows of one table, with Holm-adjusted p values and verdicts over all of them."""
@@ -147,9 +162,9 @@ def paired_effects(exp: Experiment, metric: str = "final_val_bpb") -> pd.DataFra
     for factor in factors(exp):
         for level in factor.levels[1:]:
             d = deltas[(deltas["factor"] == factor.name) & (deltas["level"] == level)]
-            results.append(_comparison(factor.name, level, factor.reference,
-                                       comparison_label(factor.name, level, factor.reference),
-                                       metric, d))
+            row, e = _comparison(factor.name, level, factor.reference,
+                                 comparison_label(factor.name, level, factor.reference), metric, d)
+            results.append(({**row, "unfinished": unfinished(exp, factor.column, (level, factor.reference), [])}, e))
     return _family(results)
 
 
@@ -173,7 +188,8 @@ def simple_effects(exp: Experiment, metric: str = "final_val_bpb") -> pd.DataFra
                 label = f"{comparison_label(factor.name, level, factor.reference)} (at {where})"
                 row, e = _comparison(factor.name, level, factor.reference, label, metric,
                                      d[d["setting"] == where])
-                results.append(({**row, "setting": where}, e))
+                results.append(({**row, "setting": where, "unfinished": unfinished(
+                    exp, factor.column, (level, factor.reference), others, where)}, e))
     return _family(results, cols)
 
 
@@ -185,8 +201,8 @@ def consecutive_effects(exp: Experiment, metric: str = "final_val_bpb") -> pd.Da
     results = []
     for before, after in zip(exp.variants, exp.variants[1:]):
         pairs = _pairs(done, "named_variant", others, after, before, metric)
-        results.append(_comparison("variant", after, before,
-                                   comparison_label("variant", after, before), metric, pairs))
+        row, e = _comparison("variant", after, before, comparison_label("variant", after, before), metric, pairs)
+        results.append(({**row, "unfinished": unfinished(exp, "named_variant", (after, before), others)}, e))
     return _family(results)
 
 

@@ -226,6 +226,31 @@ def test_grid_diverged_run_leaves_out_a_seed_or_a_setting(tmp_path: Path) -> Non
     assert main.loc[("model.block", "a1"), "mean"] == pytest.approx(2.125)  # 2.10, 2.15
     text = build_report(exp, PlotSet())
     assert "model.block: a2 vs a1: seed 1; model.norm: b2 vs b1: seed 1." in text
+    # and why: the run that ended without a score is named beside the comparisons it touches
+    diverged = exp.runs.loc[exp.runs["status"] == "diverged", "variant"].item()
+    assert set(effects["unfinished"]) == {f"{diverged} seed 1 diverged"}
+    simple = simple_effects(exp).set_index("comparison")["unfinished"]
+    assert simple["model.block: a2 vs a1 (at model.norm=b2)"] == f"{diverged} seed 1 diverged"
+    assert simple["model.block: a2 vs a1 (at model.norm=b1)"] == ""
+
+
+def test_a_variant_that_diverged_is_flagged_beside_its_verdict(tmp_path: Path) -> None:
+    """post diverges on seed 2; on the seeds that survive it looks clearly better."""
+    runs = [Run("baseline", s, 1.50 + 0.01 * s) for s in range(3)] + \
+           [Run("post", s, 1.40 + 0.01 * s + 0.001 * (s == 1), status="diverged" if s == 2 else "done")
+            for s in range(3)] + [Run("pre", s, 1.50 + 0.01 * s - 0.002 * (s == 1)) for s in range(3)]
+    exp = load_experiment(build_experiment(tmp_path, "d", runs, variants=["baseline", "post", "pre"],
+                                           baseline="baseline"))
+    effects = paired_effects(exp).set_index("level")
+    assert effects.loc["post", "n_seeds"] == 2 and effects.loc["post", "unfinished"] == "post seed 2 diverged"
+    assert effects.loc["pre", "unfinished"] == ""
+    consecutive = consecutive_effects(exp).set_index("level")
+    assert consecutive.loc["post", "unfinished"] == consecutive.loc["pre", "unfinished"] == "post seed 2 diverged"
+    text = build_report(exp, PlotSet())
+    assert "**Runs that did not finish** (marked † above)" in text and "post vs baseline: post seed 2 diverged" in text
+    post_row = next(line for line in text.splitlines() if line.startswith("| post vs baseline |"))
+    pre_row = next(line for line in text.splitlines() if line.startswith("| pre vs baseline |"))
+    assert post_row.endswith(" † |") and not pre_row.endswith(" † |")
 
 
 def test_numeric_axis_values_match_the_plan(tmp_path: Path) -> None:
