@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from experiments.schema import TRAIN
 from registry import SpecError
 
 
@@ -63,6 +64,8 @@ def bind(run: Any, dataset: Any, params: int, flops_per_token: int) -> None:
     kind = next(iter(train.budget))
     steps = derived_steps(train.budget, step_cost(kind, per_step, train_bytes_per_token(dataset),
                                                   flops_per_token, params))
+    if (problem := TRAIN["steps"].problem(steps, f"the steps that train.budget = {train.budget} gives {run.variant}")):
+        raise SpecError(f"{problem}: a smaller budget, or a larger batch")
     if problem := warmup_too_long(train.warmup, steps, f" under its budget {train.budget} ({run.variant})"):
         raise SpecError(problem)
     run.train = dataclasses.replace(train, steps=steps, warmup=warmup_steps(train.warmup, steps))

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from experiments import interrupts
 
 from components.tokenizer import Tokenizer
-from experiments.files import atomic_write
+from experiments.files import atomic_write, not_a_file
 from experiments.schema import DATA
 from registry import CORPUS, TOKENIZER, SpecError
 
@@ -135,13 +135,14 @@ class FileCorpus(Corpus):
 
     def read(self) -> bytes:
         where = f"data.corpus = {self.name!r}"
-        if self.path.is_dir():
-            raise SpecError(f"{where} is a folder; give the path of one UTF-8 text file")
+        why = not_a_file(self.path)
+        if why == "does not exist":
+            raise SpecError(f"{where}: no such file ({self.path.absolute()}); give the path of a "
+                            f"UTF-8 text file or a corpus name ({', '.join(CORPUS.names())})")
+        if why:
+            raise SpecError(f"{where} {why}; give the path of one UTF-8 text file")
         try:
             return self.path.read_bytes()
-        except FileNotFoundError:
-            raise SpecError(f"{where}: no such file ({self.path.absolute()}); give the path of a "
-                            f"UTF-8 text file or a corpus name ({', '.join(CORPUS.names())})") from None
         except OSError as e:
             raise SpecError(f"{where} cannot be read: {e.strerror}") from None
 

@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 import socket
+import stat
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -76,6 +77,20 @@ FILESYSTEM_PROBLEMS = {  # errno -> (what happened, what to do)
 def storage_failed(err: BaseException) -> bool:
     """Whether `err` says the disk cannot take more (full, over quota, read-only): every later write fails too."""
     return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def not_a_file(path: Path) -> str | None:
+    """Why `path` is not a regular file to read ('does not exist', 'is a folder', ...), or None when it
+    is one. Reading a FIFO would wait forever and a device (/dev/zero) would never end."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "is a link that leads nowhere" if path.is_symlink() else "does not exist"
+    except OSError as err:  # a link loop, a path through a file, no permission on a folder above
+        return f"cannot be reached ({err.strerror or err})"
+    if stat.S_ISDIR(mode):
+        return "is a folder"
+    return None if stat.S_ISREG(mode) else "is not a regular file (a pipe, a device or a socket)"
 
 
 def os_error_message(err: OSError, results: Path) -> str:

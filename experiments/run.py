@@ -26,6 +26,7 @@ from experiments import ddp, files, metrics, overrides
 from experiments.records import (rebuild_runs_csv, report_is_stale, runs_not_in_plan, start_experiment, text_table,
                                  write_report)
 from experiments.runner import Interrupted, Runner, bind_data, dry_run_table
+from experiments.schema import TRAIN
 from experiments.search import cli as search_cli
 from experiments.spec import RunSpec
 from registry import SpecError, catalogue
@@ -80,6 +81,9 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
         print("error: give a spec file, e.g. python -m experiments.run specs/quickstart.yaml", file=sys.stderr)
         return 2
     try:
+        device_problem = args.device and TRAIN["device"].problem(args.device, "--device")
+        if device_problem:
+            raise SpecError(device_problem)
         spec, original, changes = overrides.load_spec_with(args.spec, args.overrides)
         spec_text = overrides.spec_record(args.spec, original, changes, argv)
         if args.dry_run and changes:
@@ -95,6 +99,11 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
         return 2
     runs = [r for r in spec.runs if not args.only or fnmatch.fnmatch(r.run_id, args.only)
             or fnmatch.fnmatch(r.variant, args.only)]
+    if not runs:  # before anything is written: a typo in the glob should not look like a finished experiment
+        names = sorted({r.variant for r in spec.runs})
+        print(f"error: --only = {args.only!r} matches no run id or variant; the variants are "
+              f"{', '.join(names[:20])}{' ...' if len(names) > 20 else ''} (run ids: --dry-run)", file=sys.stderr)
+        return 2
     if args.dry_run:
         print(dry_run_table(runs, datasets))
         return 0

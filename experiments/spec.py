@@ -119,7 +119,7 @@ def parse_spec(raw: Any) -> Spec:
         problems.append(problem)
     seeds = raw.get("seeds", TOP["seeds"].default)
     if (problem := TOP["seeds"].problem(seeds, "seeds")) or not seeds or len(set(map(str, seeds))) != len(seeds):
-        problems.append(problem or TOP["seeds"].problem(None, "seeds"))
+        problems.append(problem or f"seeds = {brief(seeds)} must be {TOP['seeds'].describe()}")
         seeds = TOP["seeds"].default
     base = {s: section(raw, s, problems) for s in SECTIONS}
     grid = checked_grid(mapping(raw, "grid", problems), problems)
@@ -145,6 +145,9 @@ def checked_grid(grid: dict, problems: list[str]) -> dict:
         problem = key_problem(str(key), "grid")
         if not isinstance(values, list) or not values:
             problem = problem or f"grid.{cut(key)} = {brief(values)} must be a non-empty list of values"
+        elif len({json.dumps(v, sort_keys=True, default=str) for v in values}) < len(values):
+            problem = problem or (f"grid.{cut(key)} = {brief(values)} lists a value twice: each value must "
+                                  "appear once (the same value twice would be the same runs)")
         if problem:
             problems.append(problem)
             del grid[key]
@@ -236,7 +239,7 @@ def points(grid: dict, variants: dict, linked: dict | None = None) -> list[tuple
 
 
 def expand(experiment: str, seeds: list[int], base: dict, grid: dict, variants: dict, linked: dict | None = None):
-    runs, problems = [], []
+    runs, problems, made_by = [], [], {}
     for variant, axes, overrides in points(grid, variants, linked):
         tree = copy.deepcopy(base)
         for key, value in overrides.items():
@@ -248,6 +251,12 @@ def expand(experiment: str, seeds: list[int], base: dict, grid: dict, variants: 
         for seed in seeds:
             run = RunSpec(experiment, variant, axes, seed, **resolved)
             run.run_id = run_id(run)
+            if run.run_id in made_by:  # two names for one run: its results would answer to both
+                if seed == seeds[0]:
+                    problems.append(f"{made_by[run.run_id]} and {variant} are the same run (every setting "
+                                    "equal): make them differ, or drop one")
+                continue
+            made_by[run.run_id] = variant
             runs.append(run)
     # Seed outer: every variant's seed 0 first, so a full single-seed comparison exists early.
     runs.sort(key=lambda r: seeds.index(r.seed))
@@ -262,6 +271,10 @@ def resolve(tree: dict) -> tuple[dict[str, Any], list[str]]:
     train, model, data = resolved["train"], resolved["model"], resolved["data"]
     if is_number(train["lr"]) and train["min_lr"] is None:
         train["min_lr"] = 0.1 * train["lr"]
+    if (all(TRAIN[k].valid(train[k]) for k in ("lr", "min_lr", "schedule")) and train["schedule"] != "constant"
+            and train["min_lr"] > train["lr"]):
+        problems.append(f"train.min_lr = {train['min_lr']} is above train.lr = {train['lr']}: the {train['schedule']} "
+                        "schedule decays from lr to min_lr, so min_lr must be at most lr")
     resolve_budget(tree.get("train", {}), train, problems)
     if train["checkpoint_every"] is None:
         train["checkpoint_every"] = train["eval_every"]

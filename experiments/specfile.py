@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from experiments.files import not_a_file
 from experiments.schema import LIMITS
 from registry import SpecError, brief
 
@@ -57,8 +58,8 @@ def read_yaml(path: str | Path) -> Any:
     """A spec file's document as plain data (mappings, lists, strings, numbers, booleans, null);
     a SpecError for anything else."""
     path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"spec file {brief(str(path))} {'is a folder' if path.is_dir() else 'does not exist'}")
+    if why := not_a_file(path):
+        raise SpecError(f"spec file {brief(str(path))} {why}")
     limit = LIMITS["spec_bytes"]
     try:
         with open(path, "rb") as f:
@@ -68,7 +69,13 @@ def read_yaml(path: str | Path) -> Any:
     if len(data) > limit:
         raise SpecError(f"{path} is larger than {limit:,} bytes: a spec is a short YAML file (a grid of "
                         "thousands of runs fits in a few lines), so this is not one")
-    raw = parse(data.decode("utf-8", errors="replace"), path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise SpecError(f"{brief(str(path))} is not UTF-8 text: byte 0x{data[err.start]:02X} at offset {err.start} "
+                        f"(line {line}); save the spec as UTF-8") from None
+    raw = parse(text, path)
     if raw is None:
         raise SpecError(f"{path} is empty: a spec needs at least 'experiment' (see specs/quickstart.yaml)")
     if count_values(raw, LIMITS["spec_values"]) > LIMITS["spec_values"]:

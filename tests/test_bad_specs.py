@@ -1,5 +1,6 @@
 """Every spec in tests/bad_specs/ fails cleanly: exit 2, one message naming the field, no traceback,
 nothing created under the results folder. Each file's first line says what the message must contain."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +58,44 @@ def test_every_bad_spec_is_refused_without_a_memory_blow_up(tmp_path):
     assert codes == "{2" and "Traceback" not in proc.stderr
     assert peak_kb < 1 << 20, f"peak memory {peak_kb >> 10} MiB"
     assert not (tmp_path / "r").exists()
+
+
+def refused(capsys, argv, results) -> str:
+    """main(argv): exit 2, one 'error: ' paragraph, no traceback, nothing under `results`."""
+    assert main([*map(str, argv), "--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err and err.count("\n") == 1
+    assert not results.exists()
+    return err
+
+
+def test_a_spec_that_is_not_utf8_is_refused_with_where(tmp_path, capsys):
+    spec = tmp_path / "latin1.yaml"
+    spec.write_bytes(b"experiment: x\nsample: {prompt: \"caf\xe9\"}\n")
+    err = refused(capsys, [spec], tmp_path / "r")
+    assert "is not UTF-8 text: byte 0xE9 at offset 35 (line 2)" in err
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dangling link"])
+def test_a_spec_or_corpus_that_is_not_a_regular_file_is_refused_without_waiting(tmp_path, capsys, kind):
+    target = tmp_path / "odd"
+    if kind == "fifo":
+        os.mkfifo(target)  # reading it would wait forever
+    else:
+        target.symlink_to(tmp_path / "nowhere")
+    why = "is not a regular file" if kind == "fifo" else "is a link that leads nowhere"
+    assert why in refused(capsys, [target], tmp_path / "r")
+    assert why in refused(capsys, [BAD[0].parent.parent.parent / "specs" / "quickstart.yaml",
+                                   f"data.corpus={target}"], tmp_path / "r")
+
+
+def test_command_line_options_are_checked_like_spec_fields(tmp_path, capsys):
+    quickstart = Path(__file__).parent.parent / "specs" / "quickstart.yaml"
+    assert "--device = 'tpu' must be auto, cpu, cuda, cuda:N or mps" in refused(
+        capsys, [quickstart, "--device", "tpu"], tmp_path / "r")
+    assert "--only = 'zzz*' matches no run id or variant" in refused(
+        capsys, [quickstart, "--only", "zzz*"], tmp_path / "r")
+    search = Path(__file__).parent.parent / "specs" / "search_heads_layers.yaml"
+    for workers in ("0", "100000"):
+        assert f"--workers = {workers} must be an integer from 1 to" in refused(
+            capsys, [search, "--workers", workers], tmp_path / "r")

@@ -73,8 +73,9 @@ def argument_problem(args, exp_dir: Path) -> str | None:
     if getattr(args, "only", None):
         return ("--only does not apply to a search or a grid run as a study: every worker takes the "
                 "next trial the study hands out")
-    if (getattr(args, "workers", 1) or 1) < 1:
-        return f"--workers = {args.workers} must be at least 1"
+    workers, most = getattr(args, "workers", 1), 4 * (os.cpu_count() or 1)  # each a training process
+    if not 1 <= workers <= most:
+        return f"--workers = {workers} must be an integer from 1 to {most} (4 per CPU core of this machine)"
     if has_password(getattr(args, "storage", None)):
         print(f"note: the password in --storage is visible to other users of this machine (ps); set "
               f"{STORAGE_ENV} in the environment instead, or keep it in ~/.pgpass", file=sys.stderr)
@@ -90,7 +91,7 @@ def run_study(plan: Plan, study, datasets: dict) -> int:
             return 130
     started = time.perf_counter()
     print(plan.describe(), flush=True)
-    workers = getattr(plan.args, "workers", 1) or 1
+    workers = getattr(plan.args, "workers", 1)
     if workers > 1:
         code = spawn_workers(plan, workers)
     else:
