@@ -38,10 +38,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from experiments import interrupts, step_profile
+from experiments import files, interrupts, step_profile
 
 from experiments.datasheets import datasheet_peak
+from experiments.schema import AT_LEAST_0, Field, positive_int
 from components.kernels.settings import BF16_KERNELS
+from registry import SpecError
 
 COLUMNS = ["preset", "precision", "impl", "compile", "without", "threads", "batch_size", "step_ms", "step_ms_iqr",
            "tokens_per_s", "gflops", "peak_gflops", "mfu", "datasheet_gflops", "mfu_datasheet", "peak_mem_mb",
@@ -365,7 +367,68 @@ def combos(args: argparse.Namespace, device, precisions: list[str]) -> list[dict
     return out
 
 
+# The options that are counts, under the spec's own rules and wording (experiments/schema.py).
+POSITIVE, NOT_NEGATIVE = positive_int(1, "a count"), Field(0, int, "a count", AT_LEAST_0)
+COUNTS = {"steps": POSITIVE, "warmup": NOT_NEGATIVE, "batch_size": POSITIVE, "threads": POSITIVE,
+          "breakdown": NOT_NEGATIVE}
+
+
+def checked(args: argparse.Namespace) -> tuple[Any, list[str], bool]:
+    """(device, precisions to time, whether it has bf16 units), or a SpecError naming every bad option: checked
+    here, with the spec's own rules and messages, since a worker meets them only after the peaks' timing."""
+    from components.model import PRESETS
+    from experiments import hardware
+    from experiments.runner import bind_data
+    from experiments.schema import TRAIN
+    from experiments.spec import dedupe
+    from registry import brief, choices_hint
+
+    problems = [p for name, rule in COUNTS.items() if getattr(args, name) is not None
+                and (p := rule.problem(getattr(args, name), "--" + name.replace("_", "-")))]
+    problems += [f"--preset = {brief(p)} is not a preset{choices_hint(p, PRESETS, 'presets')}"
+                 for p in args.preset or [] if p not in PRESETS]
+    problems += filter(None, [TRAIN["device"].problem(args.device, "--device"), args.csv and csv_problem(args.csv)])
+    if problems:
+        raise SpecError(problems)
+    device = hardware.resolve_device(hardware.check_device(args.device))  # a device this machine has
+    bf16_fast = hardware.bf16_is_fast(device)
+    precisions = args.precision or (["fp32", "bf16"] if bf16_fast else ["fp32"])
+    runs = []
+    for cfg in combos(args, device, precisions):  # the tokenizer, and anything else a worker's spec refuses
+        try:
+            runs.append(run_spec(cfg))
+        except SpecError as err:
+            problems += err.problems
+    if problems:
+        raise SpecError(dedupe(problems))
+    bind_data(runs, device=args.device)  # the corpus, and whether each model fits the device's memory
+    return device, precisions, bf16_fast
+
+
+def csv_problem(csv: str) -> str | None:
+    """Why the table cannot be written to `csv`, or None: found out now, not after the timing."""
+    path = Path(csv)
+    if path.is_dir():
+        return f"--csv = {csv!r} is a folder; give the path of a file to write the table to"
+    if not path.parent.exists():  # the write would make it: say so now instead
+        return f"--csv = {csv!r}: its folder {str(path.parent)!r} does not exist; create it or give another path"
+    try:  # the file the write starts with (experiments/files.py), removed again
+        tmp, fd = files.temporary_beside(path)
+        os.close(fd)
+        tmp.unlink()
+    except OSError as err:
+        return f"--csv = {csv!r} cannot be written: {write_problem(err)}"
+    return None
+
+
+def write_problem(err: OSError) -> str:
+    """What went wrong, in the words the results folder's errors use (experiments/files.py)."""
+    return files.FILESYSTEM_PROBLEMS.get(err.errno, (err.strerror or type(err).__name__,))[0]
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The command: 0 when done, 2 for a bad option (one line on stderr, before anything is timed), 1 when the
+    table cannot be written at the end (it is printed above), 130 when interrupted."""
     args = parse_args(argv)
     for mode in ("measure", "fixed_cost"):
         if getattr(args, mode):
@@ -374,14 +437,15 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     import torch
 
-    from experiments import hardware
     from experiments.cpu_runtime import DEFAULT_THREADS
 
-    device = hardware.resolve_device(args.device)
+    try:
+        device, precisions, bf16_fast = checked(args)
+    except SpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if device.type == "cpu":
         torch.set_num_threads(args.threads or DEFAULT_THREADS)
-    bf16_fast = hardware.bf16_is_fast(device)
-    precisions = args.precision or (["fp32", "bf16"] if bf16_fast else ["fp32"])
     print(f"device: {describe_device(device)}; torch {torch.__version__}; threads "
           f"{torch.get_num_threads() if device.type == 'cpu' else '-'}; bf16 matrix units: "
           f"{'yes' if bf16_fast else 'no'}; loadavg {loadavg()}", flush=True)
@@ -393,8 +457,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = time_combos(args, device, precisions, peaks, bf16_fast)
     print_summary(rows)
     if args.csv:
-        from experiments import files
-        files.write_csv(Path(args.csv), rows, COLUMNS)
+        try:
+            files.write_csv(Path(args.csv), rows, COLUMNS)
+        except OSError as err:  # checked up front, but a disk fills up and folders move
+            print(f"error: cannot write the table to --csv = {args.csv!r}: {write_problem(err)}; it is printed "
+                  "above", file=sys.stderr)
+            return 1
         print(f"-> {args.csv}")
     return 0
 

@@ -11,6 +11,10 @@ Exporting needs `safetensors` (pip install '.[hf]'); loading the result needs `t
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import os
+import secrets
 import shutil
 import sys
 from pathlib import Path
@@ -23,7 +27,7 @@ if __name__ == "__main__":  # Ctrl-C while the imports below load (torch: second
 
 from experiments import files
 from experiments.checkpoint import check_run_dir, load_run, read_run_spec
-from registry import Registry, SpecError
+from registry import Registry, SpecError, cut
 
 ANY = None  # an option export accepts with every value
 
@@ -207,8 +211,14 @@ def write_tokenizer(out: Path, tokenizer: Any, run_dir: Path, context_length: in
 
 
 # -- export --------------------------------------------------------------------------------------
+class CannotWrite(Exception):
+    """The --out folder cannot be written (read-only, immutable, full, a folder in the way ...): one line."""
+
+
 def export_hf(run_dir: str | Path, out: str | Path) -> dict[str, Any]:
-    """Write the run as a GPT2LMHeadModel folder; return what was written (for the CLI's summary)."""
+    """Write the run as a GPT2LMHeadModel folder; return what was written (for the CLI's summary).
+    The files are written into a staging folder inside `out` and moved into place only once all of
+    them are whole, so a failure (CannotWrite) leaves no export file, and no folder it created, behind."""
     run_dir, out = Path(run_dir), Path(out)
     check_run_dir(run_dir)
     problems = export_problems(read_run_spec(run_dir)["model"])  # refuse before loading any weights
@@ -218,17 +228,60 @@ def export_hf(run_dir: str | Path, out: str | Path) -> dict[str, Any]:
         raise SpecError(f"--out {str(out)!r} is a file, not a folder")
     save = safetensors_save()
     model, tokenizer, spec = load_run(run_dir)
-    out.mkdir(parents=True, exist_ok=True)
-
     config = hf_config(spec["model"], tokenizer.vocab_size, tokenizer.name)
     tied = config["tie_word_embeddings"]
-    files.write_json(out / "config.json", config)
     # metadata format=pt is what transformers checks for before it trusts a safetensors file.
     data = save(hf_tensors(model, tied), metadata={"format": "pt"})
-    (out / "model.safetensors").write_bytes(data)
-    tokenizer_note = write_tokenizer(out, tokenizer, run_dir, spec["model"]["context_length"])
-    (out / "README.md").write_text(model_card(run_dir, spec, config, tokenizer_note), encoding="utf-8")
+
+    def write(folder: Path) -> str:
+        files.write_json(folder / "config.json", config)
+        (folder / "model.safetensors").write_bytes(data)
+        note = write_tokenizer(folder, tokenizer, run_dir, spec["model"]["context_length"])
+        (folder / "README.md").write_text(model_card(run_dir, spec, config, note), encoding="utf-8")
+        return note
+
+    tokenizer_note = write_staged(out, write)
     return {"out": out, "tokenizer_note": tokenizer_note, "params": sum(p.numel() for p in model.parameters())}
+
+
+def write_staged(out: Path, write: Callable[[Path], str]) -> str:
+    """`write(folder)` into a new folder `out/.export.<random>.tmp`, then each file it wrote moved into
+    `out` (a rename, replacing ours from an earlier export). An OSError becomes CannotWrite, after the
+    staging folder and every folder made for `out` are removed again."""
+    made = [p for p in (out, *out.parents) if not p.exists()]  # the folders mkdir will make, deepest first
+    stage = out / f".export.{secrets.token_hex(4)}.tmp"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        stage.mkdir()
+        note = write(stage)
+        written = sorted(p.name for p in stage.iterdir())
+        if blocked := [out / name for name in written if (out / name).is_dir()]:
+            raise IsADirectoryError(errno.EISDIR, "a folder is in the way", str(blocked[0]))
+        for name in written:
+            os.replace(stage / name, out / name)
+        stage.rmdir()
+        return note
+    except BaseException as err:  # a failure, or Ctrl-C: nothing half-written stays
+        shutil.rmtree(stage, ignore_errors=True)
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only an empty folder: one this export made
+        if isinstance(err, OSError):
+            raise CannotWrite(cannot_write_message(err, out, stage)) from None
+        raise
+
+
+def cannot_write_message(err: OSError, out: Path, stage: Path) -> str:
+    """'cannot write the export to <out>: <what> (<path>). ...', with the run command's wording of what
+    happened (experiments/files.py); a path in the staging folder is named as the file it was for."""
+    what, advice = files.FILESYSTEM_PROBLEMS.get(err.errno, (err.strerror or type(err).__name__, files.WRITABLE))
+    where = str(err.filename or out)
+    if where == str(stage) or where.startswith(str(stage) + os.sep):
+        where = str(out / Path(where).relative_to(stage)) if where != str(stage) else str(out)
+    where = where if len(where) <= 200 else where[:100] + "..." + where[-97:]
+    advice = advice.replace("--results", "--out")  # the run command's advice, for this command's option
+    return (f"cannot write the export to {cut(str(out))!r}: {what} ({where}). Nothing was written: {advice}, "
+            "then rerun the same command")
 
 
 def safetensors_save() -> Callable[..., bytes]:
@@ -276,6 +329,14 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except CannotWrite as err:  # as python -m experiments.run answers a results folder it cannot write
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # reading the run (a checkpoint it may not read, say)
+        what, _ = files.FILESYSTEM_PROBLEMS.get(err.errno, (err.strerror or type(err).__name__, ""))
+        print(f"error: cannot read the run {cut(args.run_dir)!r}: {what} ({err.filename or args.run_dir})",
+              file=sys.stderr)
+        return 1
     print(f"wrote {result['out']}/config.json and model.safetensors ({result['params']:,} parameters): "
           f"load with transformers.GPT2LMHeadModel.from_pretrained({str(result['out'])!r})")
     print(f"tokenizer: {result['tokenizer_note']}")

@@ -10,9 +10,9 @@ draws N, with seeds seed, seed + 1, ...
 from __future__ import annotations
 
 import argparse
-import math
 import secrets
 import sys
+from pathlib import Path
 from typing import Any
 
 from experiments import interrupts
@@ -22,22 +22,17 @@ if __name__ == "__main__":  # Ctrl-C while the imports below load (torch: second
 
 import torch
 
-from experiments.checkpoint import load_run
-from experiments.hardware import resolve_device
-from registry import SpecError
+from experiments.checkpoint import check_run_dir, load_run, read_run_spec
+from experiments.hardware import check_device
+from experiments.schema import MAX_INT, SAMPLE, TOP
+from registry import Range, SpecError, brief
 
-
-def check_device(name: str) -> str:
-    """'auto' -> the best device present; a named device that is absent -> SpecError."""
-    try:
-        device = resolve_device(name)
-    except RuntimeError:
-        raise SpecError(f"--device {name!r} is not a device name: use cpu, cuda, cuda:N, mps or auto") from None
-    present = {"cpu": True, "cuda": torch.cuda.is_available(),
-               "mps": bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()}
-    if not present.get(device.type, False):
-        raise SpecError(f"--device {name!r} is not available on this machine (try cpu or auto)")
-    return str(device)
+# The options' bounds are the spec's (experiments/schema.py): a sample's seed is a spec seed, --tokens and
+# --top-k are capped as sample.tokens and sample.top_k are, --num-samples as every count of a spec.
+SEEDS = TOP["seeds"].range                                           # [0, 2^32 - 1]
+TOKENS = Range(0, SAMPLE["tokens"].range.high, low_open=True)        # sample.tokens' cap; 0 tokens is no sample
+TOP_K = SAMPLE["top_k"].range
+NUM_SAMPLES = Range(0, MAX_INT, low_open=True)
 
 
 # -- sampling ------------------------------------------------------------------------------------
@@ -46,15 +41,23 @@ def sample_settings(args: argparse.Namespace, run_sample: dict[str, Any]) -> dic
     tokens = args.tokens
     temperature = args.temperature if args.temperature is not None else run_sample.get("temperature", 0.8)
     top_k = args.top_k if args.top_k is not None else run_sample.get("top_k")
+    temperature_name = "--temperature" if args.temperature is not None else "the run's sample.temperature"
     problems = []
-    if tokens < 0:
-        problems.append(f"--tokens = {tokens} must be an integer >= 0")
-    if not (math.isfinite(temperature) and temperature >= 0):  # nan compares false with everything
-        problems.append(f"--temperature = {temperature} must be a finite number >= 0 (0 = greedy)")
-    if top_k is not None and top_k < 1:
-        problems.append(f"--top-k = {top_k} must be a positive integer")
-    if args.num_samples < 1:
-        problems.append(f"--num-samples = {args.num_samples} must be a positive integer")
+    if tokens not in TOKENS:
+        problems.append(f"--tokens = {brief(tokens)} must be {TOKENS.describe('integer')} "
+                        "(the cap on a spec's sample.tokens)")
+    if problem := SAMPLE["temperature"].problem(temperature, temperature_name):
+        problems.append(problem)
+    if top_k is not None and top_k not in TOP_K:
+        problems.append(f"--top-k = {brief(top_k)} must be {TOP_K.describe('integer')}")
+    if args.num_samples not in NUM_SAMPLES:
+        problems.append(f"--num-samples = {brief(args.num_samples)} must be {NUM_SAMPLES.describe('integer')}")
+    if args.seed is not None and args.seed not in SEEDS:
+        problems.append(f"--seed = {brief(args.seed)} must be {SEEDS.describe('integer')}, as a spec's seeds")
+    elif args.seed is not None and args.num_samples in NUM_SAMPLES and args.seed + args.num_samples - 1 > SEEDS.high:
+        problems.append(f"--seed = {args.seed} with --num-samples = {args.num_samples} would draw the last sample "
+                        f"with seed {args.seed + args.num_samples - 1}, past the largest seed {SEEDS.high} (sample i "
+                        f"uses seed + i): give a --seed <= {SEEDS.high - args.num_samples + 1}")
     if problems:
         raise SpecError(problems)
     return {"tokens": tokens, "temperature": temperature, "top_k": top_k or None}
@@ -120,8 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         device = check_device(args.device)
+        check_run_dir(Path(args.run_dir))
+        # Every bad option is refused before the weights load (and before a sample could run for ever).
+        settings = sample_settings(args, read_run_spec(Path(args.run_dir)).get("sample") or {})
         model, tokenizer, spec = load_run(args.run_dir, device)
-        settings = sample_settings(args, spec.get("sample") or {})
         prompt = args.prompt if args.prompt is not None else (spec.get("sample") or {}).get("prompt") or ""
         text = samples(model, tokenizer, prompt, settings, args, device)
     except SpecError as err:

@@ -30,6 +30,20 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+def check_device(name: str) -> str:
+    """A --device option: 'auto' -> the best device present; a name that is not a device, or a
+    device this machine lacks -> SpecError."""
+    try:
+        device = resolve_device(name)
+    except RuntimeError:
+        raise SpecError(f"--device {name!r} is not a device name: use cpu, cuda, cuda:N, mps or auto") from None
+    present = {"cpu": True, "cuda": torch.cuda.is_available(),
+               "mps": bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()}
+    if not present.get(device.type, False):
+        raise SpecError(f"--device {name!r} is not available on this machine (try cpu or auto)")
+    return str(device)
+
+
 BF16_CPU_FLAGS = {"amx_bf16", "avx512_bf16", "bf16"}  # x86 AMX / AVX512-BF16; aarch64 FEAT_BF16
 
 

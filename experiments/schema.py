@@ -139,6 +139,17 @@ def budget_problem(budget: dict) -> str | None:
     return None
 
 
+# The smallest temperature > 0 that samples: logits are divided by it in float32, and below about this a
+# logit of a few units overflows to inf (torch.multinomial then fails). 0 (greedy) is their limit.
+MIN_TEMPERATURE = 1e-30
+
+
+def temperature_problem(temperature: float) -> str | None:
+    if 0 < temperature < MIN_TEMPERATURE:
+        return "is too small to sample with (the logits divided by it overflow float32)"
+    return None
+
+
 def warmup_problem(warmup: float) -> str | None:
     """An integer is steps; a fraction of the run's steps is a number in [0, 1] written with a dot."""
     if isinstance(warmup, float) and warmup > 1:
@@ -208,7 +219,8 @@ SAMPLE = {
     "prompt": Field(None, str | None, "prompt for the sample written to samples.txt",
                     rule="a string (default: the first 16 tokens of the validation text)"),
     "tokens": Field(200, int, "tokens to sample at the end of a run", COUNT),
-    "temperature": Field(0.8, float, "sampling temperature", AT_LEAST_0, rule="a number >= 0 (0 = greedy)"),
+    "temperature": Field(0.8, float, "sampling temperature", AT_LEAST_0, check=temperature_problem,
+                         rule=f"0 (greedy) or a number >= {MIN_TEMPERATURE:g}"),
     "top_k": Field(200, int | None, "sample among the k most likely tokens", Range(0, MAX_INT, low_open=True)),
 }
 

@@ -146,3 +146,85 @@ def test_bench_prints_a_breakdown_per_combination(capsys):
                        "--device", "cpu", "--precision", "fp32", "--no-fixed-cost", "--breakdown", "2"]) == 0
     printed = capsys.readouterr().out
     assert "tiny fp32 without=-:" in printed and "ms per profiled step" in printed and "  matmul " in printed
+
+
+# -- bad input: one "error: " paragraph and exit status 2, before the seconds of peak timing -----
+def not_now(*args, **kwargs):
+    raise AssertionError("timed before the command line was checked")
+
+
+@pytest.fixture
+def untimed(monkeypatch):
+    """bench.main with the timing and the workers failing the test if reached: it must stop first."""
+    for name in ("matmul_peak", "measure_peaks", "in_subprocess"):
+        monkeypatch.setattr(bench, name, not_now)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answers on a GPU machine
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--preset", "bogus"], "--preset = 'bogus' is not a preset — presets: tiny, small, nanogpt-cpu"),
+    (["--preset", "tiny", "nanogpt-cpuu"], "--preset = 'nanogpt-cpuu' is not a preset — did you mean 'nanogpt-cpu'?"),
+    (["--steps", "0"], "--steps = 0 must be a positive integer"),
+    (["--steps", "-1"], "--steps = -1 must be a positive integer"),
+    (["--warmup", "-1"], "--warmup = -1 must be an integer >= 0"),
+    (["--batch-size", "0"], "--batch-size = 0 must be a positive integer"),
+    (["--threads", "0"], "--threads = 0 must be a positive integer"),
+    (["--threads", "-4"], "--threads = -4 must be a positive integer"),
+    (["--breakdown", "-1"], "--breakdown = -1 must be an integer >= 0"),
+    (["--device", "tpu"], "--device = 'tpu' must be auto, cpu, cuda, cuda:N or mps"),
+    (["--device", "cuda"], "--device 'cuda' is not available on this machine"),
+    (["--corpus", "missing.txt"], "data.corpus = 'missing.txt': no such file"),
+    (["--tokenizer", "bpe"], "unknown tokenizer 'bpe' at data.tokenizer — registered: byte, char, gpt2"),
+])
+def test_a_bad_option_is_one_error_before_anything_is_timed(untimed, capsys, argv, message):
+    assert bench.main(["--preset", "tiny", "--device", "cpu", *argv]) == 2  # the last --preset / --device counts
+    out, err = capsys.readouterr()
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err and out == ""
+
+
+def test_every_bad_option_is_named_at_once(untimed, capsys):
+    assert bench.main(["--preset", "bogus", "--steps", "0", "--warmup", "-1", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 3 problems: ") and all(f"--{o} = " in err for o in ("preset", "steps", "warmup"))
+
+
+@pytest.mark.parametrize("where, message", [
+    (".", "is a folder; give the path of a file"),
+    ("missing/bench.csv", "its folder"),
+    ("a-file/bench.csv", "cannot be written: a part of the path is a file, not a folder"),
+])
+def test_a_csv_that_cannot_be_written_is_refused_before_the_timing(untimed, capsys, tmp_path, where, message):
+    (tmp_path / "a-file").write_text("")
+    before = sorted(tmp_path.rglob("*"))
+    assert bench.main(["--preset", "tiny", "--device", "cpu", "--csv", str(tmp_path / where)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --csv = ") and message in err and "Traceback" not in err
+    assert sorted(tmp_path.rglob("*")) == before  # nothing made, not even the missing folder
+
+
+def test_a_table_that_cannot_be_written_at_the_end_is_an_error_not_a_traceback(monkeypatch, capsys, tmp_path):
+    import errno
+
+    from experiments import files
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(bench, "measure_peaks", lambda device, precisions: {})
+    monkeypatch.setattr(bench, "time_combos", lambda *args: [])
+    monkeypatch.setattr(bench, "print_summary", lambda rows: None)
+    monkeypatch.setattr(files, "write_csv", full)
+    assert bench.main(["--preset", "tiny", "--device", "cpu", "--no-fixed-cost", "--csv",
+                       str(tmp_path / "bench.csv")]) == 1
+    assert capsys.readouterr().err.startswith("error: cannot write the table to --csv = ")
+
+
+def test_the_command_exits_2_without_a_traceback():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.run([sys.executable, "-m", "experiments.bench", "--steps", "0"], capture_output=True,
+                          text=True, cwd=Path(bench.__file__).resolve().parent.parent, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --steps = 0 ") and "Traceback" not in proc.stderr

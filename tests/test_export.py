@@ -135,3 +135,53 @@ def test_tokenizer_loads_in_transformers(tmp_path: Path, name: str) -> None:
     text = "Hello world, it's 2024!\n\n  indented\tcode() -> 'x' caf\u00e9 \U0001F600 \x00\x7f\u00ad"
     assert theirs.encode(text) == ours.encode(text)
     assert theirs.decode(ours.encode(text)) == text
+
+
+# -- an --out that cannot be written: one line, exit 1 (as experiments.run's results folder), nothing left ---
+def export_fails(run_dir: Path, out: Path, capsys) -> str:
+    assert export.main([str(run_dir), "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("error: cannot write the export to ")
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+    return captured.err
+
+
+def test_immutable_out_is_one_line(exported, tmp_path: Path, capsys) -> None:
+    import subprocess
+
+    out = tmp_path / "locked"
+    out.mkdir()
+    if subprocess.run(["chattr", "+i", str(out)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i needs root and a file system that supports it")
+    try:
+        for target in (out, out / "sub" / "deeper"):
+            err = export_fails(exported["baseline"][0], target, capsys)
+            assert f"'{target}'" in err and "the operation is not permitted" in err and "pass --out" in err
+        assert list(out.iterdir()) == []
+    finally:
+        subprocess.run(["chattr", "-i", str(out)], check=True)
+
+
+def test_file_in_the_out_path_is_one_line(exported, tmp_path: Path, capsys) -> None:
+    (tmp_path / "file").write_text("x")
+    err = export_fails(exported["baseline"][0], tmp_path / "file" / "out", capsys)
+    assert "a part of the path is a file" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_a_failed_write_leaves_nothing_half_written(exported, tmp_path: Path, capsys, monkeypatch) -> None:
+    import errno
+
+    run_dir, earlier = exported["baseline"]
+    before = {p.name: p.read_bytes() for p in earlier.iterdir()}
+
+    def full_disk(out: Path, *args) -> str:  # config.json and model.safetensors are written by now
+        raise OSError(errno.ENOSPC, "No space left on device", str(out / "tokenizer.json"))
+
+    monkeypatch.setattr(export, "write_tokenizer", full_disk)
+    new = tmp_path / "new" / "hf"
+    err = export_fails(run_dir, new, capsys)
+    assert "no space is left on the disk" in err and f"({new / 'tokenizer.json'})" in err and "free some space" in err
+    assert not (tmp_path / "new").exists()                       # the folders it made are gone again
+    export_fails(run_dir, earlier, capsys)                         # over an earlier export: that one stays whole
+    assert {p.name: p.read_bytes() for p in earlier.iterdir()} == before

@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from experiments import generate
+from experiments.schema import MIN_TEMPERATURE
 from tiny_runs import tiny_runs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,8 +68,8 @@ BAD_INPUT = {  # case: (argv from the run folder and a scratch folder, what the 
     "unknown_char": (lambda run, tmp: [run, "--prompt", "caf\u00e9"], "cannot encode the character '\u00e9'"),
     "bad_numbers": (lambda run, tmp: [run, "--tokens", -1, "--temperature", -0.5, "--top-k", 0], "3 problems"),
     "bad_device": (lambda run, tmp: [run, "--device", "gpu7"], "not a device name"),
-    "nan_temperature": (lambda run, tmp: [run, "--temperature", "nan"], "--temperature = nan must be a finite number >= 0"),
-    "inf_temperature": (lambda run, tmp: [run, "--temperature", "inf"], "--temperature = inf must be a finite number >= 0"),
+    "nan_temperature": (lambda run, tmp: [run, "--temperature", "nan"], "--temperature = nan is not finite: it must be 0 (greedy) or a number >= 1e-30"),
+    "inf_temperature": (lambda run, tmp: [run, "--temperature", "inf"], "--temperature = inf is not finite: it must be 0 (greedy) or a number >= 1e-30"),
     "no_samples": (lambda run, tmp: [run, "--num-samples", 0], "--num-samples = 0 must be a positive integer"),
 }
 
@@ -146,3 +147,37 @@ def test_num_samples_draws_seed_seed_plus_1_and_so_on(run_dir: Path, capsys) -> 
     code, out, err = cli(capsys, *args)                                     # no --seed: a fresh one, told
     seed = int(re.fullmatch(r"seed (\d+) \(pass --seed \d+ to draw the same sample again\)\n", err).group(1))
     assert cli(capsys, *args, "--seed", seed)[1] == out
+
+
+# -- bounds: the spec schema's, refused before the weights load ------------------------------------
+def schema_bounds() -> dict[str, int]:
+    from experiments.schema import SAMPLE, TOP
+    return {"seed": TOP["seeds"].range.high, "tokens": SAMPLE["tokens"].range.high, "top_k": SAMPLE["top_k"].range.high}
+
+
+OUT_OF_BOUNDS = {  # case: (options, what the error must say, given the schema's bounds)
+    "huge_seed": (["--seed", 10**20], lambda b: f"--seed = {10**20} must be an integer in [0, {b['seed']}]"),
+    "negative_seed": (["--seed", -1], lambda b: f"--seed = -1 must be an integer in [0, {b['seed']}]"),
+    "seed_plus_samples": (["--seed", 2**32 - 1, "--num-samples", 2], lambda b: f"give a --seed <= {b['seed'] - 1}"),
+    "huge_tokens": (["--tokens", 10**11], lambda b: f"--tokens = {10**11} must be a positive integer <= {b['tokens']}"),
+    "zero_tokens": (["--tokens", 0], lambda b: f"--tokens = 0 must be a positive integer <= {b['tokens']}"),
+    "huge_top_k": (["--top-k", 10**20], lambda b: f"--top-k = {10**20} must be a positive integer <= {b['top_k']}"),
+    "huge_num_samples": (["--num-samples", 10**20], lambda b: f"--num-samples = {10**20} must be a positive integer"),
+    "tiny_temperature": (["--temperature", "1e-300"], lambda b: "--temperature = 1e-300 is too small to sample with"),
+}
+
+
+@pytest.mark.parametrize("case", OUT_OF_BOUNDS)
+def test_out_of_bounds_options_are_refused_up_front(run_dir: Path, capsys, monkeypatch, case: str) -> None:
+    monkeypatch.setattr(generate, "load_run", lambda *a, **k: pytest.fail("loaded the run for a bad option"))
+    options, expected = OUT_OF_BOUNDS[case]
+    code, out, err = cli(capsys, run_dir, *options)
+    assert code == 2 and out == ""
+    assert err.startswith("error: ") and err.count("\n") == 1 and expected(schema_bounds()) in err
+
+
+def test_edge_values_still_sample(run_dir: Path, capsys) -> None:
+    largest = schema_bounds()["seed"]
+    assert cli(capsys, run_dir, "--prompt", "def ", "--tokens", 3, "--seed", largest)[0] == 0
+    assert cli(capsys, run_dir, "--prompt", "def ", "--tokens", 3, "--seed", 0, "--temperature", MIN_TEMPERATURE,
+               "--top-k", schema_bounds()["top_k"])[0] == 0
