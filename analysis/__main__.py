@@ -35,13 +35,17 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         check_experiment_dir(args.experiment)     # fail fast, before importing matplotlib
-        from analysis.report import write_report
-
-        path = write_report(args.experiment, consecutive=args.consecutive, out=args.out)
     except ExperimentError as err:
         print(f"error: cannot analyse {args.experiment}: {err} Pass the folder "
               "that `python -m experiments.run <spec.yaml>` wrote, i.e. results/<experiment> "
               "containing runs.csv and experiment.json.", file=sys.stderr)
+        return 2
+    try:
+        from analysis.report import write_report
+
+        path = write_report(args.experiment, consecutive=args.consecutive, out=args.out)
+    except ExperimentError as err:                # a file in the folder that cannot be read: it names it
+        print(f"error: cannot analyse {args.experiment}: {err} Nothing was written.", file=sys.stderr)
         return 2
     except OSError as err:
         print(f"error: cannot write the report for {args.experiment}: {err}. "

@@ -289,7 +289,13 @@ def make_plots(exp: Experiment, out_dir: Path) -> PlotSet:
         except Skip as skip:  # an empty message: the plot does not apply to this experiment
             plots.notes += [str(skip)] if str(skip) else []
     plot_search(exp, out_dir, plots)
+    remove_stale(out_dir, plots)
+    return plots
+
+
+def remove_stale(out_dir: Path, plots: PlotSet) -> None:
+    """Delete our PNGs in out_dir that `plots` does not have (plots an earlier state of the experiment
+    drew); files of other names are left alone."""
     for key, name in FILES.items():
         if key not in plots.paths:
             (out_dir / name).unlink(missing_ok=True)
-    return plots

@@ -7,6 +7,8 @@ runs use different tokenizers (nats/token are then not compared).
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -17,10 +19,11 @@ from analysis.effects import (
 from analysis.fair_report import budget_section, scale_section, search_test_lines, tune_section
 from analysis.markdown import (  # noqa: F401  (to_markdown: read from here by the tests)
     SEED_UNIT, ci, duration, effects_table, fence, kv, si, to_markdown)
-from analysis.plots import CAPTIONS, PlotSet, make_plots
+from analysis.plots import CAPTIONS, PlotSet, make_plots, remove_stale
 from analysis.tables import (
     LABELS, UNITS, Experiment, best_run, comparable_metrics, complete_variants, done_runs,
     load_experiment, mixed_tokenizers, pivot_tables, progress, tokenizers, unplanned_note, variant_table)
+from experiments import interrupts
 
 MAX_VARIANT_ROWS = 25      # a search can have hundreds of trials; the report shows the best
 MAX_SAMPLE_CHARS = 3000
@@ -347,23 +350,36 @@ def build_report(exp: Experiment, plots: PlotSet, consecutive: bool = False) -> 
     return "\n".join(line for section in sections for line in section).rstrip() + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _publish(staging: Path, out: Path, plots: PlotSet) -> None:
+    """Move the finished plots and report.md from `staging` into `out`: renames only (a moment), the
+    report last, with Ctrl-C held until they are all done, so that Ctrl-C never leaves new plots
+    beside an old report (or none)."""
+    target = out / "plots"
+    with interrupts.ctrl_c_held():
+        if plots.paths:
+            target.mkdir(exist_ok=True)
+        for key, path in list(plots.paths.items()):
+            os.replace(path, target / path.name)
+            plots.paths[key] = target / path.name
+        remove_stale(target, plots)
+        os.replace(staging / "report.md", out / "report.md")
 
 
 def write_report(exp_dir: Path, consecutive: bool = False, out: Path | None = None) -> Path:
     """Write report.md and plots/*.png into `out` (default: exp_dir); return the report's path.
 
+    Everything is drawn and written in a temporary folder inside `out` first and moved into place at
+    the end, so a failure or Ctrl-C part way leaves the previous report and plots as they were.
     Raises analysis.tables.ExperimentError when exp_dir is not an experiment folder.
     """
     exp = load_experiment(Path(exp_dir))
     out = exp.path if out is None else Path(out)
-    plots = make_plots(exp, out / "plots")
-    path = out / "report.md"
-    _write_atomic(path, build_report(exp, plots, consecutive))
-    return path
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".analysis.", suffix=".tmp", dir=out))
+    try:
+        plots = make_plots(exp, staging / "plots")
+        (staging / "report.md").write_text(build_report(exp, plots, consecutive), encoding="utf-8")
+        _publish(staging, out, plots)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out / "report.md"

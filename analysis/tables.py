@@ -40,6 +40,7 @@ X_AXES = {metrics.TOKENS: "tokens seen", metrics.BYTES: "bytes of training text 
 BUDGET_AXIS = {"steps": metrics.TOKENS, "tokens": metrics.TOKENS, "tokens_per_param": metrics.TOKENS,
                "bytes": metrics.BYTES, "flops": metrics.FLOPS}
 REQUIRED = ("run_id", "variant", "seed", "status")
+METRICS_REQUIRED = (metrics.STEP, metrics.TOKENS)   # what every metrics.csv has had; the curves are drawn against them
 
 
 class ExperimentError(ValueError):
@@ -148,10 +149,24 @@ def _read_metrics(runs: pd.DataFrame, runs_dir: Path) -> pd.DataFrame:
         path = runs_dir / str(run.run_id) / "metrics.csv"
         if not path.is_file():
             continue
-        try:                              # a damaged byte reads as U+FFFD, and its cell as NaN below
-            m = pd.read_csv(path, encoding="utf-8", encoding_errors="replace")
-        except (pd.errors.EmptyDataError, pd.errors.ParserError, OSError):
+        try:                              # a damaged byte reads as U+FFFD, and its cell as NaN below;
+            m = pd.read_csv(path, encoding="utf-8", encoding_errors="replace",   # a row with too many
+                            on_bad_lines="skip")                                 # cells is left out
+        except (pd.errors.EmptyDataError, OSError):
             continue                      # a run that has not evaluated yet has no curve
+        except pd.errors.ParserError as err:
+            raise ExperimentError(f"{path} could not be parsed as CSV ({str(err).strip()[:200]}); a run's "
+                                  "metrics.csv is the table results/README.md describes. Restore the file, or "
+                                  "delete the run's folder and run the spec again to retrain it.") from None
+        missing = [c for c in METRICS_REQUIRED if c not in m.columns]
+        if missing:                       # another file's header, or bytes that are no CSV at all
+            header = ",".join(str(c) for c in m.columns)
+            found = ("its first line is not UTF-8 text (a binary or damaged file)" if "\ufffd" in header
+                     else f"its header is {header[:120]!r}{'...' if len(header) > 120 else ''}")
+            raise ExperimentError(
+                f"{path} lacks the column(s) {', '.join(missing)}: {found}, but a run's metrics.csv starts with "
+                f"{','.join(metrics.EVAL_COLUMNS)} (results/README.md; older runs lack bytes and flops). "
+                "Restore the file, or delete the run's folder and run the spec again to retrain it.")
         m = m.apply(pd.to_numeric, errors="coerce")
         if metrics.FLOPS not in m.columns:    # a run from before FLOPs were logged: tokens x FLOPs/token
             m[metrics.FLOPS] = m[metrics.TOKENS] * getattr(run, metrics.FLOPS_PER_TOKEN, np.nan)

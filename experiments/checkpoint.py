@@ -15,23 +15,20 @@ A checkpoint without a record (written before checksums were kept) is loaded unv
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import pickle
 import random
-import signal
-import threading
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 import yaml
 
 from components.model import GPT
-from experiments import files
+from experiments import files, interrupts
 from experiments.schema import ModelConfig
 from registry import TOKENIZER, SpecError, brief, load_all
 
@@ -80,28 +77,11 @@ def save(path: Path, state: dict[str, Any]) -> None:
     def record_both() -> None:  # the old file may still be in place for a moment: both sums are good
         files.write_json(checksum_path(path), {"sha256": writer["w"].sha256.hexdigest(), "previous": previous})
 
-    with ctrl_c_held():
+    with interrupts.ctrl_c_held():
         files.atomic_write(path, write, mode="wb", before_replace=record_both)
         files.write_json(checksum_path(path), {"sha256": writer["w"].sha256.hexdigest(), "previous": []})
 
 
-@contextlib.contextmanager
-def ctrl_c_held() -> Iterator[None]:
-    """Hold Ctrl-C until the block ends, then deliver it. A KeyboardInterrupt raised inside torch.save's
-    writer callback leaves a C++ writer whose destructor, run later, writes to the closed file and
-    aborts the process (SIGABRT, no message). Only the main thread receives signals; a handler set
-    outside Python (getsignal: None) cannot be put back, so it is left alone."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
-        yield
-        return
-    pressed: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if pressed:
-        signal.raise_signal(signal.SIGINT)  # to the handler that was in place: a KeyboardInterrupt, usually
 
 
 def recorded(path: Path) -> list[str] | None:

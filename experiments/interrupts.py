@@ -7,7 +7,8 @@ import contextlib
 import os
 import signal
 import sys
-from typing import Callable
+import threading
+from typing import Callable, Iterator
 
 EXIT_STATUS = 130  # 128 + SIGINT, what shells report for Ctrl-C
 INTERRUPTED = "interrupted"
@@ -32,3 +33,22 @@ def run_main(main: Callable[[], int], message: str) -> int:
     except KeyboardInterrupt:
         print(message, file=sys.stderr, flush=True)
         return EXIT_STATUS
+
+
+@contextlib.contextmanager
+def ctrl_c_held() -> Iterator[None]:
+    """Hold Ctrl-C until the block ends, then deliver it: around work that must not stop half way (a
+    checkpoint's torch.save, whose C++ writer aborts the process if its callback raises; the renames
+    that put a new report in place). Only the main thread receives signals; a handler set outside
+    Python (getsignal: None) cannot be put back, so it is left alone."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
+        yield
+        return
+    pressed: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pressed:
+        signal.raise_signal(signal.SIGINT)  # to the handler that was in place: a KeyboardInterrupt, usually

@@ -146,9 +146,10 @@ FINISHED = ("done", "diverged", "pruned")
 
 
 def last_metrics_row(run_dir: Path) -> dict[str, str]:
-    """The last evaluation metrics.csv holds ({} before the first)."""
+    """The last evaluation metrics.csv holds ({} before the first); damaged bytes read as U+FFFD, so
+    their cells read as unknown numbers."""
     try:
-        lines = (run_dir / "metrics.csv").read_text(encoding="utf-8").splitlines()
+        lines = (run_dir / "metrics.csv").read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
         return {}
     if len(lines) < 2:

@@ -12,6 +12,7 @@ safe to run while they train, also on a results folder on shared storage.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections import Counter
@@ -21,6 +22,13 @@ from typing import Any
 from experiments import interrupts, progress
 from experiments.records import text_table
 from experiments.search.study import FINISHED_STATES, StorageError, mask, read_trials, recorded_storage
+
+
+MAX_WATCH_S = 24 * 3600.0  # a day: beyond that --watch is a typo (time.sleep refuses inf, nan and > ~292 years)
+
+
+class StatusError(ValueError):
+    """Input status cannot show; the message is written for the person who ran the command."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -87,10 +95,64 @@ def table(rows: list[dict[str, Any]]) -> str:
     return text_table(shown)
 
 
+def read_plan(exp_dir: Path) -> dict[str, Any]:
+    """experiment.json, checked as far as status relies on it; StatusError when it cannot be used. The runner
+    replaces it atomically, so a reader never sees half of it: a damaged one is damaged for good."""
+    path = exp_dir / "experiment.json"
+    rerun = ("python -m experiments.run writes it: run the experiment's spec again to rewrite it (finished runs "
+             "are kept, not trained again)")
+    if not path.is_file():
+        raise StatusError(f"{str(exp_dir)!r} is not an experiment folder: it has no experiment.json (python -m "
+                          "experiments.run writes one into results/<experiment>/ when it starts)")
+    try:
+        plan = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise StatusError(f"cannot read {path}: {err.strerror or err}") from None
+    except ValueError as err:  # not JSON, or bytes that are not UTF-8 text
+        raise StatusError(f"{path} is not valid JSON ({str(err)[:200]}); {rerun}") from None
+    if not isinstance(plan, dict):
+        raise StatusError(f"{path} holds a JSON {type(plan).__name__}, not the object with 'experiment' and "
+                          f"'runs' it should; {rerun}")
+    runs = plan.get("runs", [])
+    if not isinstance(runs, list):
+        raise StatusError(f"{path}: 'runs' is a JSON {type(runs).__name__}, not the list of planned runs it "
+                          f"should be; {rerun}")
+    for i, run in enumerate(runs):
+        if not isinstance(run, dict) or run.get("run_id") in (None, ""):
+            raise StatusError(f"{path}: 'runs' entry {i} is {json.dumps(run)[:80]}, not an object with a "
+                              f"run_id; {rerun}")
+    return plan
+
+
+def damaged_metrics(run_dir: Path) -> str | None:
+    """Why the run's metrics.csv cannot be read as text (bytes that are not UTF-8: a damaged disk block,
+    a binary file copied over it), or None when it can (or is not there)."""
+    try:
+        (run_dir / "metrics.csv").read_bytes().decode("utf-8")
+    except OSError:
+        return None
+    except UnicodeDecodeError as err:
+        return f"byte {err.object[err.start]:#04x} at offset {err.start} is not UTF-8 text"
+    return None
+
+
+def damage_notes(exp_dir: Path, rows: list[dict[str, Any]]) -> list[str]:
+    """A warning per run whose metrics.csv is not UTF-8 text: its row reads what is left of it."""
+    notes = []
+    for row in rows:
+        path = exp_dir / "runs" / str(row["run_id"])
+        if why := damaged_metrics(path):
+            notes.append(f"warning: {path / 'metrics.csv'} is damaged ({why}); run {row['run_id']}'s row comes "
+                         "from its summary.json and progress.json, and from what of metrics.csv can still be read")
+    return notes
+
+
 def report(exp_dir: Path) -> tuple[str, bool]:
-    """(the status text, whether any run is still running or pending)."""
-    plan = progress.read_json_or_none(exp_dir / "experiment.json") or {}
-    rows = progress.experiment_runs(exp_dir)
+    """(the status text, whether any run is still running or pending); StatusError when experiment.json
+    cannot be used."""
+    plan = read_plan(exp_dir)
+    holders, now = progress.flock_holders(), time.time()
+    rows = [progress.run_state(exp_dir, entry, holders, now) for entry in plan.get("runs", [])]
     lines, to_plan = [], 0
     if plan.get("search"):
         line, to_plan = search_line(plan, exp_dir, len(plan.get("seeds") or [0]))
@@ -98,21 +160,23 @@ def report(exp_dir: Path) -> tuple[str, bool]:
     eta = progress.eta_seconds(rows, to_plan)
     lines.insert(0, headline(str(plan.get("experiment") or exp_dir.name), rows, eta))
     lines.append(table(rows))
+    lines += damage_notes(exp_dir, rows)
     return "\n".join(lines), any(r["status"] in ("running", "pending") for r in rows) or to_plan > 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     exp_dir = Path(args.experiment)
-    if not (exp_dir / "experiment.json").is_file():
-        print(f"error: {str(exp_dir)!r} is not an experiment folder: it has no experiment.json (python -m "
-              "experiments.run writes one into results/<experiment>/ when it starts)", file=sys.stderr)
-        return 2
-    if args.watch is not None and args.watch <= 0:
-        print(f"error: --watch = {args.watch:g} must be a positive number of seconds", file=sys.stderr)
+    if args.watch is not None and not 0 < args.watch <= MAX_WATCH_S:  # also refuses nan (every comparison fails)
+        print(f"error: --watch = {args.watch:g} is not a usable interval: give a positive number of seconds, "
+              f"at most {MAX_WATCH_S:.0f} (a day), e.g. --watch 10", file=sys.stderr)
         return 2
     while True:
-        text, unfinished = report(exp_dir)
+        try:
+            text, unfinished = report(exp_dir)
+        except StatusError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         if args.watch is not None and sys.stdout.isatty():
             print("\033[H\033[J", end="")  # clear the terminal
         print(text, flush=True)

@@ -532,3 +532,97 @@ def test_consecutive_effects_compare_each_variant_with_the_one_before(tmp_path: 
         in text
     assert "The family is this table's 3 tested comparisons" in text
     assert "## Each variant vs the one before it" not in build_report(exp, PlotSet())
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: an "error: " paragraph naming the file, exit status 2, nothing written; Ctrl-C
+# leaves the previous report and plots as they were
+
+def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under `folder` (hidden ones too): its bytes and modification time."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("content, says", [
+    (b"garbage\n1\n2\n", "lacks the column(s) step, tokens: its header is 'garbage'"),
+    (b"step,loss\n0,4.1\n", "lacks the column(s) tokens: its header is 'step,loss'"),
+    (b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8, "its first line is not UTF-8 text"),   # a plot copied over it
+    (b'step,tokens\n"0,1\n', "could not be parsed as CSV"),
+])
+def test_a_metrics_csv_without_its_columns_is_named_with_exit_status_2(
+        ladder: Path, capsys: pytest.CaptureFixture, content: bytes, says: str) -> None:
+    metrics = next((ladder / "runs").glob("*/metrics.csv"))
+    metrics.write_bytes(content)
+    before = _snapshot(ladder)
+    assert main([str(ladder)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert f"{metrics} " in err and says in err
+    assert _snapshot(ladder) == before                        # nothing written
+    with pytest.raises(ExperimentError, match="metrics.csv"):
+        load_experiment(ladder)
+
+
+def test_damaged_cells_of_a_metrics_csv_are_still_read_past(ladder: Path) -> None:
+    metrics = next((ladder / "runs").glob("*/metrics.csv"))
+    metrics.write_bytes(metrics.read_bytes() + b"500,\xff\xfe,1,2,3,4,5,6,7,8,9,10,11,12\n")  # too many cells
+    exp = load_experiment(ladder)
+    assert exp.metrics["run_id"].nunique() == 6 and 500 not in set(exp.metrics["step"])
+
+
+@pytest.mark.parametrize("previous", [False, True])
+def test_ctrl_c_during_the_analysis_leaves_the_folder_as_it_was(
+        ladder: Path, monkeypatch: pytest.MonkeyPatch, previous: bool) -> None:
+    import analysis.report
+
+    if previous:                                  # an earlier report, from an earlier state of the runs
+        write_report(ladder)
+        runs_csv = ladder / "runs.csv"
+        runs_csv.write_text(runs_csv.read_text().replace(",done,", ",diverged,", 1))
+    before = _snapshot(ladder)
+    drawn = []
+    real_make_plots = analysis.report.make_plots
+
+    def make_plots_then_ctrl_c(exp, out_dir):
+        plots = real_make_plots(exp, out_dir)
+        drawn.extend(plots.paths)
+        raise KeyboardInterrupt                   # Ctrl-C after the plots, before report.md
+
+    monkeypatch.setattr(analysis.report, "make_plots", make_plots_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        write_report(ladder)
+    assert len(drawn) >= 4                        # the interruption came late: plots had been drawn
+    assert _snapshot(ladder) == before            # ... and none of them, nor a temporary file, is left
+    assert not list(ladder.glob(".analysis*")) and (ladder / "plots").is_dir() == previous
+
+    monkeypatch.setattr(analysis.report, "build_report",
+                        lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(analysis.report, "make_plots", real_make_plots)
+    with pytest.raises(KeyboardInterrupt):
+        write_report(ladder)
+    assert _snapshot(ladder) == before
+
+
+def test_ctrl_c_while_the_new_files_move_into_place_waits_until_they_are_all_there(
+        ladder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import signal
+
+    real_replace, moved = os.replace, []
+
+    def replace_pressing_ctrl_c(src, dst):
+        if Path(dst).parent == ladder / "plots" and not any(m.parent == ladder / "plots" for m in moved):
+            signal.raise_signal(signal.SIGINT)    # Ctrl-C as the first plot moves into place
+        moved.append(Path(dst))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_pressing_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        write_report(ladder)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert moved[-1] == ladder / "report.md"      # delivered once the report was in place too
+    text = (ladder / "report.md").read_text()
+    pngs = sorted((ladder / "plots").glob("*.png"))
+    assert len(pngs) >= 4 and all(f"](plots/{png.name})" in text for png in pngs)
+    assert not list(ladder.rglob("*.tmp"))

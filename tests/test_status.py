@@ -149,3 +149,59 @@ def test_a_run_whose_length_is_not_known_yet_counts_as_the_common_one(tmp_path):
     rows = progress.experiment_runs(tmp_path / "e")
     rows[2] |= {"steps": None, "tokens_per_step": None}    # a search's second seed, not started yet
     assert progress.eta_seconds(rows)[0] == pytest.approx(10.0 + 10.0)
+
+
+# -- bad input: a clear "error: " line and exit status 2, or a damaged run shown without a crash ---------------
+@pytest.mark.parametrize("content, says", [
+    (b"{bad", "is not valid JSON"),
+    (b"\xff\xfe{}", "is not valid JSON"),
+    (b"[1, 2]", "holds a JSON list"),
+    (b'{"runs": {"r0": {}}}', "'runs' is a JSON dict"),
+    (b'{"runs": [{"variant": "v"}]}', "'runs' entry 0"),
+])
+def test_a_damaged_experiment_json_is_named_with_exit_status_2(tmp_path, capsys, content, says):
+    write_plan(tmp_path / "e")
+    (tmp_path / "e" / "experiment.json").write_bytes(content)
+    assert status.main([str(tmp_path / "e")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("error: ") and err.count("\n") == 1
+    assert str(tmp_path / "e" / "experiment.json") in err and says in err and "run the experiment's spec again" in err
+
+
+def test_a_run_with_a_binary_metrics_csv_is_shown_and_named_not_a_crash(tmp_path, capsys):
+    done, broken, waiting = write_plan(tmp_path / "e")
+    finish(done)
+    finish(broken)
+    (broken / "metrics.csv").write_bytes(b"step,tokens,val_bpb\n0,0,4.0\n\x80\x81\xfe\xff\x00garbage\n")
+    (waiting / "metrics.csv").write_bytes(b"step,tokens,val_bpb\n0,0,4.0\n20,1000,3.\xff5\n")  # a damaged cell
+    assert status.main([str(tmp_path / "e")]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and out.startswith("e: 3 planned run(s): 2 done, 1 pending")
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith("r")}
+    assert rows["r1"][3:6] == ["done", "100/100", "2.5000"]          # summary.json still says where it stands
+    assert rows["r2"][3:6] == ["pending", "20/100", "-"]             # what metrics.csv can still give
+    assert f"warning: {broken / 'metrics.csv'} is damaged (byte 0x80 at offset" in out
+    assert f"{waiting / 'metrics.csv'} is damaged (byte 0xff" in out
+
+
+@pytest.mark.parametrize("seconds", ["nan", "inf", "-inf", "1e400", "1e9", "0", "-1"])
+def test_watch_refuses_an_interval_it_cannot_sleep_before_printing(tmp_path, capsys, monkeypatch, seconds):
+    write_plan(tmp_path / "e")                    # pending runs: a watch would sleep
+    monkeypatch.setattr(time, "sleep", lambda s: pytest.fail(f"slept {s}"))
+    assert status.main([str(tmp_path / "e"), f"--watch={seconds}"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("error: --watch = ") and err.count("\n") == 1
+    assert "positive number of seconds, at most 86400" in err
+
+
+def test_watch_sleeps_the_interval_it_was_given(tmp_path, capsys, monkeypatch):
+    write_plan(tmp_path / "e")
+    slept = []
+
+    def sleep(s):
+        slept.append(s)
+        raise KeyboardInterrupt                   # Ctrl-C while watching: a quiet end
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    assert status.main([str(tmp_path / "e"), "--watch", "86400"]) == 0 and slept == [86400.0]
+    assert "3 pending" in capsys.readouterr().out
