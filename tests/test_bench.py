@@ -63,7 +63,8 @@ def test_bench_times_a_tiny_config_and_writes_the_table(tmp_path, capsys, monkey
     monkeypatch.setattr(hardware, "bf16_is_fast", lambda device: bf16_units)
     out = tmp_path / "bench.csv"
     assert bench.main(["--preset", "tiny", "--steps", "2", "--warmup", "1", "--batch-size", "4", "--threads", "1",
-                       "--device", "cpu", "--no-fixed-cost", "--without", "fused_kernels", "--csv", str(out)]) == 0
+                       "--device", "cpu", "--no-fixed-cost", "--without", "fused_kernels", "--csv", str(out),
+                       "--breakdown", "1"]) == 0
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == bench.COLUMNS
@@ -80,6 +81,8 @@ def test_bench_times_a_tiny_config_and_writes_the_table(tmp_path, capsys, monkey
         assert int(r["threads"]) == 1
     printed = capsys.readouterr().out
     assert "matmul peak fp32" in printed and "6*N + 12*L*d*T" in printed and "loadavg" in printed
+    # --breakdown: one per combination (its base row), each with the matmuls among its kinds
+    assert printed.count("ms per profiled step") == (2 if bf16_units else 1) and "  matmul " in printed
 
 
 def test_fixed_cost_reports_imports_data_and_build(tmp_path):
@@ -139,13 +142,6 @@ def test_the_breakdown_sorts_ops_into_kinds_and_keeps_the_rest_between_ops():
     assert profile["kinds"][step_profile.BETWEEN_OPS] >= 4.5
     assert sum(profile["kinds"].values()) == pytest.approx(profile["step_ms"])
     assert "between ops" in step_profile.format_breakdown("tiny", profile)
-
-
-def test_bench_prints_a_breakdown_per_combination(capsys):
-    assert bench.main(["--preset", "tiny", "--steps", "1", "--warmup", "1", "--batch-size", "4", "--threads", "1",
-                       "--device", "cpu", "--precision", "fp32", "--no-fixed-cost", "--breakdown", "2"]) == 0
-    printed = capsys.readouterr().out
-    assert "tiny fp32 without=-:" in printed and "ms per profiled step" in printed and "  matmul " in printed
 
 
 # -- bad input: one "error: " paragraph and exit status 2, before the seconds of peak timing -----
