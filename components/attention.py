@@ -54,7 +54,7 @@ def sdpa_attention(q, k, v, bias: torch.Tensor | None, dropout_p: float) -> torc
         grouped = False
     if bias is None:  # the kernel builds the causal mask itself
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=grouped)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, enable_gqa=grouped)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout_p, enable_gqa=grouped)
 
 
 def expand_kv_heads(device_type: str, dtype: torch.dtype, has_bias: bool) -> bool:
@@ -79,7 +79,7 @@ def naive_attention(q, k, v, bias: torch.Tensor | None, dropout_p: float) -> tor
     k, v = share_heads(k, v, H)                                               # each of KV heads serves H // KV queries
     scores = (q @ k.transpose(-2, -1)) * hd ** -0.5                           # (B, H, T, T)
     if bias is not None:
-        scores = scores + bias
+        scores = scores + bias.to(scores.dtype)
     # The (T, T) mask is built per call, not cached per length: tiny next to the scores it masks.
     future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)       # True above the diagonal
     weights = scores.masked_fill(future, float("-inf")).softmax(dim=-1)

@@ -155,7 +155,7 @@ class ALiBi(Positional):
     def attention_bias(self, q: torch.Tensor) -> torch.Tensor:
         n_heads, T = q.shape[1], q.shape[2]                                    # q: (B, n_heads, T, head_dim)
         mask = self.mask[:, :T, :T] if n_heads == self.n_heads else alibi_mask(n_heads, T).to(q.device)
-        return mask.to(q.dtype)                                                # (n_heads, T, T); a view in float32
+        return mask                       # (n_heads, T, T) float32, a view: each kernel takes it in the dtype it needs
 
 
 def rope_tables(length: int, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from components.attention import naive_attention
+from components.attention import naive_attention, sdpa_attention
 from components.kernels import c_loader, fused, settings
-from components.positional import ALiBi
+from components.positional import ALiBi, alibi_mask
 
 BF16 = torch.bfloat16
 BF16_EPS = 2.0 ** -8  # bf16's spacing at 1: a result rounded once is within half of it, relative
@@ -94,6 +94,24 @@ def test_bf16_attention_under_autocast_matches_float32(path, T, alibi):
     assert within(out, ref, 2e-2)
     for g, r in zip(grads, ref_grads):
         assert within(g, r, 2e-2)
+
+
+def test_alibi_bias_reaches_the_kernels_in_float32_for_bf16_queries(monkeypatch):
+    """bf16 queries (a linear's output under autocast): the bias stays the float32 table (in bf16, 512
+    positions away on a steep head, it was off by up to 0.5); the stock kernels take it in their dtype."""
+    alibi = ALiBi()
+    alibi.prepare(n_heads=4, head_dim=8, context_length=512)
+    q, k, v = (torch.randn(1, 4, 512, 8).to(BF16) for _ in range(3))
+    bias = alibi.attention_bias(q)
+    assert bias.dtype == torch.float32 and torch.equal(bias, alibi_mask(4, 512))
+    seen = []
+    monkeypatch.setattr(fused, "causal_attention", lambda q, k, v, bias, p: seen.append(bias.dtype) or q)
+    sdpa_attention(q.detach().requires_grad_(), k, v, bias, 0.0)
+    assert seen == [torch.float32]
+    monkeypatch.undo()
+    with torch.no_grad(), settings.using(fused=False):  # the stock kernels: SDPA, the explicit path, in bf16
+        out, ref = sdpa_attention(q, k, v, bias, 0.0), naive_attention(q, k, v, bias, 0.0)
+    assert out.dtype == ref.dtype == BF16 and within(out.float(), ref.float(), 2e-2)
 
 
 def test_bf16_attention_fuses_float32s_dropout_mask(path):
