@@ -101,7 +101,7 @@ class CausalSelfAttention(nn.Module):
         # One fused projection for q, k and v: for multi_head this is GPT-2's c_attn layout [q | k | v].
         self.qkv = nn.Linear(d_model, (n_heads + 2 * n_kv_heads) * self.head_dim)
         self.proj = nn.Linear(n_heads * self.head_dim, d_model)
-        self.proj.residual_projection = True  # GPT-2 init scales it by 1/sqrt(2 * n_layers)
+        self.proj.residual_projection = True  # GPT-2 init scales it by 1/sqrt(residual branches)
         self.dropout = dropout
         self.resid_dropout = fused.Dropout(dropout)
         self.kernel = KERNELS[impl]

@@ -29,7 +29,7 @@ class TwoLayerMLP(nn.Module):
         self.up = nn.Linear(d_model, hidden)
         self.activation = activation
         self.down = nn.Linear(hidden, d_model)
-        self.down.residual_projection = True  # GPT-2 init scales it by 1/sqrt(2 * n_layers)
+        self.down.residual_projection = True  # GPT-2 init scales it by 1/sqrt(residual branches)
         self.dropout = fused.Dropout(dropout)
 
     @classmethod

@@ -49,6 +49,9 @@ class GPT(nn.Module):
         self.final_norm = NORM.build(config.norm, dims, "model.norm") if self.blocks[0].final_norm else nn.Identity()
         self.head = HEAD.build(config.head, dims | {"embedding": self.token_embedding}, path="model.head")
         if config.init == "gpt2":
+            # GPT-2 scales each residual projection by 1/sqrt(N), N the residual branches: 2 per block there,
+            # 1 in blocks without attention (attention: none)
+            self.residual_branches = sum(getattr(m, "residual_projection", False) for m in self.modules())
             self.apply(self._gpt2_init)
 
     def _block(self, dims: dict[str, Any]) -> nn.Module:
@@ -60,9 +63,10 @@ class GPT(nn.Module):
         }, path="model.block")
 
     def _gpt2_init(self, module: nn.Module) -> None:
-        """N(0, 0.02) weights, zero biases; residual projections scaled by 1/sqrt(2 * n_layers) (GPT-2)."""
+        """N(0, 0.02) weights, zero biases; residual projections scaled by 1/sqrt(residual branches), which
+        is GPT-2's 1/sqrt(2 * n_layers) for blocks of attention and MLP (Radford et al. 2019, section 2.3)."""
         if isinstance(module, nn.Linear):
-            scale = 1 / math.sqrt(2 * self.config.n_layers) if getattr(module, "residual_projection", False) else 1.0
+            scale = 1 / math.sqrt(self.residual_branches) if getattr(module, "residual_projection", False) else 1.0
             nn.init.normal_(module.weight, mean=0.0, std=0.02 * scale)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)

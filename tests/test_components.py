@@ -125,6 +125,9 @@ def test_gpt2_init_scales_residual_projections():
     proj, qkv = model.blocks[0].attention.proj.weight, model.blocks[0].attention.qkv.weight
     assert qkv.std().item() == pytest.approx(0.02, rel=0.05)
     assert proj.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
+    # without attention a block has one residual branch (its MLP): 8 in all, not 16
+    mlp_only = GPT(ModelConfig(**(TINY | {"d_model": 256, "n_layers": 8, "attention": "none"})))
+    assert mlp_only.blocks[0].feedforward.down.weight.std().item() == pytest.approx(0.02 / math.sqrt(8), rel=0.05)
 
 
 @pytest.mark.parametrize("positional", POSITIONAL.names())
