@@ -64,8 +64,9 @@ def bind(run: Any, dataset: Any, params: int, flops_per_token: int) -> None:
     kind = next(iter(train.budget))
     steps = derived_steps(train.budget, step_cost(kind, per_step, train_bytes_per_token(dataset),
                                                   flops_per_token, params))
-    if (problem := TRAIN["steps"].problem(steps, f"the steps that train.budget = {train.budget} gives {run.variant}")):
-        raise SpecError(f"{problem}: a smaller budget, or a larger batch")
+    if not TRAIN["steps"].valid(steps):
+        raise SpecError(f"train.budget = {train.budget} gives {run.variant} {steps:,} steps, and its steps must be "
+                        f"{TRAIN['steps'].describe()}: give a smaller budget, or a larger batch")
     if problem := warmup_too_long(train.warmup, steps, f" under its budget {train.budget} ({run.variant})"):
         raise SpecError(problem)
     run.train = dataclasses.replace(train, steps=steps, warmup=warmup_steps(train.warmup, steps))
