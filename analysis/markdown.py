@@ -124,20 +124,19 @@ def effects_table(effects: pd.DataFrame, metric: str) -> list[str]:
                        zip(effects["ci_low"], effects["ci_high"], effects["n_seeds"])]
     table["p"] = [p_text(v) for v in effects["p"]]
     table["p (Holm)"] = [p_text(v) for v in effects["p_holm"]]
-    marks = effects["unfinished"].fillna("") if "unfinished" in effects else pd.Series("", index=effects.index)
-    table["verdict"] = [verdict(r) + (" †" if mark else "") for r, mark in zip(effects.itertuples(), marks)]
+    ended = effects["unfinished"].fillna("") != ""
+    table["verdict"] = [verdict(r) + (" †" if mark else "") for r, mark in zip(effects.itertuples(), ended)]
     lines = [family_note(effects), "", to_markdown(table), ""]
     left = effects[effects["left_out"].fillna("") != ""]
     if len(left):
         lines += ["Left out so that every seed's mean Δ averages the same settings (a run "
                   "without its finished partner): " + "; ".join(
                       f"{r.comparison}: {r.left_out}" for r in left.itertuples()) + ".", ""]
-    ended = effects[effects["unfinished"].fillna("") != ""] if "unfinished" in effects else effects.iloc[:0]
-    if len(ended):
+    if ended.any():
         lines += ["**Runs that did not finish** (marked † above): their seeds have no pair, so these rows "
                   "compare the seeds that survived, and a variant that diverges more often can look "
                   "better than it is: " + "; ".join(f"{r.comparison}: {r.unfinished}"
-                                                    for r in ended.itertuples()) + ".", ""]
+                                                    for r in effects[ended].itertuples()) + ".", ""]
     return lines
 
 

@@ -244,7 +244,8 @@ def tuned_effects(exp: Experiment) -> pd.DataFrame:
         e = swap_effect(runs(arm), reference)
         effects.append(e)
         rows.append({"comparison": f"{arm} vs {order[0]}", "n_seeds": e.n_seeds, "n_settings": 1,
-                     "mean_delta": e.mean, "ci_low": e.low, "ci_high": e.high, "p": e.p, "left_out": ""})
+                     "mean_delta": e.mean, "ci_low": e.low, "ci_high": e.high, "p": e.p, "left_out": "",
+                     "unfinished": ""})
     adjusted, verdicts = family_verdicts(effects)
     for row, p, v in zip(rows, adjusted, verdicts):
         row |= {"p_holm": p, "significant": pd.NA if v is None else v}
