@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from components.kernels import grad_clip
+
 if TYPE_CHECKING:
     from experiments.schema import TrainSettings
 
@@ -35,11 +37,16 @@ def make_optimizer(model: torch.nn.Module, train: TrainSettings, device: torch.d
 
 @torch.no_grad()
 def clip_grad_norm(params, max_norm: float) -> torch.Tensor:
-    """torch.nn.utils.clip_grad_norm_ (same arithmetic) in four ops: on the CPU torch's own loops over
-    the parameters in Python (~2 ops each), since its foreach path is for accelerators only."""
+    """torch.nn.utils.clip_grad_norm_'s rule: every gradient scaled by max_norm / (norm + 1e-6) where that
+    is below 1; returns the norm before clipping. On the CPU two C calls for all the gradients
+    (components/kernels/grad_clip.py); elsewhere four ops (torch's own clip loops over the parameters
+    in Python, ~2 ops each, since its foreach path is for accelerators only)."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return torch.zeros(())
+    norm = grad_clip.clip_(grads, max_norm)
+    if norm is not None:
+        return torch.tensor(norm, dtype=torch.float32)
     total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
     torch._foreach_mul_(grads, torch.clamp(max_norm / (total + 1e-6), max=1.0))
     return total
@@ -58,27 +65,45 @@ class FusedAdamW:
         self.param_groups = [{"lr": lr, "betas": tuple(betas), "eps": eps, **g, "params": list(g["params"])}
                              for g in groups]
         self.state: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
+        self.step_counts: dict[int, torch.Tensor] = {}  # group index -> its parameters' step counts
 
-    def _state(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
-        if p not in self.state:
-            self.state[p] = {"step": torch.zeros((), dtype=torch.float32, device=p.device),
-                             "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-                             "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
-        return self.state[p]
+    def _states(self, index: int, group: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
+        """The states of a group's parameters, made on first use. Their step counts are views of one
+        tensor, so one op advances them all (torch's foreach add on the CPU is an op per parameter:
+        ~0.1 ms a step for a 4-layer model)."""
+        params = group["params"]
+        if index not in self.step_counts and params:
+            counts = torch.tensor([float(self.state[p]["step"]) if p in self.state else 0.0 for p in params],
+                                  dtype=torch.float32, device=params[0].device)
+            for i, p in enumerate(params):
+                old = self.state.get(p, {})
+                self.state[p] = {"step": counts[i],
+                                 "exp_avg": old.get("exp_avg", torch.zeros_like(p, memory_format=torch.preserve_format)),
+                                 "exp_avg_sq": old.get("exp_avg_sq", torch.zeros_like(p, memory_format=torch.preserve_format))}
+            self.step_counts[index] = counts
+        return [self.state[p] for p in params]
+
+    def all_states(self) -> list[dict[str, torch.Tensor]]:
+        """Every parameter's state, in the groups' order (made where missing)."""
+        return [s for index, g in enumerate(self.param_groups) for s in self._states(index, g)]
 
     @torch.no_grad()
     def step(self) -> None:
-        for g in self.param_groups:
-            params = [p for p in g["params"] if p.grad is not None]
-            if not params:
+        for index, g in enumerate(self.param_groups):
+            states = self._states(index, g)
+            with_grad = [i for i, p in enumerate(g["params"]) if p.grad is not None]
+            if not with_grad:
                 continue
-            states = [self._state(p) for p in params]
-            steps = [s["step"] for s in states]
-            torch._foreach_add_(steps, 1)
+            if len(with_grad) == len(states):
+                self.step_counts[index].add_(1)
+            else:  # only the parameters that have a gradient take a step
+                states = [states[i] for i in with_grad]
+                torch._foreach_add_([s["step"] for s in states], 1)
+            params = [g["params"][i] for i in with_grad]
             torch._fused_adamw_(params, [p.grad for p in params], [s["exp_avg"] for s in states],
-                                [s["exp_avg_sq"] for s in states], [], steps, lr=g["lr"], beta1=g["betas"][0],
-                                beta2=g["betas"][1], weight_decay=g["weight_decay"], eps=g["eps"],
-                                amsgrad=False, maximize=False)
+                                [s["exp_avg_sq"] for s in states], [], [s["step"] for s in states], lr=g["lr"],
+                                beta1=g["betas"][0], beta2=g["betas"][1], weight_decay=g["weight_decay"],
+                                eps=g["eps"], amsgrad=False, maximize=False)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for g in self.param_groups:
@@ -105,3 +130,4 @@ class FusedAdamW:
                       for i, s in state["state"].items()}
         for s in self.state.values():
             s["step"] = s["step"].to(torch.float32)
+        self.step_counts = {}  # the loaded counts are linked again on the next step

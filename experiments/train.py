@@ -176,8 +176,7 @@ class Trainer:
         resumed, self.step, self.metrics, self.train_seconds, self.wall_seconds, self.bytes_seen = ddp.broadcast(
             (resumed, self.step, self.metrics, self.train_seconds, self.wall_seconds, self.bytes_seen))
         if resumed:
-            states = [self.optimizer._state(p) for g in self.optimizer.param_groups for p in g["params"]]
-            ddp.broadcast_tensors([s[k] for s in states for k in ("step", "exp_avg", "exp_avg_sq")])
+            ddp.broadcast_tensors([s[k] for s in self.optimizer.all_states() for k in ("step", "exp_avg", "exp_avg_sq")])
             if ddp.rank():
                 torch.manual_seed(rank_seed(self.run.seed, self.step))
         return resumed

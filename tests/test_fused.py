@@ -272,7 +272,7 @@ def groups(model):
 
 
 def test_fused_adamw_steps_and_saves_like_torchs_fused_adamw():
-    from experiments.optim import FusedAdamW, clip_grad_norm
+    from experiments.optim import FusedAdamW
 
     ours_model, torch_model = two_models()
     ours = FusedAdamW(groups(ours_model), lr=1e-2, betas=(0.9, 0.99))
@@ -283,19 +283,59 @@ def test_fused_adamw_steps_and_saves_like_torchs_fused_adamw():
             for g in opt.param_groups:
                 g["lr"] = 1e-2 * (step + 1) / 12
             (model(x) ** 2).mean().mul(50).backward()
-            if opt is ours:
-                clip_grad_norm(model.parameters(), 1.0)
-            else:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            if step % 4 == 3:  # some steps update the first layer alone: its step counts run ahead
+                model[2].weight.grad = model[2].bias.grad = None
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             opt.zero_grad()
     for a, b in zip(ours_model.parameters(), torch_model.parameters()):
         assert torch.equal(a, b)
+    assert {i: float(s["step"]) for i, s in ours.state_dict()["state"].items()} == {0: 12, 1: 9, 2: 12, 3: 9}
     restored = FusedAdamW(groups(ours_model), lr=1.0, betas=(0.5, 0.5))
     restored.load_state_dict(theirs.state_dict())  # torch's checkpoints load too
     assert restored.param_groups[0]["betas"] == (0.9, 0.99)
     for i, state in theirs.state_dict()["state"].items():
         assert all(torch.equal(restored.state_dict()["state"][i][k], state[k]) for k in ("step", "exp_avg", "exp_avg_sq"))
+    (ours_model(x) ** 2).mean().backward()
+    restored.step()  # the loaded counts go on from where they were
+    assert {i: float(s["step"]) for i, s in restored.state_dict()["state"].items()} == {0: 13, 1: 10, 2: 13, 3: 10}
+
+
+@pytest.mark.parametrize("c_loops, threads", [(True, 1), (True, 2), (False, 2)])
+@pytest.mark.parametrize("max_norm", [1e9, 1.0, 1e-3])
+def test_clip_grad_norm_follows_torchs_rule(c_loops, threads, max_norm):
+    """The same scale as torch.nn.utils.clip_grad_norm_ (to float rounding of the norm), the norm
+    within 1e-6 of float64's, for tensors of many sizes (one larger than the C loops' blocks), on one
+    thread and split between two (their shares cut tensors in the middle)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        check_clip(c_loops, max_norm)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def check_clip(c_loops: bool, max_norm: float) -> None:
+    from experiments.optim import clip_grad_norm
+
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(3,), (128, 512), (512,), (65, 128), (40_000,), (7,)]
+    ours = [torch.nn.Parameter(torch.zeros(s)) for s in shapes]
+    theirs = [torch.nn.Parameter(torch.zeros(s)) for s in shapes]
+    for a, b in zip(ours, theirs):
+        a.grad = torch.randn(a.shape, generator=gen) * 3
+        b.grad = a.grad.clone()
+    before = [a.grad.clone() for a in ours]
+    exact = torch.cat([b.grad.double().flatten() for b in theirs]).norm().item()
+    with settings.using(c_loops=c_loops):
+        norm = float(clip_grad_norm(ours, max_norm))
+    torch.nn.utils.clip_grad_norm_(theirs, max_norm)
+    assert norm == pytest.approx(exact, rel=1e-6)
+    for a, b, old in zip(ours, theirs, before):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=0)
+        assert torch.equal(a.grad, old) == (max_norm > exact)  # untouched unless clipped
+    clipped = torch.cat([a.grad.double().flatten() for a in ours]).norm().item()
+    assert clipped == pytest.approx(min(exact, max_norm), rel=1e-5)
 
 
 def test_thread_policy(monkeypatch):

@@ -119,5 +119,7 @@ def load() -> ctypes.CDLL | None:
     lib.causal_attn_bwd.argtypes = [ptr] * 8 + [i64] * 5 + [ptr, ptr, f] + dropout
     lib.causal_attn_bwd.restype = ctypes.c_int
     lib.causal_attn_vector_width.argtypes, lib.causal_attn_vector_width.restype = [], ctypes.c_int
+    lib.sum_squares.argtypes, lib.sum_squares.restype = [ptr, ptr, i64], ctypes.c_double  # float32 tensors
+    lib.scale_all.argtypes, lib.scale_all.restype = [ptr, ptr, i64, f], None
     _lib = lib
     return lib

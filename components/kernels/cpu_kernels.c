@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <math.h>
 #include <stdlib.h>
+#include <omp.h>
 
 /* exp(x) to ~2 ulp for the whole float range (Cephes' polynomial after Cody-Waite reduction);
    written without library calls so that loops over it vectorise. NaN stays NaN (the comparisons
@@ -135,6 +136,57 @@ GELU_KERNELS(gelu_fwd, gelu_bwd, float, F32_LOAD, F32_ROUND)
 GELU_KERNELS(gelu_fwd_bf16, gelu_bwd_bf16, bf16, bf16_load, bf16_round)
 DROPOUT_KERNEL(dropout, float, F32_LOAD, F32_ROUND)
 DROPOUT_KERNEL(dropout_bf16, bf16, bf16_load, bf16_round)
+
+/* Gradient clipping over n float32 tensors xs[t] of sizes[t] elements, in one parallel region for all
+   of them (torch's CPU foreach ops run one op per tensor). Each thread takes an equal share of the
+   elements of the concatenation: SPAN walks the pieces (tensor t, elements [lo, hi)) of that share,
+   with a double acc_ per thread, stored to out[thread] when out is not NULL. */
+#define SPAN(n, sizes, out, ...)                                                                     \
+    int64_t total_ = 0;                                                                               \
+    for (int64_t t = 0; t < (n); t++) total_ += (sizes)[t];                                           \
+    _Pragma("omp parallel if (total_ > PAR_MIN)")                                                    \
+    {                                                                                                 \
+        int64_t threads_ = omp_get_num_threads(), me_ = omp_get_thread_num();                         \
+        int64_t from_ = total_ * me_ / threads_, to_ = total_ * (me_ + 1) / threads_, start_ = 0;     \
+        double acc_ = 0.0;                                                                            \
+        for (int64_t t = 0; t < (n) && start_ < to_; start_ += (sizes)[t], t++) {                     \
+            int64_t lo = from_ > start_ ? from_ - start_ : 0;                                         \
+            int64_t hi = to_ - start_ < (sizes)[t] ? to_ - start_ : (sizes)[t];                       \
+            if (lo < hi) { __VA_ARGS__ }                                                              \
+        }                                                                                             \
+        if (out) (out)[me_] = acc_;                                                                   \
+    }
+#define SQUARES_BLOCK 4096  /* summed in float, the blocks in double: ~1e-7 relative at any size */
+
+/* The sum of the squares of every element of every tensor; the threads' sums are added in thread
+   order, so a given thread count gives the same bits every call. */
+double sum_squares(float *const *xs, const int64_t *sizes, int64_t n) {
+    int slots = omp_get_max_threads();
+    double partial[slots], *out = partial, sum = 0.0;
+    for (int i = 0; i < slots; i++) partial[i] = 0.0;
+    SPAN(n, sizes, out, {
+        const float *x = xs[t];
+        for (int64_t b = lo; b < hi; b += SQUARES_BLOCK) {
+            int64_t e = b + SQUARES_BLOCK < hi ? b + SQUARES_BLOCK : hi;
+            float s = 0.0f;
+            _Pragma("omp simd reduction(+:s)")
+            for (int64_t i = b; i < e; i++) s += x[i] * x[i];
+            acc_ += s;
+        }
+    })
+    for (int i = 0; i < slots; i++) sum += partial[i];
+    return sum;
+}
+
+/* Every element of every tensor multiplied by scale, in place. */
+void scale_all(float *const *xs, const int64_t *sizes, int64_t n, float scale) {
+    double *none = NULL;
+    SPAN(n, sizes, none, {
+        float *x = xs[t];
+        _Pragma("omp simd")
+        for (int64_t i = lo; i < hi; i++) x[i] *= scale;
+    })
+}
 
 /* Row r of attn_softmax's scores, in place: the softmax over the keys its query sees, zeros after. */
 static inline void lab_causal_softmax_row(float *row, int64_t r, int64_t chunk, int64_t len, int64_t start,
