@@ -23,7 +23,6 @@ from analysis.tables import Experiment, done_runs
 EFFECT_COLUMNS = ["factor", "level", "reference", "comparison", "metric", "n_seeds", "n_settings",
                   "n_pairs", "mean_delta", "std_delta", "ci_low", "ci_high", "df", "p", "p_holm",
                   "significant", "left_out", "unfinished"]
-ENDED = ("diverged", "failed")  # runs that ended without a final score
 
 
 class Factor(NamedTuple):
@@ -132,13 +131,14 @@ def _left_out(matrix: pd.DataFrame, e: SeedEffect) -> str:
 
 def unfinished(exp: Experiment, column: str, levels: tuple[str, str], others: list[Factor],
                setting: str | None = None) -> str:
-    """The runs at either of `levels` of `column` (in `setting` of the others, if given) that ended
-    without finishing, e.g. 'post seed 2 diverged' ('' if none). Their seeds have no pair, so the
-    comparison is of the seeds that survived: a level that diverges more often can look better."""
+    """The runs at either of `levels` of `column` (in `setting` of the others, if given) without a
+    final score, e.g. 'post seed 2 diverged; post seed 1 pending' ('' if none). Their seeds have no
+    pair, so the comparison is of the seeds that finished: a level that diverges more often can look
+    better, and a row with runs still pending or running changes when they finish."""
     runs = exp.runs
     if column not in runs.columns:
         return ""
-    ended = runs[runs["status"].isin(ENDED) & runs[column].isin(levels)]
+    ended = runs[(runs["status"] != "done") & runs[column].isin(levels)]
     if setting is not None and len(ended):
         ended = ended[[s == setting for s in _settings(ended, others)]]
     return "; ".join(f"{r.variant} seed {int(r.seed)} {r.status}" for r in ended.itertuples())
@@ -227,12 +227,18 @@ def seed_means(exp: Experiment, column: str, metric: str = "final_val_bpb") -> p
 
 def main_effects(exp: Experiment, metric: str = "final_val_bpb") -> pd.DataFrame:
     """Marginal mean of `metric` at each level of each axis: the mean over seeds of each seed's
-    mean over the other factors, with the 95% t interval over seeds (`n` = seeds)."""
+    mean over the other factors, with the 95% t interval over seeds (`n` = seeds). Every level of an
+    axis averages the same seeds (those with a mean at each level), so a level that lost its hardest
+    seed does not look better for it; `left_out` names the seeds that had to go."""
     rows = []
     for axis in exp.axes:
         means = seed_means(exp, axis, metric)
+        levels = [lv for lv in exp.levels.get(axis, []) if (means[axis] == lv).any()]
+        common = set.intersection(*(set(means.loc[means[axis] == lv, "seed"]) for lv in levels)) if levels else set()
+        dropped = sorted(set(means["seed"]) - common)
         for level in exp.levels.get(axis, []):
-            s = mean_ci(means.loc[means[axis] == level, metric])
+            s = mean_ci(means.loc[(means[axis] == level) & means["seed"].isin(common), metric])
             rows.append({"axis": axis, "level": level, "n": s.n, "mean": s.mean, "std": s.std,
-                         "ci_low": s.low, "ci_high": s.high})
-    return pd.DataFrame(rows, columns=["axis", "level", "n", "mean", "std", "ci_low", "ci_high"])
+                         "ci_low": s.low, "ci_high": s.high,
+                         "left_out": ", ".join(f"seed {int(x)}" for x in dropped)})
+    return pd.DataFrame(rows, columns=["axis", "level", "n", "mean", "std", "ci_low", "ci_high", "left_out"])

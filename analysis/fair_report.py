@@ -9,7 +9,9 @@ import pandas as pd
 
 from analysis import scaling, tuning
 from analysis.markdown import ci, effects_table, si, to_markdown
+from analysis.stats import mean_ci, seed_level_effect
 from analysis.tables import X_AXES, Experiment, done_runs
+from analysis.trials import objectives
 from experiments import metrics as m
 
 UNEQUAL = 1.05          # a spread (largest / smallest) above this is "not at equal ..."
@@ -216,16 +218,46 @@ def _times(value: float) -> str:
 # A search's best trial on the test text
 
 def search_test_lines(exp: Experiment, best: pd.Series, metric: str) -> list[str]:
-    """The best trial's selection score beside its score on the test text (mean over the same seeds)."""
+    """The best trial's selection score beside its score on the test text (the same seeds, with the t
+    interval over them), and the best minus the runner-up there, seed by seed."""
+    if "_val_" not in metric:  # e.g. params, final_train_loss: nothing was chosen on the validation text
+        return [f"The objective, `{metric}`, is not a score on the validation text, so it has no held-out "
+                "counterpart.", ""]
+    kind = metric.split("_val_", 1)[1]  # bpb or loss
     runs = done_runs(exp)
     runs = runs[runs["trial"] == best["trial"]] if "trial" in runs.columns else runs.iloc[0:0]
-    test_metric = metric.replace("_val_", "_test_") if metric.replace("_val_", "_test_") in runs.columns else "final_test_bpb"
+    test_metric = f"final_test_{kind}"
     if test_metric not in runs.columns or runs[test_metric].isna().all():
         return ["Chosen on the validation text, so the score above is optimistic; the spec holds out no test "
                 "text (set `data.test_fraction` to score the best trial on text that did not choose it).", ""]
-    scores = runs[test_metric].dropna()
-    table = pd.DataFrame({"text": ["validation (chose the trial)", "test (held out)"],
-                          "score": [f"{metric} = {best['objective']:.4f}", f"{test_metric} = {scores.mean():.4f}"],
-                          "seeds": [len(runs), len(scores)]})
-    return ["The best trial was chosen on the validation text, so its score there is optimistic; the same runs "
-            "(mean over the same seeds) on the test text, which no trial was chosen on:", "", to_markdown(table), ""]
+    test = mean_ci(runs[test_metric])
+    rows = [("validation (chose the trial)", f"{metric} = {best['objective']:.4f}", len(runs), "")]
+    if metric != f"final_val_{kind}" and f"final_val_{kind}" in runs.columns:  # best_val_*: a pick over evaluations
+        rows.append(("validation, final (same runs)", f"final_val_{kind} = {runs[f'final_val_{kind}'].mean():.4f}",
+                     len(runs), ""))
+    rows.append(("test (held out)", f"{test_metric} = {test.mean:.4f}", test.n, ci(test.low, test.high, test.n)))
+    table = pd.DataFrame(rows, columns=["text", "score", "seeds", "95% CI over seeds"])
+    return (["The best trial was chosen on the validation text, so its score there is optimistic; the same runs "
+             "(mean over the same seeds) on the test text, which no trial was chosen on:", "", to_markdown(table), ""]
+            + _runner_up_lines(exp, best, test_metric))
+
+
+def _runner_up_lines(exp: Experiment, best: pd.Series, test_metric: str) -> list[str]:
+    """Best minus the runner-up (by the objective) on the test text, paired by seed."""
+    order = list(objectives(exp).index)
+    if len(order) < 2:
+        return []
+    runner = order[1] if order[0] == best["variant"] else order[0]
+    runs = done_runs(exp)
+    matrix = runs[runs["variant"].isin([best["variant"], runner])].pivot_table(
+        index="seed", columns="variant", values=test_metric, aggfunc="mean")
+    if runner not in matrix.columns or best["variant"] not in matrix.columns:
+        return []
+    e = seed_level_effect((matrix[best["variant"]] - matrix[runner]).to_numpy())
+    if e.n_seeds < 2:
+        return []
+    return [f"Best − runner-up (`{runner}`) on the test text, seed by seed: Δ = {e.mean:+.4f}, 95% CI "
+            f"{ci(e.low, e.high, e.n_seeds)} over {e.n_seeds} seeds. Both were ranked on the validation scores "
+            "of these same runs, and a run's luck in training helps it on both texts, so this interval leans "
+            "toward the chosen trial: where it includes 0 the two are not told apart; where it excludes 0 that "
+            "is weaker evidence than it looks (train the two on new seeds to compare them cleanly).", ""]

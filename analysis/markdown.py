@@ -134,9 +134,9 @@ def effects_table(effects: pd.DataFrame, metric: str) -> list[str]:
                       f"{r.comparison}: {r.left_out}" for r in left.itertuples()) + ".", ""]
     if ended.any():
         lines += ["**Runs that did not finish** (marked † above): their seeds have no pair, so these rows "
-                  "compare the seeds that survived, and a variant that diverges more often can look "
-                  "better than it is: " + "; ".join(f"{r.comparison}: {r.unfinished}"
-                                                    for r in effects[ended].itertuples()) + ".", ""]
+                  "compare the seeds that finished; a variant that diverges more often can look better "
+                  "than it is, and a row with runs still pending or running changes when they finish: "
+                  + "; ".join(f"{r.comparison}: {r.unfinished}" for r in effects[ended].itertuples()) + ".", ""]
     return lines
 
 
@@ -144,3 +144,7 @@ SEED_UNIT = ("Runs of one seed share their batches, initialisation and evaluatio
              "the seed is the unit: Δ is averaged within each seed first (over the settings of "
              "the other factors, in a grid), and the 95% interval and p are Student t over the "
              "seeds' mean Δ (df = seeds − 1).")
+ASSUMED = ("Assumed: the seeds' mean Δ are independent draws from a roughly normal spread (with 3 "
+           "seeds one odd seed weighs a lot); the seeds stand for the seed-to-seed variation (batch "
+           "order, initialisation, evaluation windows) and nothing else differs between them; a pooled "
+           "Δ weights the settings of the other factors equally.")

@@ -18,11 +18,12 @@ from analysis.effects import (
     consecutive_effects, factors, main_effects, paired_effects, simple_effects)
 from analysis.fair_report import budget_section, scale_section, search_test_lines, tune_section
 from analysis.markdown import (  # noqa: F401  (to_markdown: read from here by the tests)
-    SEED_UNIT, ci, duration, effects_table, fence, kv, si, to_markdown)
+    ASSUMED, SEED_UNIT, ci, duration, effects_table, fence, kv, si, to_markdown)
 from analysis.plots import CAPTIONS, PlotSet, make_plots, remove_stale
 from analysis.tables import (
     LABELS, UNITS, Experiment, best_run, comparable_metrics, complete_variants, done_runs,
     load_experiment, mixed_tokenizers, pivot_tables, progress, tokenizers, unplanned_note, variant_table)
+from analysis.trials import best_trial, objectives, search_metric  # noqa: F401  (best_trial: tests)
 from experiments import interrupts
 
 MAX_VARIANT_ROWS = 25      # a search can have hundreds of trials; the report shows the best
@@ -114,13 +115,14 @@ def _variant_section(exp: Experiment) -> list[str]:
     if exp.search:                            # rank only trials whose every seed finished
         complete = table["variant"].isin(complete_variants(exp))
         partial = _partial_trials(exp, table.loc[~complete & (table["runs"] > 0), "variant"])
-        table = table[complete].sort_values("final_val_bpb_mean", kind="stable",
-                                            na_position="last")
+        table = _ranked_trials(exp, table[complete])
     shown = table.head(MAX_VARIANT_ROWS)
     quality = pd.DataFrame({"variant": shown["variant"]})
     if mixed_tokenizers(exp):
         quality["tokenizer"] = shown["tokenizer"]
     quality["n seeds"] = shown["n"]
+    if "objective" in shown.columns:
+        quality[f"objective ({shown.attrs['metric']})"] = shown["objective"]
     for metric in reversed(metrics):          # bpb first: it is the scale every run shares
         short = SHORT[metric]
         quality[f"{short} mean"] = shown[f"{metric}_mean"]
@@ -140,16 +142,46 @@ def _variant_section(exp: Experiment) -> list[str]:
         units += "; loss: final validation cross-entropy in nats/token"
     lines = ["## Results per variant", "",
              f"Mean over finished seeds, sample std and the 95% Student t interval of the mean "
-             f"({units}; lower is better).", ""]
+             f"({units}; lower is better); the interval assumes the seeds' scores are independent draws "
+             f"from a roughly normal spread.", ""]
     if exp.search:
-        lines[-2] += (" Only trials with every seed finished are ranked here, best first; "
-                      "trials with a pruned, diverged or unfinished seed are listed apart below.")
+        lines[-2] += (" Only trials with every seed finished are ranked here, best first by the search's "
+                      "objective; trials with a pruned, diverged or unfinished seed are listed apart below. "
+                      "**The top rows were chosen on these same validation scores**, so their means and "
+                      "intervals are optimistic (the best of many noisy trials looks better than it is): "
+                      "quote the held-out test score in *Search* below.")
     lines += [to_markdown(quality), ""]
     if len(table) > len(shown):
         lines += [f"({len(table) - len(shown)} more variants not shown; best first.)", ""]
+    lines += _fewer_seeds_note(exp, table)
     lines += partial + ["### Cost per variant", "", "Means over the same finished seeds.", "",
               to_markdown(cost), ""]
     return lines
+
+
+def _ranked_trials(exp: Experiment, table: pd.DataFrame) -> pd.DataFrame:
+    """A search's complete trials, best first by its objective, with an `objective` column when the
+    search's metric is not one the table shows already."""
+    ranked = objectives(exp)
+    order = {v: i for i, v in enumerate(ranked.index)}
+    table = table.assign(objective=table["variant"].map(ranked), rank=table["variant"].map(order))
+    table = table.sort_values("rank", kind="stable", na_position="last").drop(columns="rank")
+    metric = search_metric(exp, done_runs(exp).columns)
+    if metric in ("final_val_bpb", "final_val_loss"):
+        table = table.drop(columns="objective")
+    table.attrs["metric"] = metric
+    return table
+
+
+def _fewer_seeds_note(exp: Experiment, table: pd.DataFrame) -> list[str]:
+    """Rows over fewer finished seeds than the spec's: their means average other seeds than the rest."""
+    short = table[(table["n"] < len(exp.seeds)) & (table["runs"] > 0)] if len(exp.seeds) > 1 else table.iloc[0:0]
+    if short.empty or exp.search:
+        return []
+    names = [f"`{r.variant}` ({int(r.n)} of {len(exp.seeds)})" for r in short.itertuples()]
+    return ["**Rows over fewer seeds than the spec's**: " + ", ".join(names) + ". Their means and "
+            "intervals average other seeds than the rest, so do not compare rows here; the paired "
+            "tables below compare runs seed by seed.", ""]
 
 
 def _partial_trials(exp: Experiment, variants: pd.Series) -> list[str]:
@@ -177,7 +209,7 @@ def _effects_section(exp: Experiment) -> list[str]:
         return []
     lines = ["## Paired effects vs the baseline", "",
              "Δ = variant − baseline, computed seed by seed (runs with the same seed see the "
-             "same batches); negative is better. " + SEED_UNIT + " Pairing removes the "
+             "same batches); negative is better. " + SEED_UNIT + " " + ASSUMED + " Pairing removes the "
              "seed-to-seed spread that both runs share, so the interval can exclude 0 when the "
              "per-variant intervals overlap.", ""]
     if len(exp.axes) > 1 or (exp.axes and exp.variants):
@@ -228,6 +260,16 @@ def _grid_section(exp: Experiment) -> list[str]:
              "the other axes, then the mean and 95% Student t interval over those seed means "
              "(df = seeds − 1). Whether two levels differ is the paired comparison above, not "
              "whether these intervals overlap.", "", to_markdown(out), ""]
+    left = effects.drop_duplicates("axis")
+    left = left[left["left_out"] != ""]
+    if len(left):
+        lines += ["Left out so that every level of an axis averages the same seeds (a run without a "
+                  "final score): " + "; ".join(f"`{r.axis}`: {r.left_out}" for r in left.itertuples()) + ".", ""]
+    waiting = exp.runs[exp.runs["status"] != "done"]
+    if exp.axes and len(exp.axes) > 1 and len(waiting):
+        lines += ["The cells below average the seeds that finished; a cell with a run left out averages "
+                  "fewer: " + ", ".join(f"{r.variant} seed {int(r.seed)} ({r.status})"
+                                        for r in waiting.head(20).itertuples()) + ".", ""]
     for (a, b), pivot in pivot_tables(exp, "final_val_bpb").items():
         pivot = pivot.copy()
         pivot.index = [f"{a}={v}" for v in pivot.index]
@@ -250,8 +292,10 @@ def _left_out_section(exp: Experiment) -> list[str]:
                             "status": bad["status"]})
         lines += [to_markdown(out), ""]
     if unfinished:
+        waiting = runs[runs["status"].isin(["running", "pending"])]
+        names = ", ".join(f"{r.variant} seed {int(r.seed)} ({r.status})" for r in waiting.head(20).itertuples())
         lines += ["Not finished: " + ", ".join(f"{n} {s}" for s, n in unfinished.items())
-                  + ".", ""]
+                  + (f": {names}" + (", …" if len(waiting) > 20 else "") if names else "") + ".", ""]
     return lines
 
 
@@ -277,33 +321,6 @@ def _sample_section(exp: Experiment) -> list[str]:
     if len(text) > MAX_SAMPLE_CHARS:
         text = text[:MAX_SAMPLE_CHARS] + "\n[…]"
     return [head, fence(text), ""]
-
-
-def search_metric(exp: Experiment, columns) -> str:
-    """The runs.csv column of the search's objective (a search may name `val_bpb` for `final_val_bpb`)."""
-    metric = str((exp.search or {}).get("metric", "final_val_bpb"))
-    return next((m for m in (metric, f"final_{metric}") if m in columns), "final_val_bpb")
-
-
-def best_trial(exp: Experiment) -> pd.Series | None:
-    """The finished trial with the best objective, as Optuna scores it: the metric's mean over the
-    trial's seeds (every seed finished). Returned as the trial's first run, with `objective` =
-    that mean."""
-    runs = done_runs(exp)
-    if "trial" not in runs.columns:
-        return None
-    runs = runs[runs["trial"].notna() & runs["variant"].isin(complete_variants(exp))]
-    if "state" in runs.columns:
-        runs = runs[runs["state"].fillna("COMPLETE").str.upper() == "COMPLETE"]
-    metric = search_metric(exp, runs.columns)
-    runs = runs.dropna(subset=[metric])
-    if runs.empty:
-        return None
-    objective = runs.groupby("trial")[metric].mean()
-    trial = objective.idxmax() if (exp.search or {}).get("direction") == "maximize" else objective.idxmin()
-    best = runs[runs["trial"] == trial].iloc[0].copy()
-    best["objective"] = objective[trial]
-    return best
 
 
 def _study_best(exp: Experiment) -> list[str]:
@@ -343,9 +360,13 @@ def _search_section(exp: Experiment) -> list[str]:
 
 def build_report(exp: Experiment, plots: PlotSet, consecutive: bool = False) -> str:
     """The report's markdown text (no files written); `consecutive` adds each variant vs the one before."""
+    # An adaptive search's trials are points a sampler chose, minus the pruned: no baseline or design to
+    # compare against, so no paired or main effects (a grid run as a study keeps them).
+    designed = not exp.search or exp.search.get("mode") == "grid"
     sections = [_header(exp), _what_was_run(exp), _caveats(exp), budget_section(exp), _variant_section(exp),
                 _consecutive_section(exp) if consecutive else [],
-                _effects_section(exp), _grid_section(exp), tune_section(exp), scale_section(exp),
+                _effects_section(exp) if designed else [], _grid_section(exp) if designed else [],
+                tune_section(exp), scale_section(exp),
                 _left_out_section(exp), _search_section(exp), _plots_section(exp, plots), _sample_section(exp)]
     return "\n".join(line for section in sections for line in section).rstrip() + "\n"
 

@@ -387,7 +387,9 @@ def variant_table(exp: Experiment, metrics: list[str] | None = None) -> pd.DataF
         for col in COST_COLUMNS:
             row[col] = float(mine[col].mean()) if len(mine) else math.nan
         rows.append(row)
-    return pd.DataFrame(rows)
+    columns = ["variant", *exp.axes, "tokenizer", "n", "runs",
+               *(k for m in metrics for k in _stats_columns(pd.Series(dtype=float), m)), *COST_COLUMNS]
+    return pd.DataFrame(rows, columns=columns)  # the columns even with no variant (a search with no trial)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -626,3 +626,95 @@ def test_ctrl_c_while_the_new_files_move_into_place_waits_until_they_are_all_the
     pngs = sorted((ladder / "plots").glob("*.png"))
     assert len(pngs) >= 4 and all(f"](plots/{png.name})" in text for png in pngs)
     assert not list(ladder.rglob("*.tmp"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs not finished yet, and searches: what the report must not overstate
+
+def test_a_pending_run_is_named_and_its_row_flagged(tmp_path: Path) -> None:
+    """post's seed 2 has not run yet: on seeds 0-1 alone it looks better than the baseline's three
+    seeds, but seed by seed it is worse. The report must say which run is missing, wherever it counts."""
+    runs = [Run("baseline", s, 1.50 + 0.10 * s) for s in range(3)]
+    runs += [Run("post", s, 1.52 + 0.10 * s, status="pending" if s == 2 else "done") for s in range(3)]
+    exp = load_experiment(build_experiment(tmp_path, "p", runs, variants=["baseline", "post"],
+                                           baseline="baseline"))
+    effects = paired_effects(exp).set_index("level")
+    assert effects.loc["post", "unfinished"] == "post seed 2 pending" and effects.loc["post", "n_seeds"] == 2
+    text = build_report(exp, PlotSet())
+    assert "**Rows over fewer seeds than the spec's**: `post` (2 of 3)" in text
+    assert "a row with runs still pending or running changes when they finish" in text
+    assert "post vs baseline: post seed 2 pending" in text
+    assert "Not finished: 1 pending: post seed 2 (pending)." in text
+    assert "Assumed: the seeds' mean Δ are independent" in text
+
+
+def test_main_effects_average_the_same_seeds_at_every_level(tmp_path: Path) -> None:
+    """a1 loses seed 2 (the hardest seed) in one setting: both levels of the axis then average seeds
+    0 and 1, so a1 does not look better for the missing seed."""
+    bpb = {0: 1.0, 1: 1.1, 2: 1.6}
+    runs = grid_runs({"model.block": ["a1", "a2"], "model.norm": ["b1", "b2"]}, [0, 1, 2],
+                     lambda a, s: bpb[s] + 0.01 * (a["model.block"] == "a1"))
+    for r in runs:
+        if r.axes == {"model.block": "a1", "model.norm": "b2"} and r.seed == 2:
+            r.status = "failed"
+    exp = load_experiment(build_experiment(tmp_path, "g", runs, axes=["model.block", "model.norm"]))
+    main = main_effects(exp).set_index(["axis", "level"])
+    assert main.loc[("model.block", "a1"), "n"] == main.loc[("model.block", "a2"), "n"] == 2
+    assert main.loc[("model.block", "a1"), "mean"] - main.loc[("model.block", "a2"), "mean"] == pytest.approx(0.01)
+    assert main.loc[("model.block", "a1"), "left_out"] == "seed 2"
+    text = build_report(exp, PlotSet())
+    assert "every level of an axis averages the same seeds" in text and "`model.block`: seed 2" in text
+
+
+def _search(tmp_path: Path, direction: str = "minimize", metric: str = "final_val_bpb", mode: str = "search",
+            runs: list[Run] | None = None) -> Path:
+    runs = runs if runs is not None else [
+        Run(f"trial-{t}", s, 1.50 - 0.05 * t + 0.01 * s, trial=t, params=1000 * (3 - t),
+            summary={"final_test_bpb": 1.56 - 0.05 * t + 0.012 * s + 0.003 * (s == 1)})
+        for t in range(3) for s in range(3)]
+    return build_experiment(tmp_path, "s", runs, variants=sorted({r.variant for r in runs}), baseline="trial-0",
+                            search={"storage": "sqlite:///none.db", "study_name": "s", "metric": metric,
+                                    "direction": direction, "mode": mode})
+
+
+def test_a_search_report_ranks_by_its_objective_and_compares_nothing_against_trial_0(tmp_path: Path) -> None:
+    text = build_report(load_experiment(_search(tmp_path)), PlotSet())
+    ranked = text.split("## Results per variant")[1].split("###")[0]
+    rows = [line.split(" | ")[0] for line in ranked.splitlines() if line.startswith("| trial-")]
+    assert rows == ["| trial-2", "| trial-1", "| trial-0"]
+    assert "**The top rows were chosen on these same validation scores**" in ranked
+    assert "## Paired effects" not in text and "## Main effects" not in text
+    # the search's own objective and direction decide the order, not bpb
+    text = build_report(load_experiment(_search(tmp_path / "m", "maximize", "params")), PlotSet())
+    ranked = text.split("## Results per variant")[1].split("###")[0]
+    rows = [line.split(" | ")[0] for line in ranked.splitlines() if line.startswith("| trial-")]
+    assert rows == ["| trial-0", "| trial-1", "| trial-2"] and "objective (params)" in ranked
+    assert "The objective, `params`, is not a score on the validation text" in text
+
+
+def test_a_grid_run_as_a_study_keeps_its_comparisons(tmp_path: Path) -> None:
+    text = build_report(load_experiment(_search(tmp_path, mode="grid")), PlotSet())
+    assert "## Paired effects" in text
+
+
+def test_the_best_trial_on_the_test_text_with_its_interval_and_the_runner_up(tmp_path: Path) -> None:
+    text = build_report(load_experiment(_search(tmp_path)), PlotSet())
+    search = text.split("## Search")[1]
+    # trial-2 test: 1.46, 1.475, 1.484 -> mean 1.473, s = 0.0121244, half-width 4.302653·s/√3 = 0.0301189
+    assert "| test (held out) | final_test_bpb = 1.4730 | 3 | [1.4429, 1.5031] |" in search
+    # best − runner-up (trial-1) on test: -0.05 on every seed -> no spread, p = 0
+    assert "Best − runner-up (`trial-1`) on the test text, seed by seed: Δ = -0.0500" in search
+    assert "this interval leans toward the chosen trial" in search
+
+
+def test_a_best_val_objective_shows_the_final_validation_score_beside_the_test_score(tmp_path: Path) -> None:
+    text = build_report(load_experiment(_search(tmp_path, metric="best_val_bpb")), PlotSet())
+    search = text.split("## Search")[1]
+    assert "| validation, final (same runs) | final_val_bpb = " in search
+    assert "| test (held out) | final_test_bpb = 1.4730 |" in search
+
+
+@pytest.mark.parametrize("runs", [[], [Run("trial-0", 0, 1.5, trial=0, state="PRUNED", status="pruned")]])
+def test_a_search_with_no_finished_trial_still_gets_a_report(tmp_path: Path, runs: list[Run]) -> None:
+    text = build_report(load_experiment(_search(tmp_path, runs=runs)), PlotSet())
+    assert "No trial has finished yet." in text
