@@ -37,13 +37,23 @@ and for a few finished trials); the other seeds run only when the first was not 
 combination the spec rules forbid (``d_model % n_heads``, a context longer than the data) is told to
 Optuna as PRUNED with the reason in the user attribute ``invalid``; a diverged run makes its trial
 PRUNED (``diverged``); a run that crashes makes its trial FAIL (``error``). Trials with the
-same parameters share run ids, so a repeated point is never trained twice: it reuses the first
-trial's runs (and waits for them when another worker is still training them).
+same parameters share run ids, so a repeated point is never trained twice. Keys that change the
+scored text (data.corpus, data.val_fraction, data.test_fraction; train.eval_batches for a val metric,
+data.tokenizer for a per-token loss) are refused (space.py).
+
+Finite spaces (every axis categorical or integer). ``trials`` is capped at the number of points (a
+warning says so). A point proposed again is a repeat: it trains nothing, takes the first trial's
+state and value (a pruned point stays pruned), carries ``repeat_of``, does not count, and makes the
+worker queue an untried point so repeats cannot spin; a point an earlier RUNNING trial holds is
+surplus and also queues an untried one. Before anything is written, the points are checked against
+the spec rules (plan.check_points): a space with no valid point is refused.
 
 Counting. ``trials`` counts finished trials: COMPLETE and PRUNED (invalid and diverged points
-included, so a space full of invalid points still ends). FAIL trials do not count: a crashed trial
-is replaced by a new one, and a worker gives up with exit 1 once as many trials failed in this
-invocation as ``trials`` asks for. Rerunning the same command resumes the study up to ``trials``.
+included, so a space full of invalid points still ends; on a finite space the distinct points,
+repeats never). FAIL trials do not count: a crashed trial is replaced by a new one, and a worker
+gives up with exit 1 once as many trials failed in this invocation as ``trials`` asks for. Rerunning
+the same command resumes the study up to ``trials``; when every finished trial was invalid the
+command exits 1. The last lines add the best trial's held-out test score (tinterval.py).
 
 Workers. ``--workers N`` starts N local worker processes on one study (``OMP_NUM_THREADS`` split
 among them); ``--storage URL`` lets workers on other machines join (each runs the same command).
@@ -53,8 +63,9 @@ is failed by the next worker that looks and retried once with the same parameter
 the dead worker's runs from their checkpoints (the run locks are flocks, freed with their process).
 With ``--storage`` (or ``--workers``), a grid spec without a search block runs the same way: one
 trial per grid point (all its seeds) through Optuna's GridSampler, so many workers split one grid.
-The sampler is seeded with the spec's first seed (plus the worker's index for local workers; mixed
-with host and pid for workers that join a ``--storage`` study, whose order is not reproducible).
+The sampler is seeded with the spec's first seed for a fresh study and one worker (reproducible);
+otherwise the seed mixes in the worker's index (host and pid for workers that join a ``--storage``
+study) and the number of trials already in the study, so a rerun never replays earlier draws.
 
 Records. experiment.json's ``runs`` is re-derived from the study after every trial (each trial
 holds its run ids in the user attribute ``run_ids``), with ``trial`` and ``state`` per run, so
@@ -64,5 +75,6 @@ log of every run a worker started and how it ended (who trained what, where).
 
 Modules: space.py (the block's checks, Params, the metric list; no Optuna), study.py (storage,
 sampler, pruner, heartbeat), plan.py (the search and grid forms of a plan), worker.py (the trial
-loop), trials.py (experiment.json, runs.csv and trials.log from the study), cli.py (the command).
+loop), trials.py (experiment.json, runs.csv and trials.log from the study), cli.py (the command),
+tinterval.py (the t interval of its last line).
 """

@@ -5,6 +5,7 @@ trials table and write the report. run.py hands such specs here.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import subprocess
@@ -13,14 +14,15 @@ import time
 import warnings
 from pathlib import Path
 
-from experiments.records import report_is_stale, text_table, write_report, write_spec_record
+from experiments.records import read_summary, report_is_stale, text_table, write_report, write_spec_record
 from experiments.runner import bind_data, dry_run_table
 from experiments.search.plan import WORKER_ENV, Plan, make_plan
 from experiments.search.space import label
 from experiments.search.study import (FINISHED_STATES, STORAGE_ENV, StorageError, has_password, heartbeat_settings,
                                       mask, open_study, storage_problems)
 from experiments.search.trials import sync_records
-from experiments.search.worker import SINCE_ENV, Worker
+from experiments.search.tinterval import t_interval
+from experiments.search.worker import SINCE_ENV, Worker, counted
 from registry import SpecError
 
 
@@ -47,8 +49,12 @@ def main(spec, spec_text: str, args) -> int:
         if not plan.default_storage and (problems := storage_problems(plan.storage_url, "--storage")):
             raise SpecError(problems)
         datasets = bind_data(spec.runs, device=args.device)
+        plan.check_points(datasets)
     except SpecError as err:
         return fail(str(err))
+    if plan.role is None:
+        for warning in plan.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
     if args.dry_run:
         print(plan.describe())
         print("runs:" if plan.mode == "grid" else "the spec's base runs (each trial overrides the keys above):")
@@ -176,32 +182,60 @@ def finish(plan: Plan, study, code: int, seconds: float) -> int:
     for t in trials:
         if "surplus" in t.user_attrs:
             continue
-        note = next((f"{k}: {t.user_attrs[k]}" for k in ("invalid", "error", "pruned", "diverged", "interrupted")
-                     if k in t.user_attrs), "")
+        note = next((f"{k}: {t.user_attrs[k]}" for k in ("repeat_of", "invalid", "error", "pruned", "diverged",
+                                                          "interrupted") if k in t.user_attrs), "")
         if t.state.name == "FAIL" and not note:
             note = "its worker died (stale heartbeat); retried once"
         rows.append({"trial": t.number, "state": t.state.name, **{k: label(v) for k, v in t.params.items()},
                      plan.summary_key: t.value if t.state.name == "COMPLETE" else None, "note": note[:80]})
     print(text_table(rows))
-    finished = sum(t.state.name in FINISHED_STATES for t in trials)
-    complete = [t for t in trials if t.state.name == "COMPLETE"]
-    print(f"{finished} finished trials ({len(complete)} complete) of {plan.trials} wanted in "
-          f"{seconds:.1f} s -> {plan.exp_dir / 'runs.csv'}; study '{plan.study_name}' in {mask(plan.storage_record)}")
-    if complete:
-        best = study.best_trial
-        print(f"best: trial {best.number}, {plan.summary_key} {best.value:.4f}: "
-              + ", ".join(f"{k}={label(v)}" for k, v in best.params.items()))
+    ended = [t for t in trials if t.state.name in FINISHED_STATES]
+    finished = counted(plan, ended) if plan.points is None else len({plan.point_key(t.params) for t in ended})
+    repeats = sum("repeat_of" in t.user_attrs for t in ended)
+    complete = [t for t in ended if t.state.name == "COMPLETE" and "repeat_of" not in t.user_attrs]
+    print(f"{finished} finished trials ({len(complete)} complete"
+          + (f"; {repeats} repeated point(s), not counted" if repeats else "")
+          + f") of {plan.trials} wanted in {seconds:.1f} s -> {plan.exp_dir / 'runs.csv'}; study "
+          f"'{plan.study_name}' in {mask(plan.storage_record)}")
+    for line in best_lines(plan, complete):
+        print(line)
     if not plan.args.no_report and report_is_stale(plan.exp_dir):
         with warnings.catch_warnings():  # Optuna's plotting warns about flat importances and axes
             warnings.simplefilter("ignore", UserWarning)
             report = write_report(plan.exp_dir)
         if report:
             print(f"report: {report}")
-    if plan.points is not None:
-        finished = len({plan.point_key(t.params) for t in trials if t.state.name in FINISHED_STATES})
+    if ended and not any(t.user_attrs.get("run_ids") for t in ended):
+        print(f"error: none of the {len(ended)} finished trial(s) ran: every point tried broke the spec's rules "
+              "(see the note column); give the searched keys values that fit, or ask for more trials",
+              file=sys.stderr)
+        return code or 1
     if finished >= plan.trials:
         return 0  # the study is complete, even when a worker died on the way (its trial was retried)
     code = code or 1
     print(f"error: the study has {finished} of the {plan.trials} finished trials wanted; rerun the same "
           "command to continue it", file=sys.stderr)
     return code
+
+
+def best_lines(plan: Plan, complete: list) -> list[str]:
+    """The best trial, with the caveat its validation score needs and its held-out test score."""
+    if not complete:
+        return ["no trial completed (each one was pruned, diverged or invalid): there is no best trial"]
+    best = (max if plan.direction == "maximize" else min)(complete, key=lambda t: t.value)  # ties: the first
+    lines = [f"best: trial {best.number}, {plan.summary_key} {best.value:.4f}: "
+             + ", ".join(f"{k}={label(v)}" for k, v in best.params.items())]
+    lines.append(f"  caveat: {plan.summary_key} is the score this trial was chosen on, so it is optimistic "
+                 "(the selection favours lucky trials); quote the held-out test score")
+    test_key = "final_test_loss" if plan.summary_key.endswith("val_loss") else "final_test_bpb"
+    summaries = [read_summary(plan.exp_dir / "runs" / rid) or {} for rid in best.user_attrs.get("run_ids") or []]
+    values = [v for s in summaries if isinstance(v := s.get(test_key), (int, float)) and math.isfinite(v)]
+    if not values:
+        return lines + ["  no held-out test text (data.test_fraction = 0): set data.test_fraction (e.g. 0.1) "
+                        "to score the chosen trial on text the search never saw"]
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return lines + [f"  test: {test_key} {mean:.4f} (1 seed: no interval; more seeds give one)"]
+    low, high = t_interval(values)
+    return lines + [f"  test: {test_key} {mean:.4f}, 95% t interval [{low:.4f}, {high:.4f}] across "
+                    f"{len(values)} seeds"]

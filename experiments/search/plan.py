@@ -10,11 +10,12 @@ import os
 import socket
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from experiments import metrics
 from experiments.records import plan_entry, plan_record
 from experiments.runner import bind_data
+from experiments.schema import LIMITS
 from experiments.search.space import Param, label, parse_block
 from experiments.search.study import STORAGE_ENV, absolute_sqlite, mask, sqlite_url, without_password
 from experiments.spec import RunSpec, Spec, points
@@ -37,6 +38,8 @@ class Plan:
     direction: str
     sampler_name: str
     pruner_name: str
+    space_size: int | None = None           # distinct points of a finite space (None: a continuous axis)
+    warnings: list[str] = []
 
     def __init__(self, spec: Spec, args, exp_dir: Path, storage: str | None):
         self.spec, self.args, self.exp_dir = spec, args, exp_dir
@@ -51,8 +54,13 @@ class Plan:
             self.storage_url = absolute_sqlite(storage)
             self.storage_record = without_password(self.storage_url)
         self.study_name = spec.experiment
-        self.seed = (spec.seeds[0] if self.sampler_name == "grid"
-                     else sampler_seed(spec.seeds[0], self.role, explicit_storage=not self.default_storage))
+        self.seed = self.sampler_seed(0)
+
+    def sampler_seed(self, existing: int) -> int:
+        """The seed of the sampler on a study that holds `existing` trials (set again once it is open)."""
+        if self.sampler_name == "grid":
+            return self.spec.seeds[0]
+        return sampler_seed(self.spec.seeds[0], self.role, not self.default_storage, existing)
 
     # -- one trial -------------------------------------------------------------------------------
     def point(self, encoded: dict[str, Any]) -> tuple[str, dict[str, str]]:
@@ -62,6 +70,29 @@ class Plan:
     def runs(self, encoded: dict[str, Any], variant: str, datasets: dict) -> list[RunSpec]:
         """The point's runs, one per seed, bound to their data; SpecError for a point the rules forbid."""
         raise NotImplementedError
+
+    def encoded_points(self) -> Iterator[dict[str, Any]]:
+        """Every point of a finite space, in order, as Optuna stores them (lazily: it may be large)."""
+        for values in itertools.product(*(p.grid() for p in self.params)):
+            yield dict(zip((p.key for p in self.params), values))
+
+    def check_points(self, datasets: dict) -> None:
+        """SpecError when no point of a finite space passes the spec's rules (so no trial could run);
+        stops at the first one that does. Spaces larger than one experiment may hold are not walked."""
+        if not self.space_size or self.space_size > LIMITS["runs"]:
+            return
+        reasons: list[str] = []
+        for encoded in self.encoded_points():
+            try:
+                self.runs(encoded, self.point(encoded)[0], datasets)
+                return
+            except SpecError as err:
+                reasons += [p for p in err.problems if p not in reasons]
+        space = "; ".join(f"search.space.{p.key} = {p.describe()}" for p in self.params)
+        raise SpecError(f"no point of the search space can run ({space}): each of its {self.space_size} "
+                        f"point(s) breaks the spec's rules — {'; '.join(reasons[:4])}"
+                        f"{'; ...' if len(reasons) > 4 else ''}. Give the searched keys values that fit "
+                        "the rest of the spec")
 
     def point_key(self, params: dict[str, Any]) -> tuple:
         return tuple((p.key, repr(params.get(p.key))) for p in self.params)
@@ -119,6 +150,12 @@ class SearchPlan(Plan):
         self.points = ([dict(zip((p.key for p in self.params), values))
                         for values in itertools.product(*(p.grid() for p in self.params))]
                        if self.sampler_name == "grid" else None)
+        self.space_size = block["space_size"]
+        if "capped" in block:
+            asked, size = block["capped"]
+            self.warnings = [f"search.trials = {asked} but the space has only {size} distinct point(s): the "
+                             f"search stops once each was tried ({size} trials); a point proposed again "
+                             "reuses its result and does not count"]
         super().__init__(spec, args, exp_dir, storage=chosen_storage(args, block["storage"]))
 
     def values(self, encoded: dict[str, Any]) -> dict[str, Any]:
@@ -223,12 +260,15 @@ def make_plan(spec: Spec, args, exp_dir: Path) -> Plan:
     return SearchPlan(spec, args, exp_dir) if spec.search is not None else GridPlan(spec, args, exp_dir)
 
 
-def sampler_seed(seed: int, role: str | None, explicit_storage: bool) -> int:
-    if role is not None:
-        return seed + int(role)
-    if explicit_storage:  # workers on other machines must not propose the same points in lockstep
-        return seed + zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode()) % 1_000_000 + 1000
-    return seed
+def sampler_seed(seed: int, role: str | None, explicit_storage: bool, existing: int = 0) -> int:
+    """A fresh study searched by one local worker: the spec's seed, so it is reproducible. Otherwise
+    the seed also mixes in who asks (the worker's index; host and pid where workers join a --storage
+    study) and how many trials the study already holds: a resumed study or a second worker would
+    replay the draws already made with the same seed."""
+    if role is None and not explicit_storage and existing == 0:
+        return seed
+    who = role if role is not None else (f"{socket.gethostname()}:{os.getpid()}" if explicit_storage else "")
+    return zlib.crc32(f"{seed}:{who}:{existing}".encode()) % 2**31
 
 
 def params_label(values: dict[str, Any]) -> str:

@@ -21,6 +21,12 @@ PRUNERS = ("median", "hyperband", "none")
 DIRECTIONS = ("minimize", "maximize")
 RANGE_KEYS = ("int", "float", "log", "step")
 DEFAULT_TRIALS = 20
+# Keys that change the text a trial is scored on, or what its score means: trials that differ in
+# them are not comparable, so the search would pick whichever scores on the easiest text.
+SCORED_TEXT = {"data.corpus": "the text itself", "data.val_fraction": "the validation text",
+               "data.test_fraction": "where the validation text starts and the held-out test text"}
+PER_TOKEN = "data.tokenizer"       # a per-token loss has another unit under another tokenizer (bits per byte do not)
+EVAL_TEXT = "train.eval_batches"   # how much of the validation text a val score reads
 PRIMITIVE = (str, int, float, bool, type(None))
 POSITIVE_INT = positive_int(DEFAULT_TRIALS, "finished trials wanted")
 
@@ -146,12 +152,18 @@ def parse_block(search: Any, base: dict) -> tuple[dict[str, Any], list[str]]:
                             f"where no password is ever written; leave it out of the URL and set "
                             f"{STORAGE_ENV}=<the whole URL> in the environment, or keep it in ~/.pgpass (PostgreSQL)")
     params, space_problems = parse_space(search.get("space"), base)
+    space_problems += scored_text_problems(search.get("space"), metric)
     problems += space_problems
     block = {"trials": trials, "metric": metric, "summary_key": METRICS[metric][0], "reported": reported,
              "direction": direction, "sampler": sampler, "pruner": pruner, "storage": storage, "params": params}
+    continuous = [p.key for p in params if p.size() is None]
+    size = math.prod(p.size() or 1 for p in params)
+    block["space_size"] = None if continuous or space_problems else size
+    if sampler != "grid" and block["space_size"] and (trials or DEFAULT_TRIALS) > size:
+        # More distinct points cannot be had: the study stops once each was tried (see worker.py).
+        block["capped"] = (trials or DEFAULT_TRIALS, size)
+        block["trials"] = size
     if sampler == "grid" and not space_problems:
-        continuous = [p.key for p in params if p.size() is None]
-        size = math.prod(p.size() or 1 for p in params)
         if continuous:
             problems.append(f"search.sampler = 'grid' needs a finite set of values, but search.space."
                             f"{continuous[0]} is a continuous range: give it a list, a step, or use "
@@ -165,6 +177,26 @@ def parse_block(search: Any, base: dict) -> tuple[dict[str, Any], list[str]]:
     if block["trials"] is None:
         block["trials"] = DEFAULT_TRIALS
     return block, problems
+
+
+def scored_text_problems(space: Any, metric: str) -> list[str]:
+    """Search keys that would change the text the objective is scored on, or the unit of its score."""
+    problems = []
+    for key, value in (space.items() if isinstance(space, dict) else ()):
+        head = ".".join(str(key).split(".")[:2])
+        if head in SCORED_TEXT:
+            why = SCORED_TEXT[head]
+        elif head == PER_TOKEN and METRICS[metric][0].endswith("_loss"):
+            why = f"the unit of {metric} (a loss per token of the tokenizer); val_bpb compares tokenizers"
+        elif head == EVAL_TEXT and "val_" in METRICS[metric][0]:
+            why = f"how much of the validation text {metric} reads"
+        else:
+            continue
+        problems.append(f"search.space.{cut(str(key))} = {brief(value)} cannot be searched: it changes {why}, "
+                        f"so the trials would not be scored alike; set it once in the spec's "
+                        f"{head.split('.')[0]}: section (searchable: every spec key but {', '.join(SCORED_TEXT)}, "
+                        f"{EVAL_TEXT} with a val metric and {PER_TOKEN} with a per-token loss)")
+    return problems
 
 
 def pruner_choice(search: dict, metric: str, problems: list[str]) -> str:
@@ -280,7 +312,8 @@ def value_problems(key: str, value: Any, base: dict, space: dict) -> list[str]:
         preset = PRESETS.get(given.get("preset"), {}) if section == "model" else {}
         current = given.get(field, preset.get(field, SECTIONS[section][field].default))
         name, given = FAMILIES[family].split(current)
-        return FAMILIES[family].check({**given, "name": name, option[0]: value}, f"{where}")
+        # check() names the option itself: give it the component's path
+        return FAMILIES[family].check({**given, "name": name, option[0]: value}, f"search.space.{section}.{field}")
     if component:
         if not isinstance(value, (str, dict)):
             return [f"{where} = {brief(value)} must be a registered {family} name or {{name: ..., option: ...}} "

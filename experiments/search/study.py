@@ -247,7 +247,11 @@ def open_study(plan):
                                "another experiment name, or delete the study (optuna delete-study "
                                f"--study-name {plan.study_name} --storage URL)")
         dists = {p.key: distribution(p) for p in plan.params}
-        for t in study.get_trials(deepcopy=False):
+        trials = study.get_trials(deepcopy=False)
+        if trials:  # a resumed study: a sampler seeded as before would replay the draws already made
+            plan.seed = plan.sampler_seed(len(trials))
+            study.sampler = make_sampler(plan)
+        for t in trials:
             for name, dist in t.distributions.items():
                 if name in dists and dist != dists[name]:
                     raise StorageError(

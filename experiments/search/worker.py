@@ -5,6 +5,7 @@ report the first seed's curve to the pruner, tell the study the mean over the se
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import socket
@@ -20,6 +21,13 @@ from experiments.train import Stopped
 from registry import SpecError
 
 SINCE_ENV = "LAB_SEARCH_SINCE"            # the parent's start time, so every worker counts failures alike
+
+
+def counted(plan: Plan, finished) -> int:
+    """Finished trials that count toward search.trials: repeats never do, and on a finite space
+    the distinct points (two workers may finish one point together)."""
+    first = [t for t in finished if "repeat_of" not in t.user_attrs]
+    return len({plan.point_key(t.params) for t in first}) if plan.space_size else len(first)
 
 
 class Worker:
@@ -47,11 +55,12 @@ class Worker:
         failed_now = [t for t in by_state.get("FAIL", []) if "error" in t.user_attrs
                       and t.datetime_start is not None and t.datetime_start >= self.since]
         if plan.points is None:
-            if len(finished) >= plan.trials:
+            count = counted(plan, finished)
+            if count >= plan.trials:
                 return "done", None
             if len(failed_now) >= plan.trials:
                 return "failing", None
-            if len(finished) + len(busy) >= plan.trials and not by_state.get("WAITING"):
+            if count + len(busy) >= plan.trials and not by_state.get("WAITING"):
                 return "wait", None
             return "ask", None
         done = {plan.point_key(t.params) for t in finished}
@@ -76,9 +85,11 @@ class Worker:
         others = [t for t in self.study.get_trials(deepcopy=False) if t.number != trial.number]
         finished = [t for t in others if t.state.name in FINISHED_STATES]
         earlier = [t for t in others if t.state.name == "RUNNING" and t.number < trial.number]
-        if plan.points is None:
-            return len(finished) + len(earlier) >= plan.trials
         mine = plan.point_key(params)
+        if plan.points is None:
+            if plan.space_size and mine in {plan.point_key(t.params) for t in earlier}:
+                return True  # being trained by an earlier trial: take an untried point instead
+            return counted(plan, finished) + len(earlier) >= plan.trials
         covered = {plan.point_key(t.params) for t in finished + earlier}
         return mine in covered or len(covered) >= plan.trials
 
@@ -157,7 +168,10 @@ class Worker:
         encoded = {p.key: p.suggest(trial) for p in plan.params}
         if self.surplus(trial, encoded):
             self.attr(trial, "surplus", "another worker covered this point/target at the same moment")
+            self.enqueue_untried(trial)
             return "FAIL", None, ""
+        if (first := self.first_trial_of(encoded)) is not None:
+            return self.repeat(trial, first)
         self.attr(trial, "host", socket.gethostname())
         self.attr(trial, "pid", os.getpid())
         variant, axes = plan.point(encoded)
@@ -173,6 +187,47 @@ class Worker:
         self.attr(trial, "seeds", [r.seed for r in runs])
         sync_records(plan, self.study)
         return self.train_runs(trial, variant, runs)
+
+    # -- a finite space: points proposed again ---------------------------------------------------
+    def first_trial_of(self, encoded: dict[str, Any]):
+        """On a finite space, the finished trial that first tried this point (None: a new point)."""
+        if self.plan.points is not None or not self.plan.space_size:
+            return None  # a grid walks each point once; a continuous axis all but never repeats one
+        key = self.plan.point_key(encoded)
+        return next((t for t in self.study.get_trials(deepcopy=False) if t.state.name in FINISHED_STATES
+                     and "repeat_of" not in t.user_attrs and self.plan.point_key(t.params) == key), None)
+
+    def repeat(self, trial, first) -> tuple[str, float | None, str]:
+        """A point tried before: the trial takes the first one's result (a pruned point stays pruned:
+        its run stopped there, and no run id trains twice), is marked `repeat_of`, and does not count
+        toward search.trials; the next trial takes an untried point, so repeats cannot spin."""
+        self.attr(trial, "repeat_of", first.number)
+        for key in ("variant", "axes"):
+            if key in first.user_attrs:
+                self.attr(trial, key, first.user_attrs[key])
+        self.enqueue_untried(trial)
+        value = first.value if first.state.name == "COMPLETE" else None
+        shown = f"{self.plan.summary_key} {value:.4f}" if value is not None else first.state.name.lower()
+        return first.state.name, value, (f"{first.user_attrs.get('variant', '')}: repeat of trial {first.number} "
+                                         f"({shown}), not counted; the next trial takes an untried point")
+
+    def enqueue_untried(self, trial) -> None:
+        """Queue a point no trial has taken (drawn with a seeded generator, else the first in order)."""
+        import random
+
+        plan = self.plan
+        if plan.points is not None or not plan.space_size:
+            return  # a grid's loop queues its own points (status)
+        trials = [t for t in self.study.get_trials(deepcopy=False) if t.number != trial.number]
+        if any(t.state.name == "WAITING" for t in trials):
+            return  # the queue offers a point already; if it is a repeat too, that trial queues one
+        taken = {plan.point_key(t.params) for t in trials if t.state.name != "FAIL"}
+        rng = random.Random(f"{plan.seed}:{trial.number}")
+        draws = ({p.key: rng.choice(p.grid()) for p in plan.params} for _ in range(200))
+        point = next((p for p in itertools.chain(draws, plan.encoded_points())
+                      if plan.point_key(p) not in taken), None)
+        if point is not None:
+            self.study.enqueue_trial(point, user_attrs={"untried_after": trial.number})
 
     def train_runs(self, trial, variant: str, runs) -> tuple[str, float | None, str]:
         """Train a trial's runs seed by seed (the first reports to the pruner); its outcome and value."""
@@ -219,7 +274,8 @@ class Worker:
             time.sleep(0.5)
         trained = outcome != "skipped"
         log_event(plan.exp_dir, event="end", trial=trial.number, run_id=run.run_id, seed=run.seed,
-                  outcome=outcome, trained=trained, resumed_at_step=(summary or {}).get("resumed_at_step"))
+                  outcome=outcome, trained=trained,  # a skipped run's summary holds its first training's
+                  resumed_at_step=(summary or {}).get("resumed_at_step") if trained else None)
         return outcome, summary
 
     def pruning_callback(self, trial, run):
