@@ -53,7 +53,8 @@ included, so a space full of invalid points still ends; on a finite space the di
 repeats never). FAIL trials do not count: a crashed trial is replaced by a new one, and a worker
 gives up with exit 1 once as many trials failed in this invocation as ``trials`` asks for. Rerunning
 the same command resumes the study up to ``trials``; when every finished trial was invalid the
-command exits 1. The last lines add the best trial's held-out test score (tinterval.py).
+command exits 1. The last lines add the best trial's held-out test score (mean and sd over its seeds; the
+report gives its interval).
 
 Workers. ``--workers N`` starts N local worker processes on one study (``OMP_NUM_THREADS`` split
 among them); ``--storage URL`` lets workers on other machines join (each runs the same command).
@@ -75,6 +76,5 @@ log of every run a worker started and how it ended (who trained what, where).
 
 Modules: space.py (the block's checks, Params, the metric list; no Optuna), study.py (storage,
 sampler, pruner, heartbeat), plan.py (the search and grid forms of a plan), worker.py (the trial
-loop), trials.py (experiment.json, runs.csv and trials.log from the study), cli.py (the command),
-tinterval.py (the t interval of its last line).
+loop), trials.py (experiment.json, runs.csv and trials.log from the study), cli.py (the command).
 """

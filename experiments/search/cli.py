@@ -8,6 +8,7 @@ import contextlib
 import math
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -21,7 +22,6 @@ from experiments.search.space import label
 from experiments.search.study import (FINISHED_STATES, STORAGE_ENV, StorageError, has_password, heartbeat_settings,
                                       mask, open_study, storage_problems)
 from experiments.search.trials import sync_records
-from experiments.search.tinterval import t_interval
 from experiments.search.worker import SINCE_ENV, Worker, counted
 from registry import SpecError
 
@@ -225,17 +225,16 @@ def best_lines(plan: Plan, complete: list) -> list[str]:
     best = (max if plan.direction == "maximize" else min)(complete, key=lambda t: t.value)  # ties: the first
     lines = [f"best: trial {best.number}, {plan.summary_key} {best.value:.4f}: "
              + ", ".join(f"{k}={label(v)}" for k, v in best.params.items())]
+    if "_val_" not in plan.summary_key:  # params, a training loss: nothing was chosen on validation text
+        return lines
     lines.append(f"  caveat: {plan.summary_key} is the score this trial was chosen on, so it is optimistic "
                  "(the selection favours lucky trials); quote the held-out test score")
-    test_key = "final_test_loss" if plan.summary_key.endswith("val_loss") else "final_test_bpb"
+    test_key = "final_test_" + plan.summary_key.split("_val_", 1)[1]
     summaries = [read_summary(plan.exp_dir / "runs" / rid) or {} for rid in best.user_attrs.get("run_ids") or []]
     values = [v for s in summaries if isinstance(v := s.get(test_key), (int, float)) and math.isfinite(v)]
     if not values:
         return lines + ["  no held-out test text (data.test_fraction = 0): set data.test_fraction (e.g. 0.1) "
                         "to score the chosen trial on text the search never saw"]
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return lines + [f"  test: {test_key} {mean:.4f} (1 seed: no interval; more seeds give one)"]
-    low, high = t_interval(values)
-    return lines + [f"  test: {test_key} {mean:.4f}, 95% t interval [{low:.4f}, {high:.4f}] across "
-                    f"{len(values)} seeds"]
+    spread = f", sd {statistics.stdev(values):.4f}" if len(values) > 1 else ""
+    return lines + [f"  test: {test_key} {statistics.fmean(values):.4f} (mean over {len(values)} seed(s){spread}; "
+                    "report.md gives its 95% interval and the best minus the runner-up)"]
