@@ -49,6 +49,8 @@ def si(value: float, unit: str = "") -> str:
 def duration(seconds: float) -> str:
     if seconds is None or not math.isfinite(seconds):
         return "—"
+    if seconds < 10:  # a tiny run: "0 s" would read as nothing
+        return f"{seconds:.1f} s"
     if seconds < 120:
         return f"{seconds:.0f} s"
     return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
