@@ -24,7 +24,7 @@ from analysis.tables import (
     LABELS, UNITS, Experiment, best_run, comparable_metrics, complete_variants, done_runs,
     load_experiment, mixed_tokenizers, pivot_tables, progress, tokenizers, unplanned_note, variant_table)
 from analysis.trials import best_trial, objectives, search_metric  # noqa: F401  (best_trial: tests)
-from experiments import interrupts
+from experiments import files, interrupts
 
 MAX_VARIANT_ROWS = 25      # a search can have hundreds of trials; the report shows the best
 MAX_SAMPLE_CHARS = 3000
@@ -396,6 +396,7 @@ def write_report(exp_dir: Path, consecutive: bool = False, out: Path | None = No
     exp = load_experiment(Path(exp_dir))
     out = exp.path if out is None else Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    files.remove_stale_leftovers(out)  # staging folders of analyses a kill -9 cut short
     staging = Path(tempfile.mkdtemp(prefix=".analysis.", suffix=".tmp", dir=out))
     try:
         plots = make_plots(exp, staging / "plots")

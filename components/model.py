@@ -110,6 +110,8 @@ class GPT(nn.Module):
         for _ in range(max_new_tokens):
             window = idx[:, -self.context_length:]                             # (B, <= context_length)
             logits = self.head(self.hidden(window)[:, -1]).float()             # (B, vocab_size)
+            if not bool(logits.isfinite().all()):  # weights that overflow (a run about to diverge)
+                raise FloatingPointError("the model's next-token logits are not finite: it cannot be sampled")
             if temperature == 0:
                 next_token = logits.argmax(dim=-1, keepdim=True)
             else:

@@ -10,7 +10,8 @@ everything the lab saves (RNG states and optimizer state included) is of those k
 Damage: every save records the file's sha256 in ``checkpoint.pt.sha256``. A file that does not match
 (bytes changed, truncated) or does not load raises `DamagedCheckpoint`; the trainer then starts the
 run again from step 0, and generate / export say so. The record is written before the new file
-takes the old one's place and names both, so a crash at any moment leaves a pair that matches.
+takes the old one's place and names both (and the file in place, after saves that died before
+their rename), so a crash at any moment, even twice in a row, leaves a pair that matches.
 A checkpoint without a record (written before checksums were kept) is loaded unverified.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ import hashlib
 import json
 import pickle
 import random
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -60,10 +62,15 @@ def checksum_path(path: Path) -> Path:
     return path.with_name(path.name + CHECKSUM_SUFFIX)
 
 
+MAX_PREVIOUS = 16  # sums kept across saves that died before their rename (the oldest is the file in place)
+
+
 def save(path: Path, state: dict[str, Any]) -> None:
     """torch.save `state` atomically, its sha256 recorded beside it (see the module's docstring)."""
     writer: dict[str, HashingWriter] = {}
-    previous = (recorded(path) or [])[:1]  # the sum of the file now in place
+    # Every sum the record accepts now, one of which is the file in place: after a save that died before
+    # its rename the record names the file that never landed first, and the one in place after it.
+    previous = (recorded(path) or [])[-MAX_PREVIOUS:]
 
     def write(f) -> None:
         writer["w"] = HashingWriter(f)
@@ -189,8 +196,27 @@ def load_model(run_dir: Path, device: str = "cpu"):
     state = load(run_dir / "checkpoint.pt")
     if problem := fitting_problem(model, state["model"]):
         raise DamagedCheckpoint(f"checkpoint.pt does not fit the run's spec.yaml: {problem}")
+    if not all(bool(t.isfinite().all()) for t in state["model"].values() if t.is_floating_point()):
+        raise DamagedCheckpoint("its weights are not finite (the run diverged before it was saved)")
     model.load_state_dict(state["model"])
+    say_which_step(run_dir, state.get("step"), spec)
     return model.to(device).eval(), tokenizer, spec
+
+
+def say_which_step(run_dir: Path, step: Any, spec: dict[str, Any]) -> None:
+    """A note on stderr when the checkpoint is not the finished run's: an unfinished run's, or the last
+    one a diverged run saved."""
+    try:
+        summary = files.read_json(run_dir / "summary.json")
+    except (OSError, ValueError):  # none yet (or damaged): the run has not finished
+        summary = None
+    status = summary.get("status") if isinstance(summary, dict) else None
+    if status == "done":
+        return
+    steps = (spec.get("train") or {}).get("steps", "?")
+    why = {None: "has not finished", "diverged": "diverged"}.get(status, f"ended {status}")
+    print(f"note: run {run_dir.name} {why}: its model is the checkpoint of step {step} of {steps}",
+          file=sys.stderr)
 
 
 def read_tokenizer(run_dir: Path):

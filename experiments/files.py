@@ -9,6 +9,7 @@ import io
 import json
 import os
 import secrets
+import shutil
 import socket
 import stat
 import time
@@ -60,6 +61,24 @@ def remove_leftovers(folder: Path) -> None:
     for tmp in folder.glob(f".*{TMP_SUFFIX}"):
         with contextlib.suppress(OSError):
             tmp.unlink()
+
+
+STALE_TMP_S = 3600  # a temporary file or folder untouched this long is a crash's: a write in progress keeps it fresh
+
+
+def remove_stale_leftovers(folder: Path, older_than: float = STALE_TMP_S) -> None:
+    """Delete the temporary files and folders (`.<name>.*.tmp`) in a folder no lock guards (an
+    experiment's own: runs.csv, experiment.json, the analysis's staging folder) once they have not
+    been touched for `older_than` seconds: another process's write in progress is left alone."""
+    now = time.time()
+    for tmp in folder.glob(f".*{TMP_SUFFIX}"):
+        with contextlib.suppress(OSError):
+            if now - tmp.lstat().st_mtime <= older_than:
+                continue
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp)
+            else:
+                tmp.unlink()
 
 
 FREE_SPACE, WRITABLE, MOVE = "free some space", "pass --results with a folder you can write", "move it out of the way"

@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         model, tokenizer, spec = load_run(args.run_dir, device)
         prompt = args.prompt if args.prompt is not None else (spec.get("sample") or {}).get("prompt") or ""
         text = samples(model, tokenizer, prompt, settings, args, device)
-    except SpecError as err:
+    except (SpecError, FloatingPointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(text)

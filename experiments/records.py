@@ -53,6 +53,7 @@ def start_experiment(exp_dir: Path, spec: Spec, spec_text: str, runs: list[RunSp
     created = next((p for p in reversed([exp_dir, *exp_dir.parents]) if not p.exists()), None)
     try:
         exp_dir.mkdir(parents=True, exist_ok=True)
+        files.remove_stale_leftovers(exp_dir)  # of runs.csv / experiment.json writes or analyses a kill cut short
         write_spec_record(exp_dir, spec_text)
         files.write_json(exp_dir / "experiment.json", plan_record(spec, runs), only_if_changed=True)
     except OSError:

@@ -27,7 +27,9 @@ from experiments.records import FINISHED, axis_values, read_summary, text_table
 from experiments.spec import RunSpec, dedupe
 from registry import SpecError
 
-RUN_OUTPUTS = ("checkpoint.pt", "checkpoint.pt.sha256", "metrics.csv", "summary.json", "samples.txt", "error.txt",
+# summary.json first: it marks a run done, so --force killed part way through its cleaning leaves a run
+# that trains again, never one that counts as done without its checkpoint or metrics
+RUN_OUTPUTS = ("summary.json", "checkpoint.pt", "checkpoint.pt.sha256", "metrics.csv", "samples.txt", "error.txt",
                PROGRESS)
 
 

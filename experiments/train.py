@@ -122,6 +122,12 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.dir / "checkpoint.pt"
 
+    def check_weights(self) -> None:
+        """Diverged where a weight is not finite: the loss is only checked every LOG_EVERY steps and at
+        evaluations, and a checkpoint must never keep weights from after a divergence."""
+        if not all(bool(p.isfinite().all()) for p in self.params):
+            raise Diverged(f"the weights are not finite at step {self.step}")
+
     def save_checkpoint(self) -> None:
         state = {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "rng": rng_state(), "metrics": self.metrics, "train_seconds": self.train_seconds,
@@ -308,9 +314,11 @@ class Trainer:
                 if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
                     self.record(time.perf_counter() - start_wall)
                 every = cfg.checkpoint_every
-                if self.writer and ((every and self.step % every == 0) or self.step == cfg.steps):
-                    self.wall_seconds = time.perf_counter() - start_wall
-                    self.save_checkpoint()
+                if (every and self.step % every == 0) or self.step == cfg.steps:
+                    self.check_weights()  # every rank: they hold the same weights, so they stop alike
+                    if self.writer:
+                        self.wall_seconds = time.perf_counter() - start_wall
+                        self.save_checkpoint()
         except Diverged as err:
             return "diverged", str(err)
         except Stopped as err:

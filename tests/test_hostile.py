@@ -126,6 +126,71 @@ def test_a_damaged_checkpoint_is_detected_and_its_run_restarted(tmp_path, corpus
     assert capsys.readouterr().err.count("does not match the checksum") == 1
 
 
+def test_a_diverging_run_never_checkpoints_weights_that_are_not_finite(tmp_path, corpus, capsys):
+    """The loss is checked every few steps; a checkpoint in between must not keep NaN weights, and
+    generate / export refuse a checkpoint that has them (one written before this check existed)."""
+    from experiments import export, generate
+
+    spec = write_spec(tmp_path / "s.yaml", corpus, train={**TRAIN, "steps": 40, "lr": 1e4, "grad_clip": 0, "warmup": 0,
+                                                         "checkpoint_every": 1, "eval_every": 40})
+    assert main(spec, tmp_path / "r") == 0
+    run_dir = only_run(tmp_path / "r")
+    assert summary(run_dir)["status"] == "diverged" and "weights are not finite" in summary(run_dir)["error"]
+    state = checkpoint.load(run_dir / "checkpoint.pt")  # the last one saved, from before the divergence
+    assert 0 < state["step"] < 40 and all(bool(t.isfinite().all()) for t in state["model"].values())
+    capsys.readouterr()
+    code = generate.main([str(run_dir), "--tokens", "3"])  # it says whose model it is, then samples if it can
+    err = capsys.readouterr().err
+    assert f"run {run_dir.name} diverged: its model is the checkpoint of step {state['step']}" in err
+    assert code == 0 or (code == 2 and "error: the model's next-token logits are not finite" in err)
+    state["model"] = {k: torch.full_like(t, float("nan")) for k, t in state["model"].items()}
+    checkpoint.save(run_dir / "checkpoint.pt", state)
+    capsys.readouterr()
+    assert generate.main([str(run_dir), "--tokens", "3"]) == 2
+    assert export.main([str(run_dir), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("its weights are not finite") == 2 and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_generate_says_when_the_checkpoint_is_not_a_finished_runs(tmp_path, corpus, capsys):
+    from experiments import generate
+
+    spec = write_spec(tmp_path / "s.yaml", corpus)
+    assert main(spec, tmp_path / "r") == 0
+    run_dir = only_run(tmp_path / "r")
+    capsys.readouterr()
+    assert generate.main([str(run_dir), "--tokens", "3"]) == 0 and "note:" not in capsys.readouterr().err
+    (run_dir / "summary.json").unlink()  # as if still training, or killed
+    assert generate.main([str(run_dir), "--tokens", "3"]) == 0
+    assert f"note: run {run_dir.name} has not finished: its model is the checkpoint of step {TRAIN['steps']}" \
+        in capsys.readouterr().err
+
+
+def test_a_killed_writers_leftovers_in_the_experiment_folder_are_removed_once_stale(tmp_path, corpus):
+    """runs.csv, experiment.json and the analysis's staging folder have no lock: their temporary files
+    are removed once an hour old (a write in progress keeps its own fresh)."""
+    from analysis.report import write_report
+
+    spec = write_spec(tmp_path / "s.yaml", corpus)
+    assert main(spec, tmp_path / "r") == 0
+    exp = tmp_path / "r" / "t"
+    stale = [exp / ".runs.csv.ab12.tmp", exp / ".analysis.cd34.tmp"]
+    stale[0].write_text("half a table")
+    stale[1].mkdir()
+    (stale[1] / "plot.png").write_bytes(b"half a plot")
+    fresh = exp / ".experiment.json.ef56.tmp"
+    fresh.write_text("{")
+    for path in stale:
+        os.utime(path, (0, 0))
+    assert main(spec, tmp_path / "r") == 0
+    assert not any(p.exists() for p in stale) and fresh.exists()
+    stale[1].mkdir()
+    os.utime(stale[1], (0, 0))
+    write_report(exp)
+    assert not stale[1].exists() and fresh.exists() and (exp / "report.md").is_file()
+
+
 def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
     random.seed(1)
     np.random.seed(2)
@@ -150,10 +215,13 @@ def test_a_crash_between_a_checkpoint_and_its_record_leaves_a_matching_pair(tmp_
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", crash_at_the_rename)
-    with pytest.raises(KeyboardInterrupt):
-        plant(path, {"model": {"w": torch.ones(2)}, "step": 2})
+    for step in (2, 3):  # twice in a row: the second save must still accept the file in place
+        with pytest.raises(KeyboardInterrupt):
+            plant(path, {"model": {"w": torch.ones(2)}, "step": step})
+        assert checkpoint.load(path)["step"] == 1 and not list(tmp_path.glob(".*.tmp"))
     monkeypatch.setattr(os, "replace", real_replace)
-    assert checkpoint.load(path)["step"] == 1 and not list(tmp_path.glob(".*.tmp"))
+    plant(path, {"model": {"w": torch.ones(2)}, "step": 4})
+    assert checkpoint.load(path)["step"] == 4 and checkpoint.recorded(path) == [checkpoint.file_sha256(path)]
 
 
 def test_ctrl_c_during_a_checkpoint_save_waits_for_the_save_to_end(tmp_path, monkeypatch):

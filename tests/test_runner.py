@@ -92,6 +92,28 @@ def test_second_invocation_trains_nothing_and_force_retrains(tmp_path, capsys):
     assert "1 trained, 0 already done" in capsys.readouterr().out
 
 
+def test_a_force_killed_while_it_cleans_leaves_a_run_that_trains_again(tmp_path, capsys, monkeypatch):
+    from experiments import runner
+
+    spec = write_spec(tmp_path / "s.yaml")
+    assert run_main(spec, tmp_path / "r") == 0
+    real_unlink, removed = Path.unlink, []
+
+    def killed_after_one(self, missing_ok=False):
+        if removed:
+            raise KeyboardInterrupt  # killed part way through the cleaning
+        removed.append(self.name)
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        runner.Runner.force_clean(next((tmp_path / "r").glob("*/runs/*")))
+    monkeypatch.setattr(Path, "unlink", real_unlink)
+    capsys.readouterr()
+    assert run_main(spec, tmp_path / "r") == 0
+    assert "1 trained, 0 already done" in capsys.readouterr().out
+
+
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
     spec = write_spec(tmp_path / "s.yaml", grid={"model.n_layers": [1, 2]})
     assert run_main(spec, tmp_path / "r", "--dry-run") == 0
