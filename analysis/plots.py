@@ -23,6 +23,7 @@ from analysis.figures import (  # noqa: F401  (Skip, PlotSet: read from here by 
     PlotSet, Skip, axis_label, ci_legend, legend_below, n_seeds, palette, plt, ranked_variants, save, si_ticks,
     style, t_interval)
 from analysis.tables import LABELS, UNITS, Experiment, complete_variants, done_runs, mixed_tokenizers
+from analysis.trials import adaptive
 from experiments.search.study import quiet_optuna, sqlite_file, sqlite_url, with_credentials
 
 MAX_ROWS = 30           # rows of a point plot (a search can have hundreds of trials)
@@ -45,7 +46,8 @@ CAPTIONS = {
                "= better.",
     "params": "Parameters (log scale) against final validation bits per byte, one point per run.",
     "search_history": "Optuna optimisation history: each trial's objective and the best so far.",
-    "search_importances": "Optuna hyperparameter importances for the objective.",
+    "search_importances": "Optuna hyperparameter importances for the objective (fANOVA over the completed "
+                          "trials the sampler chose: a rough guide with few trials, not a test).",
     "search_parallel": "Optuna parallel-coordinate plot: each line is a trial.",
 }
 
@@ -108,9 +110,9 @@ def plot_final_bpb(exp: Experiment, path: Path) -> Path:
 def plot_effects(exp: Experiment, path: Path) -> Path:
     effects = paired_effects(exp, "final_val_bpb")
     effects = effects[effects["n_seeds"] > 0]
-    if not factors(exp):
-        raise Skip("paired effects: no baseline to compare against (the spec has neither "
-                   "named variants nor a grid).")
+    if not factors(exp) or adaptive(exp):
+        raise Skip("" if adaptive(exp) else "paired effects: no baseline to compare against (the spec has "
+                   "neither named variants nor a grid).")
     if effects.empty:
         raise Skip("paired effects: no variant has a finished run paired with a finished "
                    "baseline run of the same seed.")

@@ -23,7 +23,7 @@ from analysis.plots import CAPTIONS, PlotSet, make_plots, remove_stale
 from analysis.tables import (
     LABELS, UNITS, Experiment, best_run, comparable_metrics, complete_variants, done_runs,
     load_experiment, mixed_tokenizers, pivot_tables, progress, tokenizers, unplanned_note, variant_table)
-from analysis.trials import best_trial, objectives, search_metric  # noqa: F401  (best_trial: tests)
+from analysis.trials import adaptive, best_trial, objectives, search_metric  # noqa: F401  (best_trial: tests)
 from experiments import files, interrupts
 
 MAX_VARIANT_ROWS = 25      # a search can have hundreds of trials; the report shows the best
@@ -360,9 +360,7 @@ def _search_section(exp: Experiment) -> list[str]:
 
 def build_report(exp: Experiment, plots: PlotSet, consecutive: bool = False) -> str:
     """The report's markdown text (no files written); `consecutive` adds each variant vs the one before."""
-    # An adaptive search's trials are points a sampler chose, minus the pruned: no baseline or design to
-    # compare against, so no paired or main effects (a grid run as a study keeps them).
-    designed = not exp.search or exp.search.get("mode") == "grid"
+    designed = not adaptive(exp)  # a search's trials have no baseline or design: no paired or main effects
     sections = [_header(exp), _what_was_run(exp), _caveats(exp), budget_section(exp), _variant_section(exp),
                 _consecutive_section(exp) if consecutive else [],
                 _effects_section(exp) if designed else [], _grid_section(exp) if designed else [],

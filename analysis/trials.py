@@ -8,6 +8,12 @@ import pandas as pd
 from analysis.tables import Experiment, complete_variants, done_runs
 
 
+def adaptive(exp: Experiment) -> bool:
+    """Whether the runs are a search's: points a sampler chose, minus the pruned, with no baseline or
+    design to compare against (a grid run as a study is not one)."""
+    return bool(exp.search) and exp.search.get("mode") != "grid"
+
+
 def search_metric(exp: Experiment, columns) -> str:
     """The runs.csv column of the search's objective (a search may name `val_bpb` for `final_val_bpb`)."""
     metric = str((exp.search or {}).get("metric", "final_val_bpb"))

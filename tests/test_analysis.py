@@ -684,6 +684,9 @@ def test_a_search_report_ranks_by_its_objective_and_compares_nothing_against_tri
     assert rows == ["| trial-2", "| trial-1", "| trial-0"]
     assert "**The top rows were chosen on these same validation scores**" in ranked
     assert "## Paired effects" not in text and "## Main effects" not in text
+    from analysis.plots import Skip, plot_effects
+    with pytest.raises(Skip):  # nor a plot of effects against trial 0
+        plot_effects(load_experiment(tmp_path / "s"), tmp_path / "effects.png")
     # the search's own objective and direction decide the order, not bpb
     text = build_report(load_experiment(_search(tmp_path / "m", "maximize", "params")), PlotSet())
     ranked = text.split("## Results per variant")[1].split("###")[0]
