@@ -6,6 +6,7 @@ as the same edit of the file would. Values are YAML: 100, 3.0e-4, 3e-4, [0, 1], 
 base: 500}, true, null ("KEY=" is null too).
 
     seeds, experiment, grid, variants, search     a whole top-level entry: seeds=[0], grid={}
+    data, model, train, sample                    a whole section: train= (null) is its defaults
     data.F, model.F, train.F, sample.F            a field: model.attention={name: grouped_query, n_kv_heads: 2}
     model.COMPONENT.OPTION, data.tokenizer.OPTION one option of a component, its name kept: model.attention.impl=naive
     grid.SECTION.F[.OPTION]                       one axis of the grid: grid.model.block=[pre,post]

@@ -177,3 +177,19 @@ def test_search_workers_get_the_same_overrides(spawned):
 
     assert search_cli.spawn_workers(Plan, 2) == 0
     assert len(spawned) == 2 and all(cmd[3:6] == ["s.yaml", "train.steps=12", "seeds=[0, 1]"] for cmd, _ in spawned)
+
+
+@pytest.mark.parametrize("item", ["train=false", "train=0", "train=[]", "model=''", "data=[]", "sample=0",
+                                  "grid=false", "variants=[]"])
+def test_a_whole_section_set_to_a_falsy_non_mapping_is_refused(tmp_path, capsys, item):
+    results = tmp_path / "results"
+    assert main([str(write(tmp_path, SPEC)), item, "--dry-run", "--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    key = item.partition("=")[0]
+    assert err.startswith(f"error: {key} = ") and "must be a mapping of keys to values" in err
+    assert err.count("\n") == 1 and not results.exists()
+
+
+def test_a_whole_section_set_to_null_is_its_defaults(tmp_path):
+    spec, _, _ = overrides.load_spec_with(write(tmp_path, SPEC), ["train=", "seeds=[0]", "grid="])
+    assert [r.train.steps for r in spec.runs] == [600]
