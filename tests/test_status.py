@@ -205,3 +205,15 @@ def test_watch_sleeps_the_interval_it_was_given(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(time, "sleep", sleep)
     assert status.main([str(tmp_path / "e"), "--watch", "86400"]) == 0 and slept == [86400.0]
     assert "3 pending" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("n, watch", [(3000, []), (3000, ["--watch", "0.05"]), (3, ["--watch", "0.05"])])
+def test_a_closed_stdout_ends_the_command_quietly(tmp_path, n, watch):
+    """`status ... | head -1`: no BrokenPipeError traceback, the status a command killed by SIGPIPE gets; 3000
+    rows are more than a pipe holds (the first print meets the closed pipe), 3 meet it at the watch's next."""
+    write_plan(tmp_path / "e", n=n)
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.status", str(tmp_path / "e"), *watch], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().startswith(f"e: {n} planned run(s): {n} pending")
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == 141 and proc.stderr.read() == ""
