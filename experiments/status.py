@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 import time
 from collections import Counter
@@ -63,13 +64,27 @@ def search_line(plan: dict[str, Any], exp_dir: Path, seeds: int) -> tuple[str, i
     states = Counter(t.state.name for t in trials)
     finished = sum(states[s] for s in FINISHED_STATES)
     wanted = int(search.get("trials") or 0)
-    running = [f"{t.number} (pid {t.user_attrs.get('pid', '?')} on {t.user_attrs.get('host', '?')})"
-               for t in trials if t.state.name == "RUNNING"]
+    running, dead = [], []
+    for t in trials:
+        if t.state.name == "RUNNING":
+            where = f"{t.number} (pid {t.user_attrs.get('pid', '?')} on {t.user_attrs.get('host', '?')})"
+            (dead if worker_died(t.user_attrs) else running).append(where)
     line = (f"study '{name}' in {mask(url)}: {finished} of {wanted} finished trials wanted; "
             + ", ".join(f"{s} {n}" for s, n in sorted(states.items()))
-            + (f"; running trials: {', '.join(running)}" if running else ""))
+            + (f"; running trials: {', '.join(running)}" if running else "")
+            + (f"; trials whose worker died: {', '.join(dead)} (tried again once their heartbeat is stale)"
+               if dead else ""))
     to_plan = max(0, wanted - finished - len(running)) * seeds if search.get("mode") == "search" else 0
     return line, to_plan
+
+
+def worker_died(attrs: dict[str, Any]) -> bool:
+    """Whether a RUNNING trial's worker ran on this host and its pid is gone (killed, say): Optuna only
+    learns it when the heartbeat goes stale, the rows below (each run's lock) at once. On another host
+    the heartbeat is all there is to go by."""
+    pid = attrs.get("pid")
+    return (attrs.get("host") == socket.gethostname() and type(pid) is int and pid > 0
+            and not progress.pid_alive(pid))
 
 
 def headline(name: str, rows: list[dict[str, Any]], eta: tuple[float | None, int]) -> str:
