@@ -6,6 +6,7 @@ as the same edit of the file would. Values are YAML: 100, 3.0e-4, 3e-4, [0, 1], 
 base: 500}, true, null ("KEY=" is null too).
 
     seeds, experiment, grid, variants, search     a whole top-level entry: seeds=[0], grid={}
+    data, model, train, sample                    a whole section: train= (null) is its defaults
     data.F, model.F, train.F, sample.F            a field: model.attention={name: grouped_query, n_kv_heads: 2}
     model.COMPONENT.OPTION, data.tokenizer.OPTION one option of a component, its name kept: model.attention.impl=naive
     grid.SECTION.F[.OPTION]                       one axis of the grid: grid.model.block=[pre,post]
@@ -15,6 +16,8 @@ base: 500}, true, null ("KEY=" is null too).
 from __future__ import annotations
 
 import copy
+import json
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -173,23 +176,70 @@ def before(raw: Any, key: str) -> str:
 
 
 def flow(value: Any) -> str:
-    """A value as one line of YAML: [0, 1], {name: rope, base: 500}."""
-    return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10**6).strip().removesuffix("\n...").strip()
+    """A value as one line of YAML: [0, 1], {name: rope, base: 500}. PyYAML breaks a string with a newline
+    over lines even in flow style; JSON (a subset of YAML) keeps it on one, as \\n."""
+    text = yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10**6).strip().removesuffix("\n...").strip()
+    return text if not LINE_BREAK.search(text) else json.dumps(value, default=str)
+
+
+# -- the record: results/<experiment>/spec.yaml --------------------------------------------------
+# What cannot stand in a one-line YAML comment: YAML's line breaks (\n \r \x85 \u2028 \u2029), the
+# characters a YAML file may not hold at all (other controls, lone surrogates: bytes of a non-UTF-8
+# argument), and tabs (shown as \t, not as blanks).
+UNSAFE = re.compile("[^\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+LINE_BREAK = re.compile("[\n\r\x85\u2028\u2029]")
+ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\", "'": "\\'"}
+HEADER = re.compile(rf"# {re.escape(COMMAND)}( |$)|# .* with \d+ command-line override\(s\): ")
+
+
+def escape(char: str) -> str:
+    """A character as bash's $'...' writes it: \\n, \\x01, \\u2028; a byte that was not UTF-8 (Python
+    keeps it as a lone surrogate) as that byte again, \\xff."""
+    code = ord(char)
+    if char in ESCAPES:
+        return ESCAPES[char]
+    if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's surrogateescape
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}"
+
+
+def shell_word(arg: str) -> str:
+    """One argument for the recorded command, on one line: shlex's quoting, else (a newline, a control
+    character in it) bash's $'...', which the shell reads back as the same argument."""
+    if not UNSAFE.search(arg):
+        return shlex.quote(arg)
+    return "$'" + "".join(escape(c) if UNSAFE.match(c) or c in ESCAPES else c for c in arg) + "'"
+
+
+def one_line(text: str) -> str:
+    """`text` fit for a one-line comment: what cannot stand in one escaped (\\n, \\x01)."""
+    return UNSAFE.sub(lambda m: escape(m.group()), text)
 
 
 def spec_record(spec_path: str | Path, original: Any, overrides: dict[str, Any], argv: list[str]) -> str:
     """The text of results/<experiment>/spec.yaml: the command line that made it, then the spec as
-    it ran (the file itself without overrides, else the merged tree), valid YAML either way."""
-    header = [f"# {COMMAND} {shlex.join(argv)}"]
+    it ran (the file itself without overrides, else the merged tree), valid YAML either way. Each
+    header line is one comment line, whatever the arguments hold; a spec file that is itself such a
+    record (a rerun of results/<experiment>/spec.yaml) keeps its spec, not its old header."""
+    header = [f"# {COMMAND} {' '.join(map(shell_word, argv))}"]
     if not overrides:
-        return "\n".join(header) + "\n" + Path(spec_path).read_text(encoding="utf-8")
-    header.append(f"# {spec_path} with {len(overrides)} command-line override(s): "
-                  + ", ".join(f"{k}={flow(v)}" for k, v in overrides.items()))
+        return header[0] + "\n" + without_header(Path(spec_path).read_text(encoding="utf-8"))
+    header.append(f"# {one_line(str(spec_path))} with {len(overrides)} command-line override(s): "
+                  + ", ".join(f"{one_line(k)}={one_line(flow(v))}" for k, v in overrides.items()))
     body = yaml.safe_dump(apply_overrides(original, overrides)[0], sort_keys=False, allow_unicode=True)
     return "\n".join(header) + "\n" + body
 
 
+def without_header(record: str) -> str:
+    """A spec record without the comment lines spec_record put above the spec (every such line, also
+    those an older version stacked up, one per rerun)."""
+    lines = record.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if not HEADER.match(line)), len(lines))
+    return "".join(lines[start:])
+
+
 def same_spec_record(recorded: str, new: str) -> bool:
     """Whether two spec records hold the same spec: command lines that differ only in where the
-    results go (--results, --only, --no-report ...) made the same experiment, so its spec.yaml stays."""
-    return recorded.partition("\n")[2] == new.partition("\n")[2]
+    results go (--results, --only, --no-report ...) or in which file held the spec (the recorded
+    spec.yaml itself, say) made the same experiment, so its spec.yaml stays."""
+    return without_header(recorded) == without_header(new)

@@ -30,6 +30,8 @@ from registry import FAMILIES, SpecError, brief, choices_hint, cut, load_all
 TOP_LEVEL = ("experiment", "seeds", "data", "model", "train", "sample", "grid", "variants", "search", "tune", "scale")
 # Execution details that do not change what a run computes are left out of its id.
 NOT_IN_RUN_ID = {"train": ("device", "compile", "checkpoint_every", "tensorboard")}
+MAPPING_EXAMPLES = {"data": "{corpus: embedded}", "model": "{d_model: 64}", "train": "{steps: 100}",
+                    "sample": "{tokens: 100}", "grid": "{model.block: [pre, post]}", "variants": "{baseline: {}}"}
 NAME = re.compile(rf"[A-Za-z0-9_-]{{1,{NAME_MAX_CHARS}}}")
 
 
@@ -186,10 +188,7 @@ def size_problem(grid: dict, variants: dict, seeds: list) -> str | None:
 
 
 def section(raw: dict, name: str, problems: list[str]) -> dict[str, Any]:
-    value = raw.get(name) or {}
-    if not isinstance(value, dict):
-        problems.append(f"{name} must be a mapping of keys to values, not {brief(value)}")
-        return {}
+    value = mapping(raw, name, problems)
     fields = SECTIONS[name]
     for key in value:
         if key not in fields:
@@ -198,9 +197,15 @@ def section(raw: dict, name: str, problems: list[str]) -> dict[str, Any]:
 
 
 def mapping(raw: dict, name: str, problems: list[str]) -> dict:
-    value = raw.get(name) or {}
+    """A top-level entry that must be a mapping. Only null (or no entry) means empty: false, 0, '' and []
+    are refused, as a typo that silently gave every default (600 steps) would cost a whole run."""
+    value = raw.get(name)
+    if value is None:
+        return {}
     if not isinstance(value, dict):
-        problems.append(f"{name} must be a mapping, not {brief(value)}")
+        problems.append(f"{name} = {brief(value)} must be a mapping of keys to values, e.g. {name}: "
+                        f"{MAPPING_EXAMPLES.get(name, '{}')} (or null, or no {name} entry, for "
+                        f"{'its defaults' if name in SECTIONS else 'none'})")
         return {}
     return value
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
 import sys
 import time
 from collections import Counter
@@ -24,6 +26,9 @@ from experiments.records import text_table
 from experiments.search.study import FINISHED_STATES, StorageError, mask, read_trials, recorded_storage
 
 
+# A closed stdout ends the command quietly with the status a shell gives a command killed by SIGPIPE
+# (not by restoring SIGPIPE's default action, which would also kill it on a study's closed socket).
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE (13)
 MAX_WATCH_S = 24 * 3600.0  # a day: beyond that --watch is a typo (time.sleep refuses inf, nan and > ~292 years)
 
 
@@ -59,13 +64,27 @@ def search_line(plan: dict[str, Any], exp_dir: Path, seeds: int) -> tuple[str, i
     states = Counter(t.state.name for t in trials)
     finished = sum(states[s] for s in FINISHED_STATES)
     wanted = int(search.get("trials") or 0)
-    running = [f"{t.number} (pid {t.user_attrs.get('pid', '?')} on {t.user_attrs.get('host', '?')})"
-               for t in trials if t.state.name == "RUNNING"]
+    running, dead = [], []
+    for t in trials:
+        if t.state.name == "RUNNING":
+            where = f"{t.number} (pid {t.user_attrs.get('pid', '?')} on {t.user_attrs.get('host', '?')})"
+            (dead if worker_died(t.user_attrs) else running).append(where)
     line = (f"study '{name}' in {mask(url)}: {finished} of {wanted} finished trials wanted; "
             + ", ".join(f"{s} {n}" for s, n in sorted(states.items()))
-            + (f"; running trials: {', '.join(running)}" if running else ""))
+            + (f"; running trials: {', '.join(running)}" if running else "")
+            + (f"; trials whose worker died: {', '.join(dead)} (tried again once their heartbeat is stale)"
+               if dead else ""))
     to_plan = max(0, wanted - finished - len(running)) * seeds if search.get("mode") == "search" else 0
     return line, to_plan
+
+
+def worker_died(attrs: dict[str, Any]) -> bool:
+    """Whether a RUNNING trial's worker ran on this host and its pid is gone (killed, say): Optuna only
+    learns it when the heartbeat goes stale, the rows below (each run's lock) at once. On another host
+    the heartbeat is all there is to go by."""
+    pid = attrs.get("pid")
+    return (attrs.get("host") == socket.gethostname() and type(pid) is int and pid > 0
+            and not progress.pid_alive(pid))
 
 
 def headline(name: str, rows: list[dict[str, Any]], eta: tuple[float | None, int]) -> str:
@@ -166,24 +185,33 @@ def report(exp_dir: Path) -> tuple[str, bool]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    exp_dir = Path(args.experiment)
     if args.watch is not None and not 0 < args.watch <= MAX_WATCH_S:  # also refuses nan (every comparison fails)
         print(f"error: --watch = {args.watch:g} is not a usable interval: give a positive number of seconds, "
               f"at most {MAX_WATCH_S:.0f} (a day), e.g. --watch 10", file=sys.stderr)
         return 2
+    try:
+        return show(Path(args.experiment), args.watch)
+    except BrokenPipeError:  # `status ... | head -1`: the reader has what it wanted
+        # Python's advice: point stdout at /dev/null, so the flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def show(exp_dir: Path, watch: float | None) -> int:
+    """Print the status once, or every `watch` seconds until nothing is left to run."""
     while True:
         try:
             text, unfinished = report(exp_dir)
         except StatusError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        if args.watch is not None and sys.stdout.isatty():
+        if watch is not None and sys.stdout.isatty():
             print("\033[H\033[J", end="")  # clear the terminal
         print(text, flush=True)
-        if args.watch is None or not unfinished:
+        if watch is None or not unfinished:
             return 0
         try:
-            time.sleep(args.watch)
+            time.sleep(watch)
         except KeyboardInterrupt:
             return 0
 

@@ -177,3 +177,60 @@ def test_search_workers_get_the_same_overrides(spawned):
 
     assert search_cli.spawn_workers(Plan, 2) == 0
     assert len(spawned) == 2 and all(cmd[3:6] == ["s.yaml", "train.steps=12", "seeds=[0, 1]"] for cmd, _ in spawned)
+
+
+@pytest.mark.parametrize("item", ["train=false", "train=0", "train=[]", "model=''", "data=[]", "sample=0",
+                                  "grid=false", "variants=[]"])
+def test_a_whole_section_set_to_a_falsy_non_mapping_is_refused(tmp_path, capsys, item):
+    results = tmp_path / "results"
+    assert main([str(write(tmp_path, SPEC)), item, "--dry-run", "--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    key = item.partition("=")[0]
+    assert err.startswith(f"error: {key} = ") and "must be a mapping of keys to values" in err
+    assert err.count("\n") == 1 and not results.exists()
+
+
+def test_a_whole_section_set_to_null_is_its_defaults(tmp_path):
+    spec, _, _ = overrides.load_spec_with(write(tmp_path, SPEC), ["train=", "seeds=[0]", "grid="])
+    assert [r.train.steps for r in spec.runs] == [600]
+
+
+def test_a_newline_in_any_argument_keeps_the_record_valid_yaml(tmp_path):
+    """Each header line is one comment line: a newline in an override, a glob or a path is escaped as
+    bash's $'...' does, so the command still reads back as the same arguments."""
+    spec_path = write(tmp_path, SPEC)
+    items = ["seeds=[0,\n1]", "sample.prompt=\"a\\nb\""]
+    spec, original, changes = overrides.load_spec_with(spec_path, items)
+    argv = [str(spec_path), *items, "--only", "base\n*", "--results", "R\u2028x\x85y"]
+    record = overrides.spec_record(spec_path, original, changes, argv)
+    header = record.splitlines()[:2]
+    assert header[0] == ("# python -m experiments.run " + str(spec_path) + " $'seeds=[0,\\n1]' "
+                         "'sample.prompt=\"a\\nb\"' --only $'base\\n*' --results $'R\\u2028x\\u0085y'")
+    assert header[1].endswith('seeds=[0, 1], sample.prompt="a\\nb"')
+    record_path = tmp_path / "record.yaml"
+    record_path.write_text(record, encoding="utf-8")
+    rerun = overrides.load_spec_with(record_path, [])[0]
+    assert [r.run_id for r in rerun.runs] == [r.run_id for r in spec.runs]
+
+
+def test_the_record_of_a_rerun_from_the_record_is_the_same_record():
+    record = "# python -m experiments.run s.yaml train.steps=3\n# s.yaml with 1 command-line override(s): x\nexperiment: a\n"
+    rerun = "# python -m experiments.run results/a/spec.yaml --results results\n" + record
+    assert overrides.same_spec_record(record, rerun)
+    assert overrides.same_spec_record(record, "# python -m experiments.run\n" + rerun)   # older stacked headers
+    assert not overrides.same_spec_record(record, record.replace("experiment: a", "experiment: b"))
+    assert not overrides.same_spec_record("# python -m experiments.run s.yaml\n# mine\nexperiment: a\n",
+                                          "# python -m experiments.run s.yaml\n# yours\nexperiment: a\n")
+
+
+def test_rerunning_the_recorded_spec_leaves_it_alone(tmp_path, capsys):
+    results = tmp_path / "results"
+    first = [str(write(tmp_path, SPEC)), "seeds=[0]", "grid.model.block=[pre]", "train.steps=10",
+             "--results", str(results), "--no-report"]
+    assert main(first) == 0
+    record_path = results / "ov" / "spec.yaml"
+    record = record_path.read_text()
+    for _ in range(2):
+        assert main([str(record_path), "--results", str(results), "--no-report"]) == 0
+    assert "0 trained, 1 already done" in capsys.readouterr().out
+    assert record_path.read_text() == record and record.count("# python -m experiments.run") == 1

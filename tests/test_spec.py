@@ -181,3 +181,17 @@ def test_every_component_option_default_lies_in_its_declared_range():
                 assert type_problem(param.default, param.annotation) is None, (family.family, name, option)
                 checked += 1
     assert checked >= 10
+
+
+@pytest.mark.parametrize("name", ["data", "model", "train", "sample", "grid", "variants"])
+@pytest.mark.parametrize("value", [False, 0, "", [], 5])
+def test_an_entry_that_is_not_a_mapping_is_refused_not_read_as_empty(name, value):
+    """`train: false` (or 0, '', []) is a typo, not "the defaults": 600 default steps would run silently."""
+    with pytest.raises(SpecError) as err:
+        spec(**{name: value})
+    assert f"{name} = {value!r} must be a mapping of keys to values" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["data", "model", "train", "sample", "grid", "variants"])
+def test_a_null_entry_is_an_empty_one(name):
+    assert spec(**{name: None}).runs[0].train.steps == (5 if name != "train" else 600)

@@ -205,3 +205,37 @@ def test_watch_sleeps_the_interval_it_was_given(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(time, "sleep", sleep)
     assert status.main([str(tmp_path / "e"), "--watch", "86400"]) == 0 and slept == [86400.0]
     assert "3 pending" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("n, watch", [(3000, []), (3000, ["--watch", "0.05"]), (3, ["--watch", "0.05"])])
+def test_a_closed_stdout_ends_the_command_quietly(tmp_path, n, watch):
+    """`status ... | head -1`: no BrokenPipeError traceback, the status a command killed by SIGPIPE gets; 3000
+    rows are more than a pipe holds (the first print meets the closed pipe), 3 meet it at the watch's next."""
+    write_plan(tmp_path / "e", n=n)
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.status", str(tmp_path / "e"), *watch], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().startswith(f"e: {n} planned run(s): {n} pending")
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == 141 and proc.stderr.read() == ""
+
+
+def test_a_running_trial_whose_worker_died_here_is_not_shown_running(tmp_path):
+    """Every worker killed: Optuna keeps the trials RUNNING until their heartbeat is stale, but a pid
+    of this host that is gone is not running (as the runs' rows already say)."""
+    import optuna
+
+    exp = tmp_path / "e"
+    write_plan(exp, n=1)
+    plan = {"experiment": "e", "search": {"mode": "search", "trials": 3, "storage": "sqlite:///study.db"}}
+    study = optuna.create_study(storage=f"sqlite:///{exp / 'study.db'}", study_name="e")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    here = socket.gethostname()
+    for pid, host in ((dead.pid, here), (os.getpid(), here), (4242, "gpu-node-7")):
+        trial = study.ask()
+        trial.set_user_attr("pid", pid)
+        trial.set_user_attr("host", host)
+    line, to_plan = status.search_line(plan, exp, seeds=2)
+    assert f"running trials: 1 (pid {os.getpid()} on {here}), 2 (pid 4242 on gpu-node-7);" in line
+    assert f"trials whose worker died: 0 (pid {dead.pid} on {here})" in line
+    assert to_plan == 2                           # the dead worker's trial is to be run again: 1 trial x 2 seeds
