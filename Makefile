@@ -28,7 +28,7 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m experiments.run specs/quickstart.yaml
 
-# The tutorial's ladder (a-f) with 3 seeds, then its report (with each step vs the one before):
+# The tutorial's ladder (a-h) with 3 seeds, then its report (with each step vs the one before):
 # results/seed-ladder/report.md.
 ladder: $(STAMP)
 	$(PY) -m experiments.run specs/seed_ladder.yaml --no-report

@@ -14,7 +14,7 @@
    step_ms, tokens_per_s, achieved GFLOP/s, mfu = achieved / measured peak of that precision,
    mfu_datasheet = achieved / the GPU's datasheet peak (experiments/datasheets.py; empty for a device
    it does not list), peak memory, batch preparation time and its fraction of a step, and the FLOPs
-   formula (model.flops_per_token(): 6 N + 12 L d T, N = parameters in matmuls, full-context attention).
+   formula (model.flops_per_token(): 6 N + 12 L d T, N = parameters but the lookup tables, full-context attention).
    On CUDA every time is the GPU's own, from CUDA events recorded around the work: no host sync
    between steps (a sync per step would time the launch queue draining, not the step).
 
@@ -29,7 +29,6 @@ import argparse
 import dataclasses
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -38,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from experiments import files, interrupts, step_profile
+from experiments import files, interrupts, resources, step_profile
 
 from experiments.bench_table import COLUMNS, loadavg, print_summary, row_for
 from experiments.datasheets import datasheet_peak
@@ -127,11 +126,6 @@ def matmul_peak(device, dtype, sizes=(512, 1024, 2048, 4096), seconds: float = 1
 
 
 # -- one combination, in its own process ---------------------------------------------------------
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def run_spec(cfg: dict[str, Any]):
     """The RunSpec the bench trains: the preset at its recipe's batch, on the bench corpus."""
     from experiments.spec import parse_spec
@@ -191,7 +185,8 @@ def measure(cfg: dict[str, Any]) -> dict[str, Any]:
     device = resolve_device(cfg["device"])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    rss_before = rss_mb()
+    resources.reset_peak_rss()
+    rss_before = resources.rss_mb()
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(run, dataset, Path(tmp), device, tune_allocator=cfg["without"] != "allocator")
     if cfg["threads"]:
@@ -220,7 +215,7 @@ def measure(cfg: dict[str, Any]) -> dict[str, Any]:
     times, batch_times = {v: measured[v] for v in variants}, measured[("batch",)]
     model = trainer.model
     peak_mem = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
-                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before)
+                else resources.peak_rss_mb() - rss_before)
     common = {"warmup_s": warmup_s, "batch_s": statistics.median(batch_times),
               "tokens_per_step": trainer.tokens_per_step, "flops_per_token": model.flops_per_token(),
               "matmul_params": model.matmul_params(),
@@ -229,7 +224,7 @@ def measure(cfg: dict[str, Any]) -> dict[str, Any]:
               "compile": trainer.compile_watch.summary() if cfg["compile"] else None}
     results = {}
     for variant, ts in times.items():
-        q = statistics.quantiles(ts, n=4) if len(ts) > 1 else [ts[0]] * 3
+        q = statistics.quantiles(ts, n=4, method="inclusive") if len(ts) > 1 else [ts[0]] * 3  # within the data
         # one process: its peak memory is the largest variant's, so only the first row reports it
         results[variant or "-"] = common | {"step_s": statistics.median(ts), "step_iqr_s": q[2] - q[0],
                                              "peak_mem_mb": peak_mem if variant == cfg["without"] else None,

@@ -49,7 +49,7 @@ def loadavg() -> str:
 
 
 def print_summary(rows: list[dict[str, Any]]) -> None:
-    print(f"\nFLOPs per token = {FORMULA} (N = parameters in matmuls, L layers, d attention width, T context); "
+    print(f"\nFLOPs per token = {FORMULA} (N = parameters but the lookup tables, L layers, d attention width, T context); "
           "mfu = achieved / measured matmul peak of that precision; mfu_datasheet = achieved / the datasheet's "
           "dense peak (bf16, or TF32 for fp32 on CUDA; experiments/datasheets.py); peak_mem_mb: CUDA max "
           "allocated, CPU peak RSS growth of the process from before the model was built")

@@ -2,8 +2,8 @@
 
 Writes `config.json` and `model.safetensors` that `transformers.GPT2LMHeadModel.from_pretrained(DIR)`
 loads with no network; the run's tokenizer in a form `AutoTokenizer.from_pretrained(DIR)` loads (GPT-2's
-vocab.json + merges.txt, or a one-token-per-character / per-byte tokenizer.json) plus the lab's own
-spec of it as lab_tokenizer.json; and a short README.md saying which. Only runs whose components all
+vocab.json + merges.txt, or a one-token-per-character / per-byte tokenizer.json plus the lab's own
+spec of it as lab_tokenizer.json); and a short README.md saying which. Only runs whose components all
 have a GPT-2 equivalent can be exported; any other choice is named in one error before anything is written.
 
 Exporting needs `safetensors` (pip install '.[hf]'); loading the result needs `transformers`.
@@ -299,7 +299,7 @@ def model_card(run_dir: Path, spec: dict[str, Any], config: dict[str, Any], toke
         f"# {spec.get('experiment', 'run')} / {spec.get('variant', '')} (seed {spec.get('seed')})",
         "",
         f"Exported from the GPT-2 ablation lab run `{run_dir.name}` ({components}).",
-        f"GPT-2 shape: {config['n_layer']} layers, {config['n_head']} heads, width {config['n_embd']}, "
+        f"GPT-2 shape: {config['n_layer']} layer{'s' * (config['n_layer'] != 1)}, {config['n_head']} head{'s' * (config['n_head'] != 1)}, width {config['n_embd']}, "
         f"context {config['n_positions']}, vocabulary {config['vocab_size']}, "
         f"{'tied' if config['tie_word_embeddings'] else 'untied'} head, activation {config['activation_function']}.",
         "",

@@ -6,11 +6,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import stat
 import sys
 import threading
 from typing import Callable, Iterator
 
 EXIT_STATUS = 130  # 128 + SIGINT, what shells report for Ctrl-C
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
 INTERRUPTED = "interrupted"
 
 
@@ -25,7 +27,8 @@ def quiet_while_loading(message: str) -> None:
 
 
 def run_main(main: Callable[[], int], message: str) -> int:
-    """`main()`'s exit status; Ctrl-C during it prints `message` and gives 130."""
+    """`main()`'s exit status; Ctrl-C during it prints `message` and gives 130; a reader that closed
+    the pipe on stdout (`... | head -1`) ends the command quietly with 141, as SIGPIPE would."""
     with contextlib.suppress(ValueError):  # not the main thread: the handler stays as it is
         signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
@@ -33,6 +36,19 @@ def run_main(main: Callable[[], int], message: str) -> int:
     except KeyboardInterrupt:
         print(message, file=sys.stderr, flush=True)
         return EXIT_STATUS
+    except BrokenPipeError:
+        if not stdout_is_a_pipe():  # a socket (a study's database, say): a real error
+            raise
+        # Python's advice: point stdout at /dev/null, so the flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def stdout_is_a_pipe() -> bool:
+    try:
+        return stat.S_ISFIFO(os.fstat(sys.stdout.fileno()).st_mode)
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ The parameters are counted exactly, on a model built on the meta device (no memo
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -152,3 +153,22 @@ def check_fits(runs: list, datasets: dict, device_of, data_key, world: int = 1) 
             break
     if problems:
         raise SpecError(problems)
+
+
+# -- this process's memory (the bench reports a run's peak growth) -------------------------------
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM) since reset_peak_rss: ru_maxrss would also count the peak of
+    the parent that started it (the bench's, after its 4096^2 peak matmuls), which Linux carries over."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+
+def reset_peak_rss() -> None:
+    with contextlib.suppress(OSError):
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)

@@ -67,6 +67,8 @@ def run_reporting_errors(argv: list[str]) -> int:
     except Interrupted as err:  # during a run: says which, and at which step
         print(f"{err}; rerun the same command to resume", file=sys.stderr)
         return interrupts.EXIT_STATUS
+    except BrokenPipeError:  # stdout closed (`... --dry-run | head`): not the results folder's fault
+        raise
     except OSError as err:  # the results folder: read-only, full, a file in the way, a name too long ...
         print(f"error: {files.os_error_message(err, Path(args.results))}", file=sys.stderr)
         return 1

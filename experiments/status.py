@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import sys
 import time
@@ -28,7 +27,6 @@ from experiments.search.study import FINISHED_STATES, StorageError, mask, read_t
 
 # A closed stdout ends the command quietly with the status a shell gives a command killed by SIGPIPE
 # (not by restoring SIGPIPE's default action, which would also kill it on a study's closed socket).
-EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE (13)
 MAX_WATCH_S = 24 * 3600.0  # a day: beyond that --watch is a typo (time.sleep refuses inf, nan and > ~292 years)
 
 
@@ -189,12 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --watch = {args.watch:g} is not a usable interval: give a positive number of seconds, "
               f"at most {MAX_WATCH_S:.0f} (a day), e.g. --watch 10", file=sys.stderr)
         return 2
-    try:
-        return show(Path(args.experiment), args.watch)
-    except BrokenPipeError:  # `status ... | head -1`: the reader has what it wanted
-        # Python's advice: point stdout at /dev/null, so the flush at exit does not fail again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_BROKEN_PIPE
+    return show(Path(args.experiment), args.watch)  # a closed stdout: interrupts.run_main ends it quietly
 
 
 def show(exp_dir: Path, watch: float | None) -> int:

@@ -4,7 +4,10 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +15,8 @@ import torch
 from experiments import bench
 from components.model import GPT, PRESETS
 from experiments.schema import ModelConfig
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
@@ -227,3 +232,18 @@ def test_the_command_exits_2_without_a_traceback():
     proc = subprocess.run([sys.executable, "-m", "experiments.bench", "--steps", "0"], capture_output=True,
                           text=True, cwd=Path(bench.__file__).resolve().parent.parent, timeout=120)
     assert proc.returncode == 2 and proc.stderr.startswith("error: --steps = 0 ") and "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
+def test_a_workers_peak_memory_is_its_own_not_its_parents():
+    """The bench times each combination in a child process; Linux carries the parent's ru_maxrss over to
+    the child, so the child reads its own high-water mark (VmHWM) instead."""
+    held = torch.ones(300 * 2**20 // 4)  # ~300 MB in this process
+    code = ("import resource; from experiments import resources; resources.reset_peak_rss(); "
+            "print(resources.peak_rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    own, inherited = map(float, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                               check=True, cwd=ROOT).stdout.split())
+    parent = bench.resources.rss_mb()  # torch and ~300 MB more; the child imports torch alone
+    assert own < parent - 200 < inherited and held.sum() > 0
+    quantiles = bench.statistics.quantiles([40.0, 80.0], n=4, method="inclusive")
+    assert 40 <= quantiles[0] <= quantiles[2] <= 80  # the IQR stays within the times measured

@@ -234,3 +234,17 @@ def test_rerunning_the_recorded_spec_leaves_it_alone(tmp_path, capsys):
         assert main([str(record_path), "--results", str(results), "--no-report"]) == 0
     assert "0 trained, 1 already done" in capsys.readouterr().out
     assert record_path.read_text() == record and record.count("# python -m experiments.run") == 1
+
+
+def test_a_dry_run_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`run SPEC --dry-run | head -2`: the closed pipe is not a results-folder failure, and no traceback."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.run", "specs/quickstart.yaml", "train.lr=3e-4",
+                             "--dry-run", "--results", str(tmp_path / "r")], cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.readline()
+    proc.stdout.close()
+    assert proc.wait(timeout=120) == 141 and proc.stderr.read() == "" and not (tmp_path / "r").exists()
