@@ -344,11 +344,16 @@ def checked(args: argparse.Namespace) -> tuple[Any, list[str], bool]:
     problems += [f"--preset = {brief(p)} is not a preset{choices_hint(p, PRESETS, 'presets')}"
                  for p in args.preset or [] if p not in PRESETS]
     problems += filter(None, [TRAIN["device"].problem(args.device, "--device"), args.csv and csv_problem(args.csv)])
+    problems += [f"--{name} lists {brief(v)} twice: each is timed once" for name in ("preset", "precision", "impl", "without")
+                 for v in {v for v in getattr(args, name) or [] if (getattr(args, name) or []).count(v) > 1}]
     if problems:
         raise SpecError(problems)
     device = hardware.resolve_device(hardware.check_device(args.device))  # a device this machine has
     bf16_fast = hardware.bf16_is_fast(device)
     precisions = args.precision or (["fp32", "bf16"] if bf16_fast else ["fp32"])
+    if "bf16" not in precisions and (unused := [k for k in args.without if k in BF16_KNOBS]):
+        raise SpecError(f"--without {' '.join(unused)} switches a bf16 kernel off, but no bf16 row is timed: "
+                        "add --precision bf16 (fp32 is timed alone where the CPU has no bf16 units)")
     runs = []
     for cfg in combos(args, device, precisions):  # the tokenizer, and anything else a worker's spec refuses
         try:

@@ -114,7 +114,8 @@ def load(path: Path) -> dict[str, Any]:
     """The state saved at `path`, on the CPU (the caller moves it to its device); DamagedCheckpoint when
     the file does not match its checksum, does not load, or holds anything but tensors and plain data."""
     sums = recorded(path)
-    if sums is not None and file_sha256(path) not in sums:
+    # Read again on a mismatch: a save may have put its record and its file in place since we read the record.
+    if sums is not None and (digest := file_sha256(path)) not in sums and digest not in (recorded(path) or []):
         raise DamagedCheckpoint(f"{path.name} does not match the checksum recorded when it was saved "
                                 f"({checksum_path(path).name}): its bytes were changed or cut short")
     try:

@@ -179,6 +179,8 @@ def untimed(monkeypatch):
     (["--device", "cuda"], "--device 'cuda' is not available on this machine"),
     (["--corpus", "missing.txt"], "data.corpus = 'missing.txt': no such file"),
     (["--tokenizer", "bpe"], "unknown tokenizer 'bpe' at data.tokenizer — registered: byte, char, gpt2"),
+    (["--preset", "tiny", "tiny"], "--preset lists 'tiny' twice: each is timed once"),
+    (["--precision", "fp32", "--without", "bf16_gelu"], "--without bf16_gelu switches a bf16 kernel off, but no bf16 row"),
 ])
 def test_a_bad_option_is_one_error_before_anything_is_timed(untimed, capsys, argv, message):
     assert bench.main(["--preset", "tiny", "--device", "cpu", *argv]) == 2  # the last --preset / --device counts

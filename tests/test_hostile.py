@@ -463,3 +463,19 @@ def test_a_run_that_cannot_fit_is_refused_before_anything_is_built(tmp_path, mon
     spec = parse_spec({"experiment": "m", "model": {"preset": "gpt2-124m"}, "train": {"batch_size": 64}})
     with pytest.raises(SpecError, match=r"run baseline \(seed 0\) needs ~\d+\.\d GiB, this machine has 8\.0 GiB"):
         bind_data(spec.runs)
+
+
+def test_a_checkpoint_replaced_while_it_is_checked_is_not_called_damaged(tmp_path, monkeypatch):
+    """generate on a run that is still training: a save may land between reading the record and hashing
+    the file; the record is read again before the file is called damaged."""
+    path = tmp_path / "checkpoint.pt"
+    plant(path, {"model": {"w": torch.zeros(2)}, "step": 1})
+    real_hash = checkpoint.file_sha256
+
+    def a_save_lands_first(p):
+        monkeypatch.setattr(checkpoint, "file_sha256", real_hash)
+        plant(path, {"model": {"w": torch.ones(2)}, "step": 2})  # record and file, both new
+        return real_hash(p)
+
+    monkeypatch.setattr(checkpoint, "file_sha256", a_save_lands_first)
+    assert checkpoint.load(path)["step"] == 2
