@@ -146,8 +146,9 @@ def _variant_section(exp: Experiment) -> list[str]:
              f"from a roughly normal spread.", ""]
     if exp.search:
         lines[-2] += (" Only trials with every seed finished are ranked here, best first by the search's "
-                      "objective; trials with a pruned, diverged or unfinished seed are listed apart below. "
-                      "**The top rows were chosen on these same validation scores**, so their means and "
+                      "objective; trials with a pruned, diverged or unfinished seed are listed apart below.")
+    if adaptive(exp):
+        lines[-2] += (" **The top rows were chosen on these same validation scores**, so their means and "
                       "intervals are optimistic (the best of many noisy trials looks better than it is): "
                       "quote the held-out test score in *Search* below.")
     lines += [to_markdown(quality), ""]
@@ -176,7 +177,7 @@ def _ranked_trials(exp: Experiment, table: pd.DataFrame) -> pd.DataFrame:
 def _fewer_seeds_note(exp: Experiment, table: pd.DataFrame) -> list[str]:
     """Rows over fewer finished seeds than the spec's: their means average other seeds than the rest."""
     short = table[(table["n"] < len(exp.seeds)) & (table["runs"] > 0)] if len(exp.seeds) > 1 else table.iloc[0:0]
-    if short.empty or exp.search:
+    if short.empty or adaptive(exp):  # a search lists its unfinished trials apart
         return []
     names = [f"`{r.variant}` ({int(r.n)} of {len(exp.seeds)})" for r in short.itertuples()]
     return ["**Rows over fewer seeds than the spec's**: " + ", ".join(names) + ". Their means and "

@@ -697,7 +697,7 @@ def test_a_search_report_ranks_by_its_objective_and_compares_nothing_against_tri
 
 def test_a_grid_run_as_a_study_keeps_its_comparisons(tmp_path: Path) -> None:
     text = build_report(load_experiment(_search(tmp_path, mode="grid")), PlotSet())
-    assert "## Paired effects" in text
+    assert "## Paired effects" in text and "chosen on these same validation scores" not in text
 
 
 def test_the_best_trial_on_the_test_text_with_its_interval_and_the_runner_up(tmp_path: Path) -> None:
