@@ -1,6 +1,9 @@
 """Gradient-norm clipping in two C calls for all of a model's gradients (cpu_kernels.c: sum_squares,
 scale_all): torch's CPU foreach ops run one op per tensor (a norm, then a multiply: ~100 ops a step
-for a 4-layer model, ~1 ms of nanogpt-cpu's ~35 ms step, the kernels ~0.1 ms).
+for a 4-layer model). With AdamW's step counts advanced by one op (experiments/optim.py), nanogpt-cpu's
+clipping + AdamW went 2.58 -> 1.86 ms a step (2-core AVX-512 Xeon). The sum is also more exact: float
+blocks of 4,096 squares summed in float64, where torch's float32 norm of a 3.2 M-element tensor was
+off by 6e-5.
 
 Served where the C loops serve (settings.py) and every gradient is a contiguous float32 CPU tensor;
 elsewhere `pointers` says None and the caller keeps torch's ops.
