@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 from typing import Any, NamedTuple
 
+import numpy as np
 import pandas as pd
 
 from analysis.stats import SeedEffect, family_verdicts, mean_ci, seed_block, seed_level_effect
@@ -209,36 +210,48 @@ def consecutive_effects(exp: Experiment, metric: str = "final_val_bpb") -> pd.Da
 # ---------------------------------------------------------------------------------------------
 # Marginal means (main effects)
 
-def seed_means(exp: Experiment, column: str, metric: str = "final_val_bpb") -> pd.DataFrame:
+def seed_means(exp: Experiment, column: str, metric: str = "final_val_bpb", common: bool = False) -> pd.DataFrame:
     """Per level of `column` and seed: that seed's mean of `metric` over the settings of the other
-    factors (a complete seeds × settings block per level, as for comparisons). Columns: `column`,
-    seed, `metric`. Intervals over these rows are intervals over seeds."""
+    factors (a complete seeds × settings block per level, as for comparisons; with `common`, one block
+    for every level of the column, so that the levels average the same seeds and the same settings).
+    Columns: `column`, seed, `metric`; `.attrs["left_out"]` names the seeds and settings the common
+    block left out. Intervals over these rows are intervals over seeds."""
     done = done_runs(exp).dropna(subset=[metric, column])
     others = [f for f in factors(exp) if f.column != column]
+    matrices = {level: _seed_matrix(runs.assign(setting=_settings(runs, others)), metric)
+                for level, runs in done.groupby(column, sort=False)}
+    left_out = ""
+    if common and matrices:  # one mask: the pairs every level with a finished run has
+        seeds = sorted(set().union(*(m.index for m in matrices.values())))
+        settings = sorted(set().union(*(m.columns for m in matrices.values())))
+        matrices = {lv: m.reindex(index=seeds, columns=settings) for lv, m in matrices.items()}
+        keep_seeds, keep_settings = seed_block(np.logical_and.reduce([m.notna().to_numpy() for m in matrices.values()]))
+        gone = [f"seed {int(x)}" for x in exp.seeds if x not in set(np.asarray(seeds)[keep_seeds])]
+        left_out = "; ".join(gone + [str(c) for c, kept in zip(settings, keep_settings) if not kept and c])
+        matrices = {lv: m.loc[keep_seeds, keep_settings] for lv, m in matrices.items()}
     frames = []
-    for level, runs in done.groupby(column, sort=False):
-        matrix = _seed_matrix(runs.assign(setting=_settings(runs, others)), metric)
-        seeds, settings = seed_block(matrix.notna().to_numpy())
-        means = matrix.loc[seeds, settings].mean(axis=1)
+    for level, matrix in matrices.items():
+        if not common:
+            seeds_mask, settings_mask = seed_block(matrix.notna().to_numpy())
+            matrix = matrix.loc[seeds_mask, settings_mask]
+        means = matrix.mean(axis=1)
         frames.append(pd.DataFrame({column: level, "seed": means.index, metric: means.to_numpy()}))
-    return (pd.concat(frames, ignore_index=True) if frames
-            else pd.DataFrame(columns=[column, "seed", metric]))
+    out = (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[column, "seed", metric]))
+    out.attrs["left_out"] = left_out
+    return out
 
 
 def main_effects(exp: Experiment, metric: str = "final_val_bpb") -> pd.DataFrame:
-    """Marginal mean of `metric` at each level of each axis: the mean over seeds of each seed's
-    mean over the other factors, with the 95% t interval over seeds (`n` = seeds). Every level of an
-    axis averages the same seeds (those with a mean at each level), so a level that lost its hardest
-    seed does not look better for it; `left_out` names the seeds that had to go."""
+    """Marginal mean of `metric` at each level of each axis: the mean over seeds of each seed's mean
+    over the other factors, with the 95% t interval over seeds (`n` = seeds). Every level of an axis
+    averages the same seeds and the same settings of the other factors (one complete block for the
+    axis), so a level that lost its hardest seed or setting does not look better for it; `left_out`
+    names what the block left out."""
     rows = []
     for axis in exp.axes:
-        means = seed_means(exp, axis, metric)
-        levels = [lv for lv in exp.levels.get(axis, []) if (means[axis] == lv).any()]
-        common = set.intersection(*(set(means.loc[means[axis] == lv, "seed"]) for lv in levels)) if levels else set()
-        dropped = sorted(set(means["seed"]) - common)
+        means = seed_means(exp, axis, metric, common=True)
         for level in exp.levels.get(axis, []):
-            s = mean_ci(means.loc[(means[axis] == level) & means["seed"].isin(common), metric])
+            s = mean_ci(means.loc[means[axis] == level, metric])
             rows.append({"axis": axis, "level": level, "n": s.n, "mean": s.mean, "std": s.std,
-                         "ci_low": s.low, "ci_high": s.high,
-                         "left_out": ", ".join(f"seed {int(x)}" for x in dropped)})
+                         "ci_low": s.low, "ci_high": s.high, "left_out": means.attrs["left_out"]})
     return pd.DataFrame(rows, columns=["axis", "level", "n", "mean", "std", "ci_low", "ci_high", "left_out"])

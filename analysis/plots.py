@@ -70,7 +70,7 @@ def _panels(exp: Experiment) -> list[tuple[str, str]]:
 def _point_panel(ax: plt.Axes, exp: Experiment, column: str, title: str) -> None:
     """One point per level of `column`: the mean over seeds of each seed's mean over the other
     factors, with the t interval over those seed means (the main-effects table's numbers)."""
-    done = seed_means(exp, column, "final_val_bpb")
+    done = seed_means(exp, column, "final_val_bpb", common=column in exp.axes)  # the main-effects table's block
     if exp.search and column == "variant":    # rank whole trials only, as the report does
         done = done[done[column].isin(complete_variants(exp))]
     order = list(done.groupby(column)["final_val_bpb"].mean().dropna()

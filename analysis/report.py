@@ -147,7 +147,7 @@ def _variant_section(exp: Experiment) -> list[str]:
     if exp.search:
         lines[-2] += (" Only trials with every seed finished are ranked here, best first by the search's "
                       "objective; trials with a pruned, diverged or unfinished seed are listed apart below.")
-    if adaptive(exp):
+    if adaptive(exp) and "_val_" in search_metric(exp, done_runs(exp).columns):
         lines[-2] += (" **The top rows were chosen on these same validation scores**, so their means and "
                       "intervals are optimistic (the best of many noisy trials looks better than it is): "
                       "quote the held-out test score in *Search* below.")
@@ -264,13 +264,15 @@ def _grid_section(exp: Experiment) -> list[str]:
     left = effects.drop_duplicates("axis")
     left = left[left["left_out"] != ""]
     if len(left):
-        lines += ["Left out so that every level of an axis averages the same seeds (a run without a "
-                  "final score): " + "; ".join(f"`{r.axis}`: {r.left_out}" for r in left.itertuples()) + ".", ""]
+        lines += ["Left out so that every level of an axis averages the same seeds and settings of the other "
+                  "axes (a run without a final score): " + "; ".join(f"`{r.axis}`: {r.left_out}"
+                                                                    for r in left.itertuples()) + ".", ""]
     waiting = exp.runs[exp.runs["status"] != "done"]
     if exp.axes and len(exp.axes) > 1 and len(waiting):
         lines += ["The cells below average the seeds that finished; a cell with a run left out averages "
                   "fewer: " + ", ".join(f"{r.variant} seed {int(r.seed)} ({r.status})"
-                                        for r in waiting.head(20).itertuples()) + ".", ""]
+                                        for r in waiting.head(20).itertuples())
+                  + (", …" if len(waiting) > 20 else "") + ".", ""]
     for (a, b), pivot in pivot_tables(exp, "final_val_bpb").items():
         pivot = pivot.copy()
         pivot.index = [f"{a}={v}" for v in pivot.index]

@@ -663,7 +663,22 @@ def test_main_effects_average_the_same_seeds_at_every_level(tmp_path: Path) -> N
     assert main.loc[("model.block", "a1"), "mean"] - main.loc[("model.block", "a2"), "mean"] == pytest.approx(0.01)
     assert main.loc[("model.block", "a1"), "left_out"] == "seed 2"
     text = build_report(exp, PlotSet())
-    assert "every level of an axis averages the same seeds" in text and "`model.block`: seed 2" in text
+    assert "every level of an axis averages the same seeds and settings" in text and "`model.block`: seed 2" in text
+
+
+def test_main_effects_average_the_same_settings_at_every_level(tmp_path: Path) -> None:
+    """With two seeds, losing (pre, norm=c) drops the setting rather than a seed; it must be dropped at
+    both levels, or pre would be spared the worst setting and look 0.15 better where the effect is 0.05."""
+    runs = grid_runs({"model.block": ["pre", "post"], "model.norm": ["a", "b", "c"]}, [0, 1],
+                     lambda a, s: 1.5 + 0.05 * (a["model.block"] == "post") + {"a": 0, "b": 0.2, "c": 0.4}[a["model.norm"]]
+                     + 0.03 * s)
+    for r in runs:
+        if r.axes == {"model.block": "pre", "model.norm": "c"} and r.seed == 1:
+            r.status = "diverged"
+    main = main_effects(load_experiment(build_experiment(tmp_path, "g", runs, axes=["model.block", "model.norm"])))
+    block = main[main["axis"] == "model.block"].set_index("level")
+    assert block.loc["post", "mean"] - block.loc["pre", "mean"] == pytest.approx(0.05)
+    assert (block["n"] == 2).all() and (block["left_out"] == "model.norm=c").all()
 
 
 def _search(tmp_path: Path, direction: str = "minimize", metric: str = "final_val_bpb", mode: str = "search",
@@ -692,6 +707,7 @@ def test_a_search_report_ranks_by_its_objective_and_compares_nothing_against_tri
     ranked = text.split("## Results per variant")[1].split("###")[0]
     rows = [line.split(" | ")[0] for line in ranked.splitlines() if line.startswith("| trial-")]
     assert rows == ["| trial-0", "| trial-1", "| trial-2"] and "objective (params)" in ranked
+    assert "chosen on these same validation scores" not in ranked  # chosen on params: the bpb was not selected on
     assert "The objective, `params`, is not a score on the validation text" in text
 
 

@@ -84,8 +84,8 @@ def test_a_repeated_point_reuses_its_result_is_marked_and_does_not_count(tmp_pat
     assert main([str(write(tmp_path, raw)), "--results", str(results), "--no-report"]) == 0
     trials = load(f"sqlite:///{results / 'srch' / 'study.db'}", "srch").trials
     assert [(t.params["model.n_heads"], t.state.name, t.user_attrs.get("repeat_of")) for t in trials] == [
-        (2, "COMPLETE", None), (3, "PRUNED", None), (2, "COMPLETE", 0), (3, "PRUNED", 1), (4, "COMPLETE", None)]
-    assert trials[2].value == trials[0].value and "run_ids" not in trials[2].user_attrs
+        (2, "COMPLETE", None), (3, "PRUNED", None), (2, "FAIL", 0), (3, "FAIL", 1), (4, "COMPLETE", None)]
+    assert "run_ids" not in trials[2].user_attrs  # out of the sampler's history, and of the records
     starts = [e["run_id"] for e in log_events(results / "srch") if e["event"] == "start"]
     assert len(starts) == len(set(starts)) == 2                       # a repeat trains nothing, not even a skip
     out = capsys.readouterr().out
@@ -156,3 +156,14 @@ def test_trials_log_gives_no_resume_step_for_a_skipped_run(tmp_path):
     Worker.execute(worker, types.SimpleNamespace(number=0), types.SimpleNamespace(run_id="r", seed=0), None)
     [_, end] = log_events(exp)
     assert end["trained"] is False and end["resumed_at_step"] is None
+
+
+def test_a_stepped_float_has_one_key_however_optuna_rounds_it():
+    """Optuna proposes 0.30000000000000004 where the grid of the steps holds 0.3: one point, one key, so it
+    is neither queued again as untried nor trained twice."""
+    from experiments.search.plan import Plan
+    from experiments.search.space import Param
+
+    plan = types.SimpleNamespace(params=[Param("train.lr", "float", low=0.1, high=0.5, step=0.1)])
+    assert Plan.point_key(plan, {"train.lr": 0.1 + 0.2}) == Plan.point_key(plan, {"train.lr": 0.3})
+    assert Plan.point_key(plan, {"train.lr": 0.3}) != Plan.point_key(plan, {"train.lr": 0.4})

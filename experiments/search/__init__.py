@@ -42,8 +42,8 @@ scored text (data.corpus, data.val_fraction, data.test_fraction; train.eval_batc
 data.tokenizer for a per-token loss) are refused (space.py).
 
 Finite spaces (every axis categorical or integer). ``trials`` is capped at the number of points (a
-warning says so). A point proposed again is a repeat: it trains nothing, takes the first trial's
-state and value (a pruned point stays pruned), carries ``repeat_of``, does not count, and makes the
+warning says so). A point proposed again is a repeat: it trains nothing (a pruned point stays
+pruned), carries ``repeat_of``, is told FAIL (out of the sampler's history), does not count, and makes the
 worker queue an untried point so repeats cannot spin; a point an earlier RUNNING trial holds is
 surplus and also queues an untried one. Before anything is written, the points are checked against
 the spec rules (plan.check_points): a space with no valid point is refused.

@@ -191,7 +191,7 @@ def finish(plan: Plan, study, code: int, seconds: float) -> int:
     print(text_table(rows))
     ended = [t for t in trials if t.state.name in FINISHED_STATES]
     finished = counted(plan, ended) if plan.points is None else len({plan.point_key(t.params) for t in ended})
-    repeats = sum("repeat_of" in t.user_attrs for t in ended)
+    repeats = sum("repeat_of" in t.user_attrs for t in trials)  # told FAIL: the samplers leave them out
     complete = [t for t in ended if t.state.name == "COMPLETE" and "repeat_of" not in t.user_attrs]
     print(f"{finished} finished trials ({len(complete)} complete"
           + (f"; {repeats} repeated point(s), not counted" if repeats else "")

@@ -95,7 +95,10 @@ class Plan:
                         "the rest of the spec")
 
     def point_key(self, params: dict[str, Any]) -> tuple:
-        return tuple((p.key, repr(params.get(p.key))) for p in self.params)
+        """One key per point: a float on a stepped range is rounded (Optuna proposes 0.30000000000000004
+        where the grid of its steps holds 0.3)."""
+        return tuple((p.key, repr(round(v, 12) if isinstance(v := params.get(p.key), float) else v))
+                     for p in self.params)
 
     def grid_space(self) -> dict[str, list[Any]]:
         return {p.key: p.grid() for p in self.params}

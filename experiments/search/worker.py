@@ -198,18 +198,19 @@ class Worker:
                      and "repeat_of" not in t.user_attrs and self.plan.point_key(t.params) == key), None)
 
     def repeat(self, trial, first) -> tuple[str, float | None, str]:
-        """A point tried before: the trial takes the first one's result (a pruned point stays pruned:
-        its run stopped there, and no run id trains twice), is marked `repeat_of`, and does not count
-        toward search.trials; the next trial takes an untried point, so repeats cannot spin."""
+        """A point tried before: nothing trains (a pruned point stays pruned: its run stopped there, and
+        no run id trains twice); the trial is marked `repeat_of` and told as FAIL, which the samplers and
+        pruners leave out (told COMPLETE, a copy of the best point would land in TPE's "bad" group and
+        push its proposals away) and search.trials does not count; the next trial takes an untried
+        point, so repeats cannot spin."""
         self.attr(trial, "repeat_of", first.number)
         for key in ("variant", "axes"):
             if key in first.user_attrs:
                 self.attr(trial, key, first.user_attrs[key])
         self.enqueue_untried(trial)
-        value = first.value if first.state.name == "COMPLETE" else None
-        shown = f"{self.plan.summary_key} {value:.4f}" if value is not None else first.state.name.lower()
-        return first.state.name, value, (f"{first.user_attrs.get('variant', '')}: repeat of trial {first.number} "
-                                         f"({shown}), not counted; the next trial takes an untried point")
+        shown = f"{self.plan.summary_key} {first.value:.4f}" if first.state.name == "COMPLETE" else first.state.name.lower()
+        return "FAIL", None, (f"{first.user_attrs.get('variant', '')}: repeat of trial {first.number} "
+                              f"({shown}), not counted; the next trial takes an untried point")
 
     def enqueue_untried(self, trial) -> None:
         """Queue a point no trial has taken (drawn with a seeded generator, else the first in order)."""
