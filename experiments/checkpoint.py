@@ -31,6 +31,7 @@ import yaml
 
 from components.model import GPT
 from experiments import files, interrupts
+from experiments.records import read_summary
 from experiments.schema import ModelConfig
 from registry import TOKENIZER, SpecError, brief, load_all
 
@@ -207,11 +208,8 @@ def load_model(run_dir: Path, device: str = "cpu"):
 def say_which_step(run_dir: Path, step: Any, spec: dict[str, Any]) -> None:
     """A note on stderr when the checkpoint is not the finished run's: an unfinished run's, or the last
     one a diverged run saved."""
-    try:
-        summary = files.read_json(run_dir / "summary.json")
-    except (OSError, ValueError):  # none yet (or damaged): the run has not finished
-        summary = None
-    status = summary.get("status") if isinstance(summary, dict) else None
+    summary = read_summary(run_dir)  # None: none yet (or damaged), the run has not finished
+    status = summary["status"] if summary else None
     if status == "done":
         return
     steps = (spec.get("train") or {}).get("steps", "?")

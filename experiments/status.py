@@ -25,8 +25,6 @@ from experiments.records import text_table
 from experiments.search.study import FINISHED_STATES, StorageError, mask, read_trials, recorded_storage
 
 
-# A closed stdout ends the command quietly with the status a shell gives a command killed by SIGPIPE
-# (not by restoring SIGPIPE's default action, which would also kill it on a study's closed socket).
 MAX_WATCH_S = 24 * 3600.0  # a day: beyond that --watch is a typo (time.sleep refuses inf, nan and > ~292 years)
 
 
@@ -59,7 +57,7 @@ def search_line(plan: dict[str, Any], exp_dir: Path, seeds: int) -> tuple[str, i
         trials = [t for t in read_trials(url, name) if "surplus" not in t.user_attrs]
     except StorageError as err:
         return f"study '{name}': cannot be read now ({err}); the rows below come from experiment.json", 0
-    states = Counter(t.state.name for t in trials)
+    states = Counter("REPEAT" if "repeat_of" in t.user_attrs else t.state.name for t in trials)  # repeats: told FAIL
     finished = sum(states[s] for s in FINISHED_STATES)
     wanted = int(search.get("trials") or 0)
     running, dead = [], []
