@@ -167,3 +167,18 @@ def test_a_stepped_float_has_one_key_however_optuna_rounds_it():
     plan = types.SimpleNamespace(params=[Param("train.lr", "float", low=0.1, high=0.5, step=0.1)])
     assert Plan.point_key(plan, {"train.lr": 0.1 + 0.2}) == Plan.point_key(plan, {"train.lr": 0.3})
     assert Plan.point_key(plan, {"train.lr": 0.3}) != Plan.point_key(plan, {"train.lr": 0.4})
+
+
+def test_no_pruner_compares_trials_that_train_on_different_text_per_step():
+    """The pruner compares trials at the same optimizer step; with the batch (or the context, the
+    accumulation, the tokenizer) searched, a step is more text for some trials than for others."""
+    from experiments.search import space
+
+    for key, values in (("train.batch_size", [8, 16]), ("model.context_length", [16, 32]),
+                        ("data.tokenizer", ["char", "byte"])):
+        block, problems = space.parse_block({"space": {key: values}}, {})
+        assert block["pruner"] == "none" and problems == []           # the default: no pruning
+        block, problems = space.parse_block({"space": {key: values}, "pruner": "median"}, {})
+        assert len(problems) == 1 and f"search.space.{key} changes how much text one step trains on" in problems[0]
+    block, problems = space.parse_block({"space": {"model.n_heads": [1, 2]}}, {})
+    assert block["pruner"] == "median" and problems == []

@@ -27,6 +27,8 @@ SCORED_TEXT = {"data.corpus": "the text itself", "data.val_fraction": "the valid
                "data.test_fraction": "where the validation text starts and the held-out test text"}
 PER_TOKEN = "data.tokenizer"       # a per-token loss has another unit under another tokenizer (bits per byte do not)
 EVAL_TEXT = "train.eval_batches"   # how much of the validation text a val score reads
+# Keys that change how much text one optimizer step trains on: a pruner compares trials at the same step.
+PER_STEP_TEXT = ("train.batch_size", "train.grad_accum", "model.context_length", "data.tokenizer")
 PRIMITIVE = (str, int, float, bool, type(None))
 POSITIVE_INT = positive_int(DEFAULT_TRIALS, "finished trials wanted")
 
@@ -143,7 +145,6 @@ def parse_block(search: Any, base: dict) -> tuple[dict[str, Any], list[str]]:
         problems.append(f"search.sampler = {brief(sampler)} is not a sampler"
                         f"{choices_hint(sampler, SAMPLERS)}")
     reported = METRICS[metric][1]
-    pruner = pruner_choice(search, metric, problems)
     storage = search.get("storage")
     if storage is not None:
         problems += storage_problems(storage, "search.storage")
@@ -153,6 +154,7 @@ def parse_block(search: Any, base: dict) -> tuple[dict[str, Any], list[str]]:
                             f"{STORAGE_ENV}=<the whole URL> in the environment, or keep it in ~/.pgpass (PostgreSQL)")
     params, space_problems = parse_space(search.get("space"), base)
     space_problems += scored_text_problems(search.get("space"), metric)
+    pruner = pruner_choice(search, metric, params, problems)
     problems += space_problems
     block = {"trials": trials, "metric": metric, "summary_key": METRICS[metric][0], "reported": reported,
              "direction": direction, "sampler": sampler, "pruner": pruner, "storage": storage, "params": params}
@@ -199,15 +201,21 @@ def scored_text_problems(space: Any, metric: str) -> list[str]:
     return problems
 
 
-def pruner_choice(search: dict, metric: str, problems: list[str]) -> str:
-    """search.pruner, by default median where the metric is reported at each evaluation (else none)."""
+def pruner_choice(search: dict, metric: str, params: list[Param], problems: list[str]) -> str:
+    """search.pruner, by default median where the metric is reported at each evaluation and no searched
+    key changes how much text a step trains on (else none)."""
     reported = METRICS[metric][1]
-    pruner = search.get("pruner", "median" if reported else "none")
+    paced = [p.key for p in params if ".".join(p.key.split(".")[:2]) in PER_STEP_TEXT]
+    pruner = search.get("pruner", "median" if reported and not paced else "none")
     if pruner is None or pruner is False:
         pruner = "none"
     if pruner not in PRUNERS:
         problems.append(f"search.pruner = {brief(pruner)} is not a pruner"
                         f"{choices_hint(pruner, PRUNERS)}")
+    elif pruner != "none" and paced:
+        problems.append(f"search.pruner = {brief(pruner)} compares trials at the same optimizer step, but "
+                        f"search.space.{paced[0]} changes how much text one step trains on, so the pruner would "
+                        f"favour the trials that had seen more text by then: use pruner: none")
     elif pruner != "none" and reported is None:
         problems.append(f"search.pruner = {brief(pruner)} needs a metric measured at every evaluation, and "
                         f"search.metric = {brief(metric)} is only known at the end of a run: use pruner: none "
