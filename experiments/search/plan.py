@@ -150,15 +150,13 @@ class SearchPlan(Plan):
         self.trials, self.metric, self.summary_key = block["trials"], block["metric"], block["summary_key"]
         self.reported, self.direction = block["reported"], block["direction"]
         self.sampler_name, self.pruner_name = block["sampler"], block["pruner"]
-        self.points = ([dict(zip((p.key for p in self.params), values))
-                        for values in itertools.product(*(p.grid() for p in self.params))]
-                       if self.sampler_name == "grid" else None)
+        self.points = list(self.encoded_points()) if self.sampler_name == "grid" else None
         self.space_size = block["space_size"]
         if "capped" in block:
             asked, size = block["capped"]
             self.warnings = [f"search.trials = {asked} but the space has only {size} distinct point(s): the "
                              f"search stops once each was tried ({size} trials); a point proposed again "
-                             "reuses its result and does not count"]
+                             "trains nothing and does not count"]
         super().__init__(spec, args, exp_dir, storage=chosen_storage(args, block["storage"]))
 
     def values(self, encoded: dict[str, Any]) -> dict[str, Any]:
