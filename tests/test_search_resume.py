@@ -182,3 +182,12 @@ def test_no_pruner_compares_trials_that_train_on_different_text_per_step():
         assert len(problems) == 1 and f"search.space.{key} changes how much text one step trains on" in problems[0]
     block, problems = space.parse_block({"space": {"model.n_heads": [1, 2]}}, {})
     assert block["pruner"] == "median" and problems == []
+
+
+def test_a_search_where_every_trial_diverged_exits_non_zero(tmp_path, capsys, lab_cache):
+    raw = short({"trials": 2, "sampler": "random", "pruner": "none", "space": {"model.n_heads": [2, 4]}})
+    raw["train"] |= {"lr": 1e30, "warmup": 0}                          # every trial's loss turns NaN
+    assert main([str(write(tmp_path, raw)), "--results", str(tmp_path / "results"), "--no-report"]) == 1
+    captured = capsys.readouterr()
+    assert "no trial completed" in captured.out
+    assert "error: none of the 2 finished trial(s) completed (each was pruned or diverged)" in captured.err

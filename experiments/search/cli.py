@@ -210,6 +210,10 @@ def finish(plan: Plan, study, code: int, seconds: float) -> int:
               "(see the note column); give the searched keys values that fit, or ask for more trials",
               file=sys.stderr)
         return code or 1
+    if finished >= plan.trials and not complete:
+        print(f"error: none of the {len(ended)} finished trial(s) completed (each was pruned or diverged): the "
+              "search has no best trial; lower train.lr or the pruner's bar, or ask for more trials", file=sys.stderr)
+        return code or 1
     if finished >= plan.trials:
         return 0  # the study is complete, even when a worker died on the way (its trial was retried)
     code = code or 1
