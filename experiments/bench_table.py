@@ -1,5 +1,5 @@
 """The bench's table: one row per combination (step time, tokens/s, achieved GFLOP/s, MFU against the
-measured and the datasheet peak), printed and summarised (experiments/bench.py measures them)."""
+measured and the datasheet peak), printed and summarised (experiments/benchmark.py measures them)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments import bench
+from experiments import bench, benchmark
 from components.model import GPT, PRESETS
 from experiments.schema import ModelConfig
 
@@ -25,13 +25,13 @@ def cache(lab_cache):
 
 
 def test_matmul_peak_measures_each_size_and_reports_the_best_size():
-    peak = bench.matmul_peak(torch.device("cpu"), torch.float32, sizes=(32, 64), seconds=0.01)
+    peak = benchmark.matmul_peak(torch.device("cpu"), torch.float32, sizes=(32, 64), seconds=0.01)
     assert set(peak["by_size"]) == {32, 64}
     assert peak["gflops"] > 0 and peak["gflops"] == pytest.approx(max(peak["by_size"].values()), rel=0.01)
 
 
 def test_a_size_that_would_take_too_long_is_skipped():
-    peak = bench.matmul_peak(torch.device("cpu"), torch.float32, sizes=(32, 4096), seconds=0.01, max_single_s=1e-9)
+    peak = benchmark.matmul_peak(torch.device("cpu"), torch.float32, sizes=(32, 4096), seconds=0.01, max_single_s=1e-9)
     assert list(peak["by_size"]) == [32]
 
 
@@ -68,7 +68,7 @@ def test_bench_times_a_tiny_config_and_writes_the_table(tmp_path, capsys, monkey
     from experiments import hardware
     monkeypatch.setattr(hardware, "bf16_is_fast", lambda device: bf16_units)
     # the peak at its smallest sizes, briefly: a second per size (emulated bf16 up to 4096^3) adds nothing here
-    monkeypatch.setattr(bench, "matmul_peak", functools.partial(bench.matmul_peak, seconds=0.05))
+    monkeypatch.setattr(bench, "matmul_peak", functools.partial(benchmark.matmul_peak, seconds=0.05))
     out = tmp_path / "bench.csv"
     assert bench.main(["--preset", "tiny", "--steps", "2", "--warmup", "1", "--batch-size", "4", "--threads", "1",
                        "--device", "cpu", "--no-fixed-cost", "--without", "fused_kernels", "--csv", str(out),
@@ -96,7 +96,7 @@ def test_bench_times_a_tiny_config_and_writes_the_table(tmp_path, capsys, monkey
 def test_fixed_cost_reports_imports_data_and_build(tmp_path):
     cfg = {"preset": "tiny", "impl": "sdpa", "corpus": "embedded", "tokenizer": "char", "batch_size": 4,
            "precision": "fp32", "compile": False, "device": "cpu", "warmup": 1, "steps": 1}
-    cost = bench.fixed_cost(cfg)
+    cost = benchmark.fixed_cost(cfg)
     assert set(cost) == {"imports_s", "data_s", "build_s"} and all(v >= 0 for v in cost.values())
 
 
@@ -111,7 +111,7 @@ def test_runtime_knobs_switch_one_kernel_off_each():
         ("fp32", None, ["fused_kernels"]), ("fp32", "allocator", []),
         ("bf16", None, ["bf16_attention", "fused_kernels"]), ("bf16", "allocator", [])]
     before = settings.current()
-    switch = bench.Switch(types.SimpleNamespace(optimizer=None))
+    switch = benchmark.Switch(types.SimpleNamespace(optimizer=None))
     try:
         for kernel in settings.BF16_KERNELS:
             switch.set(f"bf16_{kernel}")
@@ -245,7 +245,7 @@ def test_a_workers_peak_memory_is_its_own_not_its_parents():
             "print(resources.peak_rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
     own, inherited = map(float, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                                check=True, cwd=ROOT).stdout.split())
-    parent = bench.resources.rss_mb()  # torch and ~300 MB more; the child imports torch alone
+    parent = benchmark.resources.rss_mb()  # torch and ~300 MB more; the child imports torch alone
     assert own < parent - 200 < inherited and held.sum() > 0
-    quantiles = bench.statistics.quantiles([40.0, 80.0], n=4, method="inclusive")
+    quantiles = benchmark.statistics.quantiles([40.0, 80.0], n=4, method="inclusive")
     assert 40 <= quantiles[0] <= quantiles[2] <= 80  # the IQR stays within the times measured

@@ -12,7 +12,7 @@ import torch
 from components import attention
 from components.kernels import fused
 from components.model import GPT
-from experiments import bench
+from experiments import bench, benchmark
 from experiments.datasheets import datasheet_peak
 from experiments.schema import ModelConfig
 from experiments.search import cli as search_cli
@@ -136,7 +136,7 @@ def test_the_bench_row_reports_mfu_against_the_datasheet_too():
 
 
 def test_the_clock_times_each_key_in_order():
-    clock = bench.Clock(torch.device("cpu"))
+    clock = benchmark.Clock(torch.device("cpu"))
     for key in ("a", "b", "a"):
         clock.time(key, lambda: sum(range(1000)))
     times = clock.seconds()

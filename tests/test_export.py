@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from experiments import export
+from experiments import export, hf_export
 from experiments.checkpoint import load_run
 from tiny_runs import tiny_runs
 
@@ -116,7 +116,7 @@ def test_unsupported_components_are_named(exported, tmp_path: Path, capsys) -> N
 def test_export_problems(model: dict, problem: str | None) -> None:
     base = {"positional": "learned", "attention": "multi_head", "norm": "layernorm", "block": "pre",
             "feedforward": "gelu_mlp", "head": "untied"}
-    problems = export.export_problems(base | model)
+    problems = hf_export.export_problems(base | model)
     assert (problem is None and problems == []) or (len(problems) == 1 and problem in problems[0])
 
 
@@ -129,7 +129,7 @@ def test_tokenizer_loads_in_transformers(tmp_path: Path, name: str) -> None:
     ours = TOKENIZER.build(name)
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "tokenizer.json").write_text(json.dumps(ours.spec()))
-    note = export.write_tokenizer(tmp_path, ours, tmp_path / "run", 1024)
+    note = hf_export.write_tokenizer(tmp_path, ours, tmp_path / "run", 1024)
     assert "AutoTokenizer" in note
     theirs = transformers.AutoTokenizer.from_pretrained(tmp_path)
     text = "Hello world, it's 2024!\n\n  indented\tcode() -> 'x' caf\u00e9 \U0001F600 \x00\x7f\u00ad"
@@ -178,7 +178,7 @@ def test_a_failed_write_leaves_nothing_half_written(exported, tmp_path: Path, ca
     def full_disk(out: Path, *args) -> str:  # config.json and model.safetensors are written by now
         raise OSError(errno.ENOSPC, "No space left on device", str(out / "tokenizer.json"))
 
-    monkeypatch.setattr(export, "write_tokenizer", full_disk)
+    monkeypatch.setattr(hf_export, "write_tokenizer", full_disk)
     new = tmp_path / "new" / "hf"
     err = export_fails(run_dir, new, capsys)
     assert "no space is left on the disk" in err and f"({new / 'tokenizer.json'})" in err and "free some space" in err
