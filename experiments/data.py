@@ -28,7 +28,7 @@ from experiments import interrupts
 
 from components.tokenizer import Tokenizer
 from experiments.files import atomic_write, not_a_file
-from experiments.schema import DATA
+from experiments.schema import DATA, EVAL_ROWS
 from registry import CORPUS, TOKENIZER, SpecError
 
 if TYPE_CHECKING:
@@ -405,12 +405,12 @@ class Batches:
         self.evals: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {name: [] for name in SPLITS}
         self.eval_bytes: dict[str, list[int]] = {name: [] for name in SPLITS}  # of each batch's targets
 
-    def windows(self, split: str, stream: int, index: int) -> np.ndarray:
-        """(batch_size, context_length + 1) int64 token windows."""
+    def windows(self, split: str, stream: int, index: int, rows: int | None = None) -> np.ndarray:
+        """(rows, context_length + 1) int64 token windows; rows: batch_size unless given."""
         import numpy as np
         tokens = self.dataset.split(split)
         rng = np.random.default_rng([self.seed, stream, SPLITS[split], index])
-        starts = rng.integers(0, len(tokens) - self.context_length, size=self.batch_size)
+        starts = rng.integers(0, len(tokens) - self.context_length, size=rows or self.batch_size)
         return tokens[starts[:, None] + np.arange(self.context_length + 1)].astype(np.int64)
 
     def to_device(self, windows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -425,10 +425,10 @@ class Batches:
         return self.to_device(self.windows(split, TRAIN_STREAM, step))
 
     def eval_batches(self, split: str, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The first n of this seed's fixed evaluation batches for `split` (made once, then reused)."""
+        """This seed's first n evaluation batches of `split`, EVAL_ROWS windows each whatever the batch (made once)."""
         cached, sizes = self.evals[split_name(split)], self.eval_bytes[split]
         for i in range(len(cached), n):
-            windows = self.windows(split, EVAL_STREAM, i)
+            windows = self.windows(split, EVAL_STREAM, i, EVAL_ROWS)
             cached.append(self.to_device(windows))
             sizes.append(int(self.dataset.token_bytes[windows[:, 1:]].sum()))
         return cached[:n]
@@ -437,7 +437,7 @@ class Batches:
         """The mean loss (nats/token) of the first n evaluation batches in bits per byte of the text
         they score: their total nats over the UTF-8 bytes of their target tokens, over ln 2."""
         self.eval_batches(split, n)
-        nats = loss * n * self.batch_size * self.context_length
+        nats = loss * n * EVAL_ROWS * self.context_length
         return nats / sum(self.eval_bytes[split][:n]) / math.log(2)
 
 

@@ -131,6 +131,20 @@ def mean(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def summed(t: torch.Tensor) -> torch.Tensor:
+    """The sum of t across ranks (in place)."""
+    if active():
+        import torch.distributed as dist
+        dist.all_reduce(t)
+    return t
+
+
+def share(t: torch.Tensor) -> torch.Tensor:
+    """This rank's contiguous share of t's rows; the shares differ by a row at most (evaluation windows)."""
+    n, r = world(), rank()
+    return t if n == 1 else t[t.shape[0] * r // n:t.shape[0] * (r + 1) // n]
+
+
 def shard(t: torch.Tensor) -> torch.Tensor:
     """This rank's contiguous slice of a global batch (rows), equal for every rank."""
     n = world()

@@ -95,7 +95,7 @@ def score(model: torch.nn.Module, tokens: np.ndarray, token_bytes: np.ndarray, b
     counts = torch.tensor([y.numel() for _, y in pieces], dtype=torch.float64)
     nats = (torch.stack(means).cpu().double() * counts).sum() if means else torch.zeros((), dtype=torch.float64)
     if ddp.active():
-        nats = ddp.mean(nats.to(device)).cpu() * ddp.world()  # the sum over the processes
+        nats = ddp.summed(nats.to(device)).cpu()
     n_bytes = int(np.asarray(token_bytes[1:]).sum(dtype=np.uint64))
     return Score(float(nats), n_targets, n_bytes, time.perf_counter() - start)
 

@@ -29,6 +29,8 @@ PARAMS, FLOPS_PER_TOKEN, TOKENS_SEEN = "params", "flops_per_token", "tokens_seen
 BYTES_SEEN, FLOPS_SEEN = "bytes_seen", "flops_seen"   # the exact bytes of the targets trained on; tokens x FLOPs/token
 TOKENS_PER_S, WALL_S, TRAIN_S = "tokens_per_s", "wall_s", "train_s"
 LOSSES = (FINAL_TRAIN_LOSS, FINAL_VAL_LOSS, FINAL_VAL_BPB, BEST_VAL_LOSS, BEST_VAL_BPB)
+# Scored on the periodic evaluations' sampled windows (a finished run's final_val_* score the whole validation text)
+SAMPLED = (FINAL_TRAIN_LOSS, BEST_VAL_LOSS, BEST_VAL_BPB)
 COSTS = (PARAMS, FLOPS_PER_TOKEN, TOKENS_SEEN, BYTES_SEEN, FLOPS_SEEN, TOKENS_PER_S, WALL_S)
 
 UNITS = {FINAL_VAL_LOSS: "nats/token", FINAL_VAL_BPB: "bits/byte", VAL_LOSS: "nats/token", VAL_BPB: "bits/byte"}

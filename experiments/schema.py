@@ -185,6 +185,7 @@ MODEL = {
                    "torch = PyTorch's", "gpt2", "torch"),
 }
 
+EVAL_ROWS = 32  # windows per periodic evaluation batch: every batch size and accumulation scores the same ones
 TRAIN = {
     "steps": positive_int(600, "optimizer steps (shorthand for budget: {steps: N})"),
     "budget": Field(None, dict | None, "how long each run trains: one of " + ", ".join(BUDGET) + "; each run "
@@ -204,7 +205,8 @@ TRAIN = {
                    rule="two numbers in [0, 1)"),
     "grad_clip": Field(1.0, float, "gradient norm clip", AT_LEAST_0, rule="a number >= 0 (0 = off)"),
     "eval_every": positive_int(100, "steps between evaluations (and the last step)"),
-    "eval_batches": positive_int(20, "batches per evaluation (fixed per seed)"),
+    "eval_batches": positive_int(20, f"batches of {EVAL_ROWS} sampled windows per periodic evaluation (fixed per seed, "
+                                     "the same whatever the batch size)"),
     "checkpoint_every": Field(None, int | None, "steps between checkpoints", COUNT,
                               rule="an integer >= 0 (default eval_every; 0 = only at the end)"),
     "precision": one_of("auto", "fp32, bf16 autocast, or auto (bf16 where the device runs it natively and faster)",

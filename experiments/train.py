@@ -29,7 +29,7 @@ from experiments.data import TRAIN_STREAM, Batches
 from experiments.hardware import autocast, autocast_dtype, resolve_precision, tf32_enabled
 from experiments.optim import clip_grad_norm, lr_at, make_optimizer
 from experiments.progress import ProgressFile
-from experiments.schema import ModelConfig
+from experiments.schema import EVAL_ROWS, ModelConfig
 from experiments.spec import RunSpec
 from experiments.tensorboard_log import Board
 
@@ -91,9 +91,10 @@ class Trainer:
                              f"{ddp.world()} processes that share each micro-batch")
         self.batches = Batches(dataset, context_length=ctx, batch_size=run.train.batch_size * self.accum,
                                seed=run.seed, device=str(device))
-        self.eval_sets = {split: [(ddp.shard(x), ddp.shard(y))
-                                  for x, y in self.batches.eval_batches(split, run.train.eval_batches)]
-                          for split in ("train", "val")}
+        # Every run of a seed scores the same evaluation windows, whatever its batch: each process its share
+        self.eval_sets = {split: tuple(ddp.share(torch.cat(t)) for t in zip(*self.batches.eval_batches(
+                              split, run.train.eval_batches))) for split in ("train", "val")}  # (x, y): (rows, T)
+        self.eval_windows = run.train.eval_batches * EVAL_ROWS
         self.tokens_per_step = run.train.batch_size * run.train.grad_accum * ctx
         self.flops_per_token = self.model.flops_per_token()
         self.cpu_threads = self.setup_cpu(tune_allocator) if device.type == "cpu" else None
@@ -193,13 +194,13 @@ class Trainer:
         self.compile_watch.step = self.step  # a graph compiled now is this step's
         self.model.eval()
         losses = {}
-        for split, batches in self.eval_sets.items():
-            total = torch.zeros((), device=self.device)
-            for x, y in batches:
-                for xm, ym in zip(x.chunk(self.accum), y.chunk(self.accum)):
-                    with autocast(self.device, self.dtype):
-                        total += self.eval_model(xm, ym, return_logits=False)[1].float()
-            losses[split] = (ddp.mean(total) / (len(batches) * self.accum)).item()  # equal shards: the global mean
+        rows = max(1, self.train_cfg.batch_size // ddp.world())  # a micro-batch, as in training
+        for split, (x, y) in self.eval_sets.items():
+            total = torch.zeros((), device=self.device)  # the windows' summed mean losses
+            for xm, ym in zip(x.split(rows), y.split(rows)):
+                with autocast(self.device, self.dtype):
+                    total += self.eval_model(xm, ym, return_logits=False)[1].float() * len(xm)
+            losses[split] = (ddp.summed(total) / self.eval_windows).item()  # each window has T targets
         self.model.train()
         return losses
 

@@ -19,6 +19,7 @@ import torch
 import experiments.data as data
 from components.tokenizer import CharTokenizer
 from experiments.data import Batches, load_dataset, prepare
+from experiments.schema import EVAL_ROWS
 from registry import SpecError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -286,7 +287,7 @@ def test_sampled_bits_per_byte_are_the_windows_nats_over_their_target_bytes(lab_
     ds = load_dataset("embedded", "gpt2")
     batches = Batches(ds, context_length=16, batch_size=4, seed=0)
     targets = np.concatenate([y.numpy().ravel() for _, y in batches.eval_batches("val", 3)])
-    assert len(targets) == 3 * 4 * 16
+    assert len(targets) == 3 * EVAL_ROWS * 16  # evaluation batches have EVAL_ROWS windows, whatever batch_size
     expected = 2.5 * len(targets) / ds.token_bytes[targets].sum() / math.log(2)
     assert batches.eval_bits_per_byte("val", 3, 2.5) == pytest.approx(expected, rel=1e-12)
     # On a byte-level text every token is one byte: bits per byte is nats per token in bits.

@@ -138,6 +138,25 @@ def test_grad_accumulation_sees_the_same_data_and_scales_the_loss(tmp_path):
     assert summaries[0]["final_val_loss"] == pytest.approx(summaries[1]["final_val_loss"], abs=1e-5)
 
 
+def test_every_batch_size_is_scored_on_the_same_evaluation_windows(tmp_path):
+    """The periodic evaluation (the curves, best_val_*) of one model and seed does not depend on how the
+    runs batch their training: 8, 16, and 4 x 4 accumulated score the same windows."""
+    from experiments.runner import bind_data, data_key
+    from experiments.spec import parse_spec
+
+    rows = []
+    for batch, accum in ((8, 1), (16, 1), (4, 4)):
+        spec = parse_spec({"experiment": "ev", "seeds": [0], "model": dict(TINY_MODEL), "sample": {"tokens": 0},
+                           "train": TINY_TRAIN | {"batch_size": batch, "grad_accum": accum, "tensorboard": False}})
+        run = spec.runs[0]
+        trainer = Trainer(run, bind_data(spec.runs)[data_key(run)], tmp_path / f"{batch}x{accum}", torch.device("cpu"))
+        assert trainer.eval_sets["val"][0].shape == (TINY_TRAIN["eval_batches"] * 32, TINY_MODEL["context_length"])
+        rows.append(trainer.record(0.0))
+    for row in rows[1:]:
+        for key in ("val_loss", "val_bpb", "train_loss"):
+            assert row[key] == pytest.approx(rows[0][key], rel=1e-6)
+
+
 def test_divergence_stops_that_run_and_the_rest_go_on(tmp_path, monkeypatch, capsys):
     real_step = Trainer.train_step
 

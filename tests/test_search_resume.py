@@ -119,7 +119,9 @@ def test_a_search_where_no_trial_ran_exits_non_zero(tmp_path, capsys, lab_cache)
     ({"space": {"data.corpus": ["embedded", "shakespeare"]}}, "search.space.data.corpus = "),
     ({"metric": "val_loss", "space": {"data.tokenizer": ["char", "byte"]}},
      "search.space.data.tokenizer = ['char', 'byte'] cannot be searched: it changes the unit of val_loss"),
-    ({"space": {"train.eval_batches": [2, 4]}}, "how much of the validation text val_bpb reads"),
+    ({"metric": "best_val_bpb", "space": {"train.eval_batches": [2, 4]}}, "how many sampled windows best_val_bpb"),
+    ({"metric": "best_val_bpb", "space": {"model.context_length": [8, 16]}}, "how long sampled windows best_val_bpb"),
+    ({"metric": "best_val_bpb", "space": {"data.tokenizer": ["char", "byte"]}}, "which text sampled windows"),
     ({"space": {"model.attention.impl": ["sdpa", "bogus"]}}, "search.space.model.attention.impl = 'bogus'"),
 ])
 def test_keys_that_change_the_scored_text_are_refused(block, expected):
@@ -131,6 +133,13 @@ def test_bits_per_byte_may_compare_tokenizers():
     from experiments.search import space
 
     assert space.scored_text_problems({"data.tokenizer": ["char", "byte"]}, "val_bpb") == []
+
+
+@pytest.mark.parametrize("key", ["train.eval_batches", "model.context_length", "train.batch_size", "train.grad_accum"])
+def test_the_exact_final_score_may_search_what_changes_the_sampled_windows(key):
+    from experiments.search import space
+
+    assert space.scored_text_problems({key: [2, 4]}, "val_bpb") == []
 
 
 def test_the_last_line_quotes_the_test_score(tmp_path, one_thread, capsys):

@@ -26,7 +26,8 @@ DEFAULT_TRIALS = 20
 SCORED_TEXT = {"data.corpus": "the text itself", "data.val_fraction": "the validation text",
                "data.test_fraction": "where the validation text starts and the held-out test text"}
 PER_TOKEN = "data.tokenizer"       # a per-token loss has another unit under another tokenizer (bits per byte do not)
-EVAL_TEXT = "train.eval_batches"   # how much of the validation text a val score reads
+# Keys that change which sampled windows a periodic evaluation scores (metrics.SAMPLED read them).
+WINDOWS = {"train.eval_batches": "how many", "model.context_length": "how long", "data.tokenizer": "which text"}
 # Keys that change how much text one optimizer step trains on: a pruner compares trials at the same step.
 PER_STEP_TEXT = ("train.batch_size", "train.grad_accum", "model.context_length", "data.tokenizer")
 PRIMITIVE = (str, int, float, bool, type(None))
@@ -190,14 +191,16 @@ def scored_text_problems(space: Any, metric: str) -> list[str]:
             why = SCORED_TEXT[head]
         elif head == PER_TOKEN and METRICS[metric][0].endswith("_loss"):
             why = f"the unit of {metric} (a loss per token of the tokenizer); val_bpb compares tokenizers"
-        elif head == EVAL_TEXT and "val_" in METRICS[metric][0]:
-            why = f"how much of the validation text {metric} reads"
+        elif head in WINDOWS and METRICS[metric][0] in metrics.SAMPLED:
+            why = (f"{WINDOWS[head]} sampled windows {metric} is scored on (a periodic evaluation's; val_bpb "
+                   "scores a finished run's whole validation text)")
         else:
             continue
         problems.append(f"search.space.{cut(str(key))} = {brief(value)} cannot be searched: it changes {why}, "
                         f"so the trials would not be scored alike; set it once in the spec's "
                         f"{head.split('.')[0]}: section (searchable: every spec key but {', '.join(SCORED_TEXT)}, "
-                        f"{EVAL_TEXT} with a val metric and {PER_TOKEN} with a per-token loss)")
+                        f"{PER_TOKEN} with a per-token loss, and {', '.join(WINDOWS)} with "
+                        f"{', '.join(metrics.SAMPLED)})")
     return problems
 
 
