@@ -249,7 +249,7 @@ def test_the_pruner_stops_a_trial_at_an_evaluation(tmp_path, one_thread, monkeyp
     monkeypatch.setattr(optuna_side, "make_pruner", lambda plan: optuna.pruners.ThresholdPruner(upper=0.0))
     raw = make({"trials": 2, "sampler": "grid", "space": {"model.n_layers": [1, 2]}}, seeds=[0, 1])
     results = tmp_path / "results"
-    assert main([str(write(tmp_path, raw)), "--results", str(results), "--no-report"]) == 0
+    assert main([str(write(tmp_path, raw)), "--results", str(results), "--no-report"]) == 1  # no best trial
     exp = results / "srch"
     study = load(f"sqlite:///{exp / 'study.db'}", "srch")
     assert [t.state.name for t in study.trials] == ["PRUNED", "PRUNED"]
