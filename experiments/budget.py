@@ -55,6 +55,25 @@ def warmup_too_long(warmup: float, steps: int, where: str) -> str | None:
             "as a fraction of the steps (e.g. warmup: 0.05) so that it scales with them")
 
 
+def fixed_warmups(runs: list) -> list:
+    """The runs (not yet bound) whose warm-up is a number of steps while their budget derives their steps."""
+    return [run for run in runs if run.train.budget and "steps" not in run.train.budget
+            and not isinstance(run.train.warmup, float) and run.train.warmup > 0]
+
+
+def warmup_shares_note(bound: list) -> str | None:
+    """Why the runs of fixed_warmups, now bound, warm up for different shares of their training (a budget
+    gave them different steps), or None where the shares are within 10% of each other."""
+    def share(run: Any) -> float:
+        return run.train.warmup / run.train.steps
+    if not bound or share(high := max(bound, key=share)) <= 1.1 * share(low := min(bound, key=share)):
+        return None
+    return (f"train.warmup = {low.train.warmup} steps is {share(low):.0%} of {low.variant}'s {low.train.steps} steps, "
+            f"{high.train.warmup} is {share(high):.0%} of {high.variant}'s {high.train.steps}: under a "
+            f"{next(iter(high.train.budget))} budget the runs warm up for different shares of their training; give "
+            "it as a fraction (warmup: 0.1) so that every run warms up for the same share")
+
+
 def bind(run: Any, dataset: Any, params: int, flops_per_token: int) -> None:
     """Give `run` its own steps (and warm-up steps) from its budget; SpecError when they do not fit."""
     train = run.train

@@ -22,7 +22,7 @@ if __name__ == "__main__":  # Ctrl-C while the imports below load (torch: second
 
 from tqdm import tqdm
 
-from experiments import ddp, files, metrics, overrides
+from experiments import budget, ddp, files, metrics, overrides
 from experiments.records import (rebuild_runs_csv, report_is_stale, runs_not_in_plan, start_experiment, text_table,
                                  write_report)
 from experiments.runner import Interrupted, Runner, bind_data, dry_run_table
@@ -95,10 +95,13 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
                 raise SpecError("a search (or --storage / --workers) runs trials in parallel by itself; "
                                 "start it without torchrun")
             return search_cli.main(spec, spec_text, args)
+        fixed_warmups = budget.fixed_warmups(spec.runs)
         datasets = bind_data(spec.runs, device=args.device)
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if note := budget.warmup_shares_note(fixed_warmups):
+        print(f"warning: {note}", file=sys.stderr)
     runs = [r for r in spec.runs if not args.only or fnmatch.fnmatch(r.run_id, args.only)
             or fnmatch.fnmatch(r.variant, args.only)]
     if not runs:  # before anything is written: a typo in the glob should not look like a finished experiment

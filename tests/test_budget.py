@@ -85,6 +85,17 @@ def test_dry_run_shows_each_runs_steps_tokens_bytes_and_flops(tmp_path, capsys):
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.parametrize("warmup, warned", [(20, True), (0.1, False)])
+def test_a_warm_up_in_steps_that_budgets_make_unequal_shares_is_named(tmp_path, capsys, warmup, warned):
+    raw = {**spec_with(budget={"flops": 2.0e+9}, warmup=warmup), "grid": {"model.d_model": [32, 64]}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert runner.main([str(path), "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert ("warning: train.warmup = 20 steps is" in err and "under a flops budget the runs warm up for different "
+            "shares of their training; give it as a fraction (warmup: 0.1)" in err) == warned
+
+
 def test_a_flops_budget_trains_each_width_to_within_one_step_of_it(tmp_path):
     """issue 13's test: a grid over two widths under {flops: F}: tokens_seen x flops_per_token within one step of F."""
     budget = 1.0e+9
