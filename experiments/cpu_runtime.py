@@ -31,6 +31,8 @@ class CpuThreads:
     another busy process makes every op wait out a time slice (measured up to 30x slower than one
     thread on a loaded 2-core machine), while on idle cores two threads ran the nanogpt-cpu step
     ~1.45x faster than one. Others' load = the machine's busy time minus this process's own.
+    The price: one and two threads round sums differently, so without OMP_NUM_THREADS a rerun under
+    another load matches to float rounding (1e-8 to 1e-5 on a final loss), not bit for bit.
     """
 
     def __init__(self, flops_per_step: float):
