@@ -63,8 +63,9 @@ class GPT(nn.Module):
         }, path="model.block")
 
     def _gpt2_init(self, module: nn.Module) -> None:
-        """N(0, 0.02) weights, zero biases; residual projections scaled by 1/sqrt(residual branches), which
-        is GPT-2's 1/sqrt(2 * n_layers) for blocks of attention and MLP (Radford et al. 2019, section 2.3)."""
+        """N(0, 0.02) weights and embeddings (nanoGPT's and Hugging Face's GPT-2 init; OpenAI's own code drew the
+        position table from N(0, 0.01)), zero biases; residual projections scaled by 1/sqrt(residual branches),
+        which is GPT-2's 1/sqrt(2 * n_layers) for blocks of attention and MLP (Radford et al. 2019, section 2.3)."""
         if isinstance(module, nn.Linear):
             scale = 1 / math.sqrt(self.residual_branches) if getattr(module, "residual_projection", False) else 1.0
             nn.init.normal_(module.weight, mean=0.0, std=0.02 * scale)

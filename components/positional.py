@@ -89,9 +89,26 @@ class Learned(Positional):
         return x + self.embedding.weight[: x.shape[1]]
 
 
+@POSITIONAL.register("learned_scaled")
+class LearnedScaled(Learned):
+    """Learned positions with the tokens times sqrt(d_model), as sinusoidal scales them: the control arm
+    that tells sinusoidal's positions apart from its token scale (sinusoidal vs learned compares both)."""
+
+    def __init__(self, *, context_length: int, d_model: int) -> None:
+        super().__init__(context_length=context_length, d_model=d_model)
+        self.embedding_scale = math.sqrt(d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x * self.embedding_scale)
+
+
 @POSITIONAL.register("rope")
 class Rotary(Positional):
-    """Rotary position embedding on queries and keys (Su et al. 2021, RoFormer)."""
+    """Rotary position embedding on queries and keys (Su et al. 2021, RoFormer), GPT-NeoX/Llama's half-split pairing.
+
+    Dimension i turns with i + head_dim/2 (RoFormer pairs neighbours 2i, 2i+1): the same function up to a
+    fixed permutation of the q/k features, which a model trained from scratch absorbs; it matters only
+    when moving rotary weights between the two conventions."""
 
     def __init__(self, *, base: Annotated[float, Range(1, low_open=True)] = 10000.0) -> None:
         super().__init__()

@@ -98,10 +98,10 @@ def test_cross_field_check_runs_with_dims():
     assert problems == ["model.attention: n_kv_heads = 3 must be a positive divisor of n_heads = 4"]
 
 
-def test_catalogue_lists_all_22_model_variants_with_descriptions():
+def test_catalogue_lists_all_23_model_variants_with_descriptions():
     text = catalogue()
     names = [n for fam in MODEL_FAMILIES for n in FAMILIES[fam].names()]
-    assert len(names) == 22
+    assert len(names) == 23
     for family in MODEL_FAMILIES:
         for name in FAMILIES[family].names():
             doc = FAMILIES[family].describe(name)
