@@ -178,17 +178,21 @@ def test_a_stepped_float_has_one_key_however_optuna_rounds_it():
     assert Plan.point_key(plan, {"train.lr": 0.3}) != Plan.point_key(plan, {"train.lr": 0.4})
 
 
-def test_no_pruner_compares_trials_that_train_on_different_text_per_step():
+def test_no_pruner_compares_trials_whose_steps_mean_different_things():
     """The pruner compares trials at the same optimizer step; with the batch (or the context, the
-    accumulation, the tokenizer) searched, a step is more text for some trials than for others."""
+    accumulation, the tokenizer) searched, a step is more text for some trials than for others, and with
+    the run's length searched, a step is a different point of each trial's learning-rate schedule."""
     from experiments.search import space
 
-    for key, values in (("train.batch_size", [8, 16]), ("model.context_length", [16, 32]),
-                        ("data.tokenizer", ["char", "byte"])):
+    for key, values, why in (("train.batch_size", [8, 16], "how much text one step trains on"),
+                             ("model.context_length", [16, 32], "how much text one step trains on"),
+                             ("data.tokenizer", ["char", "byte"], "how much text one step trains on"),
+                             ("train.steps", [10, 40], "how many steps a trial trains"),
+                             ("train.budget", [{"tokens": 1000}, {"tokens": 4000}], "how many steps a trial trains")):
         block, problems = space.parse_block({"space": {key: values}}, {})
         assert block["pruner"] == "none" and problems == []           # the default: no pruning
         block, problems = space.parse_block({"space": {key: values}, "pruner": "median"}, {})
-        assert len(problems) == 1 and f"search.space.{key} changes how much text one step trains on" in problems[0]
+        assert len(problems) == 1 and f"search.space.{key} changes {why}" in problems[0]
     block, problems = space.parse_block({"space": {"model.n_heads": [1, 2]}}, {})
     assert block["pruner"] == "median" and problems == []
 

@@ -28,8 +28,13 @@ SCORED_TEXT = {"data.corpus": "the text itself", "data.val_fraction": "the valid
 PER_TOKEN = "data.tokenizer"       # a per-token loss has another unit under another tokenizer (bits per byte do not)
 # Keys that change which sampled windows a periodic evaluation scores (metrics.SAMPLED read them).
 WINDOWS = {"train.eval_batches": "how many", "model.context_length": "how long", "data.tokenizer": "which text"}
-# Keys that change how much text one optimizer step trains on: a pruner compares trials at the same step.
-PER_STEP_TEXT = ("train.batch_size", "train.grad_accum", "model.context_length", "data.tokenizer")
+# Keys that make one optimizer step mean different things in different trials, while a pruner compares
+# trials at the same step: how much text it has trained on, or how far through its schedule it is.
+TEXT_PER_STEP = "how much text one step trains on, so the pruner would favour the trials that had seen more text by then"
+SCHEDULE_LENGTH = ("how many steps a trial trains, so at a given step the longer trials are earlier in their "
+                   "learning-rate schedule and the pruner would favour the shorter ones")
+PACED = {"train.batch_size": TEXT_PER_STEP, "train.grad_accum": TEXT_PER_STEP, "model.context_length": TEXT_PER_STEP,
+         "data.tokenizer": TEXT_PER_STEP, "train.steps": SCHEDULE_LENGTH, "train.budget": SCHEDULE_LENGTH}
 PRIMITIVE = (str, int, float, bool, type(None))
 POSITIVE_INT = positive_int(DEFAULT_TRIALS, "finished trials wanted")
 
@@ -206,9 +211,9 @@ def scored_text_problems(space: Any, metric: str) -> list[str]:
 
 def pruner_choice(search: dict, metric: str, params: list[Param], problems: list[str]) -> str:
     """search.pruner, by default median where the metric is reported at each evaluation and no searched
-    key changes how much text a step trains on (else none)."""
+    key changes what a step means (PACED; else none)."""
     reported = METRICS[metric][1]
-    paced = [p.key for p in params if ".".join(p.key.split(".")[:2]) in PER_STEP_TEXT]
+    paced = [p.key for p in params if ".".join(p.key.split(".")[:2]) in PACED]
     pruner = search.get("pruner", "median" if reported and not paced else "none")
     if pruner is None or pruner is False:
         pruner = "none"
@@ -217,8 +222,7 @@ def pruner_choice(search: dict, metric: str, params: list[Param], problems: list
                         f"{choices_hint(pruner, PRUNERS)}")
     elif pruner != "none" and paced:
         problems.append(f"search.pruner = {brief(pruner)} compares trials at the same optimizer step, but "
-                        f"search.space.{paced[0]} changes how much text one step trains on, so the pruner would "
-                        f"favour the trials that had seen more text by then: use pruner: none")
+                        f"search.space.{paced[0]} changes {PACED['.'.join(paced[0].split('.')[:2])]}: use pruner: none")
     elif pruner != "none" and reported is None:
         problems.append(f"search.pruner = {brief(pruner)} needs a metric measured at every evaluation, and "
                         f"search.metric = {brief(metric)} is only known at the end of a run: use pruner: none "
