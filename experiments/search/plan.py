@@ -127,7 +127,9 @@ class Plan:
     def describe(self) -> str:
         lines = [f"{self.spec.experiment}: {self.headline()}",
                  f"  objective: {self.direction} {self.summary_key} (mean over seeds {self.spec.seeds})",
-                 f"  sampler: {self.sampler_name} (seed {self.seed}), pruner: {self.pruner_name}",
+                 f"  sampler: {self.sampler_name} (seed {self.seed}"
+                 + ("" if self.sampler_name == "grid" else " for a fresh one-worker study; a resumed or shared one "
+                    "mixes in the worker and the trials already in it") + f"), pruner: {self.pruner_name}",
                  f"  storage: {mask(self.storage_record)} (study '{self.study_name}')"]
         lines += [f"  {p.key}: {p.describe()}" for p in self.params]
         return "\n".join(lines)
