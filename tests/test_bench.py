@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import functools
 import subprocess
 import sys
 import time
@@ -67,8 +66,9 @@ def test_bench_times_a_tiny_config_and_writes_the_table(tmp_path, capsys, monkey
     on every CPU."""
     from experiments import hardware
     monkeypatch.setattr(hardware, "bf16_is_fast", lambda device: bf16_units)
-    # the peak at its smallest sizes, briefly: a second per size (emulated bf16 up to 4096^3) adds nothing here
-    monkeypatch.setattr(bench, "matmul_peak", functools.partial(benchmark.matmul_peak, seconds=0.05))
+    # the peak at small sizes, briefly: five 4096^3 products per precision (emulated bf16: ~1 GFLOP/s) add nothing here
+    monkeypatch.setattr(bench, "matmul_peak", lambda device, dtype, sizes: benchmark.matmul_peak(
+        device, dtype, (128, 256), seconds=0.05))
     out = tmp_path / "bench.csv"
     assert bench.main(["--preset", "tiny", "--steps", "2", "--warmup", "1", "--batch-size", "4", "--threads", "1",
                        "--device", "cpu", "--no-fixed-cost", "--without", "fused_kernels", "--csv", str(out),
