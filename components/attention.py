@@ -9,7 +9,7 @@ Positional encodings that act inside attention reach it through ``positional.rot
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -90,6 +90,11 @@ def naive_attention(q, k, v, bias: torch.Tensor | None, dropout_p: float) -> tor
 KERNELS = {"sdpa": sdpa_attention, "naive": naive_attention}
 
 
+def with_head_size(dims: dict, attention: Any) -> dict:
+    """dims plus head_dim, the width of the heads the attention spec `attention` builds (None: no heads)."""
+    return dims | {"head_dim": ATTENTION.get(ATTENTION.split(attention)[0]).head_size(dims)}
+
+
 class CausalSelfAttention(nn.Module):
     """Shared machinery: n_heads query heads over n_kv_heads key/value heads of head_dim each."""
 
@@ -118,6 +123,11 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)     # (B, T, n_heads * head_dim)
         return self.resid_dropout(self.proj(y))
 
+    @classmethod
+    def head_size(cls, dims: dict) -> int | None:
+        """How wide the heads are that this variant builds with these sizes (positional checks read it)."""
+        return dims["d_model"] // dims["n_heads"]
+
     def flops_per_token(self, context_length: int) -> int:
         """Scores and weighted sum, forward and backward: 2 matmuls x 2 FLOPs x 3 passes, per head dim."""
         return 12 * self.n_heads * self.head_dim * context_length
@@ -132,6 +142,10 @@ class NoAttention(nn.Module):
     def __init__(self) -> None:
         super().__init__()
 
+    @classmethod
+    def head_size(cls, dims: dict) -> int | None:
+        return None  # no heads
+
     def flops_per_token(self, context_length: int) -> int:
         return 0
 
@@ -142,6 +156,10 @@ class SingleHead(CausalSelfAttention):
 
     def __init__(self, *, d_model: int, dropout: float, impl: Impl = "sdpa") -> None:
         super().__init__(d_model=d_model, n_heads=1, n_kv_heads=1, dropout=dropout, impl=impl)
+
+    @classmethod
+    def head_size(cls, dims: dict) -> int | None:
+        return dims["d_model"]  # model.n_heads does not apply
 
 
 @ATTENTION.register("multi_head")

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from components import attention, block, feedforward, head, norm, positional  # noqa: F401  (registers)
+from components.attention import with_head_size
 from components.kernels import fused
 from registry import ATTENTION, BLOCK, FEEDFORWARD, HEAD, NORM, POSITIONAL
 
@@ -39,7 +40,8 @@ class GPT(nn.Module):
         self.config, dims = config, config.dims()
         self.context_length = config.context_length
         self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
-        self.positional = POSITIONAL.build(config.positional, dims, path="model.positional")
+        self.positional = POSITIONAL.build(config.positional, with_head_size(dims, config.attention),
+                                           path="model.positional")
         self.dropout = fused.Dropout(config.dropout)
         self.blocks = nn.ModuleList(self._block(dims) for _ in range(config.n_layers))
         attention = self.blocks[0].attention  # every layer's has the same sizes; None without attention

@@ -142,8 +142,9 @@ class Rotary(Positional):
 
     @classmethod
     def check_dims(cls, dims: dict, options: dict) -> list[str]:
-        head_dim = dims["d_model"] // dims["n_heads"]
-        return [] if head_dim % 2 == 0 else [f"rope needs an even head size; d_model / n_heads = {head_dim}"]
+        head_dim = dims.get("head_dim", dims["d_model"] // dims["n_heads"])  # the attention's (with_head_size)
+        return [] if head_dim is None or head_dim % 2 == 0 else [f"rope turns pairs of features, so it needs "
+                                                                 f"an even head size, and the heads are {head_dim} wide"]
 
 
 def alibi_slopes(n_heads: int) -> torch.Tensor:

@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from components.attention import with_head_size
 from components.model import PRESETS
 from experiments import sweeps as sweep_blocks
 from experiments.budget import warmup_steps, warmup_too_long
@@ -288,9 +289,11 @@ def resolve(tree: dict) -> tuple[dict[str, Any], list[str]]:
     if dims and dims["d_model"] % dims["n_heads"]:
         problems.append(f"model.d_model = {dims['d_model']} must be divisible by model.n_heads = {dims['n_heads']}")
         dims = None  # cross-field checks of the components need sizes that fit
+    attention_ok = MODEL["attention"].valid(model["attention"]) and not FAMILIES["attention"].check(model["attention"])
     for field in COMPONENT_FIELDS:
-        if MODEL[field].valid(model[field]):
-            problems += FAMILIES[field].check(model[field], f"model.{field}", dims)
+        if MODEL[field].valid(model[field]):  # a positional encoding sees the attention's head size
+            field_dims = with_head_size(dims, model["attention"]) if dims and attention_ok else dims
+            problems += FAMILIES[field].check(model[field], f"model.{field}", field_dims)
     if DATA["tokenizer"].valid(data["tokenizer"]):
         problems += FAMILIES["tokenizer"].check(data["tokenizer"], "data.tokenizer")
     if not problems:

@@ -195,3 +195,18 @@ def test_an_entry_that_is_not_a_mapping_is_refused_not_read_as_empty(name, value
 @pytest.mark.parametrize("name", ["data", "model", "train", "sample", "grid", "variants"])
 def test_a_null_entry_is_an_empty_one(name):
     assert spec(**{name: None}).runs[0].train.steps == (5 if name != "train" else 600)
+
+
+@pytest.mark.parametrize("attention, n_heads, head_dim", [("single_head", 2, None), ("none", 2, None),
+                                                          ("multi_head", 2, 15), ("grouped_query", 6, 5)])
+def test_rope_checks_the_head_size_the_attention_builds(attention, n_heads, head_dim):
+    """single_head is one head of d_model whatever model.n_heads says; attention none has no heads."""
+    from experiments.resources import meta_model
+
+    raw = {"experiment": "x", "model": {"d_model": 30, "n_heads": n_heads, "attention": attention, "positional": "rope"}}
+    if head_dim is None:
+        assert meta_model(parse_spec(raw).runs[0].model, 65).num_params() > 0   # checked and built alike
+        return
+    with pytest.raises(SpecError) as err:
+        parse_spec(raw)
+    assert f"rope turns pairs of features, so it needs an even head size, and the heads are {head_dim} wide" in str(err.value)
