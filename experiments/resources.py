@@ -10,8 +10,8 @@ The estimate is a floor, so that only runs that cannot fit are refused:
   layer before and after its activation), plus the n_heads x T x T scores and weights with
   `impl: naive` (the fused kernels never hold them); the output layer's logits are left out (the
   CPU path computes the loss in blocks of rows);
-* batches: the step's global batch and the evaluation batches, which are made once per run and
-  kept (eval_batches per split, train and val), int64 inputs and targets.
+* batches: the step's global batch and the evaluation windows, which are made once per run and
+  kept (eval_batches x EVAL_ROWS per split, train and val), int64 inputs and targets.
 
 The parameters are counted exactly, on a model built on the meta device (no memory).
 """
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from components.model import GPT
-from experiments.schema import ModelConfig
+from experiments.schema import EVAL_ROWS, ModelConfig
 from registry import SpecError, cut
 
 GIB = 1 << 30
@@ -83,7 +83,7 @@ def needs(run, vocab_size: int, world: int = 1, cache: dict | None = None) -> di
         f"activations of a micro-batch of {micro:,} x {t:,} tokens":
             activation_values(run.model, micro * t, micro) * (2 if bf16 else 4),
         "the step's batch and the evaluation batches":
-            (global_batch + 2 * train.eval_batches * global_batch) * t * INDEX_BYTES,
+            (global_batch + 2 * train.eval_batches * EVAL_ROWS) * t * INDEX_BYTES,  # train and val windows
     }
 
 

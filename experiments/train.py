@@ -197,9 +197,12 @@ class Trainer:
         rows = max(1, self.train_cfg.batch_size // ddp.world())  # a micro-batch, as in training
         for split, (x, y) in self.eval_sets.items():
             total = torch.zeros((), device=self.device)  # the windows' summed mean losses
-            for xm, ym in zip(x.split(rows), y.split(rows)):
+            for xm, ym in zip(x.split(rows), y.split(rows)) if len(x) else ():  # a process may have no share
+                # a shorter last micro-batch runs uncompiled: a second shape would make torch.compile
+                # recompile the model, the training step included, for any batch size
+                model = self.eval_model if len(xm) == rows else self.model
                 with autocast(self.device, self.dtype):
-                    total += self.eval_model(xm, ym, return_logits=False)[1].float() * len(xm)
+                    total += model(xm, ym, return_logits=False)[1].float() * len(xm)
             losses[split] = (ddp.summed(total) / self.eval_windows).item()  # each window has T targets
         self.model.train()
         return losses

@@ -14,10 +14,10 @@ GRID = {"model.positional": ["learned", "rope", "alibi"], "model.attention": ["m
 SMALL_GRID = {"model.positional": ["learned", "rope", "alibi"]}  # 3 configurations
 
 
-def grid_spec(device: str, corpus: Path, steps: int = 8, grid: dict = GRID) -> dict:
+def grid_spec(device: str, corpus: Path, steps: int = 8, grid: dict = GRID, batch_size: int = 4) -> dict:
     return {"experiment": "compile-grid", "seeds": [0], "data": {"corpus": str(corpus), "tokenizer": "char"},
             "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "context_length": 16},
-            "train": {"steps": steps, "batch_size": 4, "warmup": 1, "eval_every": 4, "eval_batches": 1,
+            "train": {"steps": steps, "batch_size": batch_size, "warmup": 1, "eval_every": 4, "eval_batches": 1,
                       "compile": True, "device": device},
             "sample": {"tokens": 0}, "grid": grid}
 
@@ -29,10 +29,10 @@ def small_corpus(folder: Path, n_bytes: int = 20_000) -> Path:
     return path
 
 
-def train_grid(root: Path, device: str, steps: int = 8, grid: dict = GRID) -> list[dict]:
+def train_grid(root: Path, device: str, steps: int = 8, grid: dict = GRID, batch_size: int = 4) -> list[dict]:
     """Train the grid's runs (6 by default) in this process; their summaries, in the order they ran."""
     spec_path = root / "grid.yaml"
-    spec_path.write_text(yaml.safe_dump(grid_spec(device, small_corpus(root), steps, grid)))
+    spec_path.write_text(yaml.safe_dump(grid_spec(device, small_corpus(root), steps, grid, batch_size)))
     assert run.main([str(spec_path), "--results", str(root / "results"), "--no-report"]) == 0
     exp = root / "results" / "compile-grid"
     plan = json.loads((exp / "experiment.json").read_text())

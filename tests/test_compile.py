@@ -32,6 +32,17 @@ def test_every_run_of_a_grid_runs_compiled_under_a_tight_recompile_limit(tmp_pat
         check_compiled(summary)
 
 
+def test_a_batch_that_does_not_divide_the_evaluation_windows_keeps_one_static_training_graph(
+        tmp_path, lab_cache, monkeypatch):
+    """32 evaluation windows in micro-batches of 5 leave a last one of 2, which runs uncompiled: a second
+    shape through the compiled model made dynamo recompile it, the training step included, for any batch."""
+    monkeypatch.setattr(compiling, "BACKEND", "eager")
+    with torch._dynamo.config.patch(recompile_limit=2):
+        [summary] = train_grid(tmp_path, "cpu", STEPS, {"model.positional": ["learned"]}, batch_size=5)
+    check_compiled(summary)
+    assert summary["compile_graphs"] == 2
+
+
 def test_a_run_that_fell_back_to_eager_says_so(tmp_path, lab_cache, monkeypatch):
     """The same without the fresh start per run: the later runs train uncompiled, and their
     summaries say so (the check above can fail)."""

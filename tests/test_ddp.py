@@ -128,3 +128,26 @@ def test_only_cuda_runs_set_their_device_and_an_explicit_cuda_n_is_kept(fake_lau
     assert ddp.device("auto") == ddp.device("cuda") == "cuda:1"  # LOCAL_RANK
     ddp.use_device(torch.device("cuda", 0))
     assert fake_launch["set_device"] == [torch.device("cuda", 0)]
+
+
+def test_a_process_with_no_share_of_the_evaluation_windows_adds_nothing(tmp_path, monkeypatch):
+    """More processes than windows (64 > 32): rank 0's share is empty; it still evaluates (and would join
+    the sum) instead of dividing by zero."""
+    import torch
+
+    from experiments import ddp
+    from experiments.runner import bind_data, data_key
+    from experiments.spec import parse_spec
+    from experiments.train import Trainer
+
+    monkeypatch.setattr(ddp, "world", lambda: 64)
+    monkeypatch.setattr(ddp, "rank", lambda: 0)
+    spec = parse_spec({"experiment": "e", "seeds": [0], "sample": {"tokens": 0},
+                       "data": {"corpus": "embedded", "tokenizer": "char"},
+                       "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "context_length": 16},
+                       "train": {"steps": 2, "batch_size": 64, "warmup": 0, "eval_batches": 1, "device": "cpu",
+                                 "tensorboard": False}})
+    run = spec.runs[0]
+    trainer = Trainer(run, bind_data(spec.runs)[data_key(run)], tmp_path, torch.device("cpu"))
+    assert trainer.eval_sets["val"][0].shape == (0, 16)
+    assert trainer.evaluate() == {"train": 0.0, "val": 0.0}                # this rank's part of the sum
