@@ -16,6 +16,7 @@ resolved train section, so of its id.
 from __future__ import annotations
 
 import dataclasses
+import statistics
 from typing import Any
 
 from experiments.schema import TRAIN
@@ -62,16 +63,22 @@ def fixed_warmups(runs: list) -> list:
 
 
 def warmup_shares_note(bound: list) -> str | None:
-    """Why the runs of fixed_warmups, now bound, warm up for different shares of their training (a budget
-    gave them different steps), or None where the shares are within 10% of each other."""
+    """Why runs of fixed_warmups (now bound) with one warm-up in steps warm up for different shares of their
+    training, their budgets having given them different steps; None where the shares are within 10%."""
     def share(run: Any) -> float:
         return run.train.warmup / run.train.steps
-    if not bound or share(high := max(bound, key=share)) <= 1.1 * share(low := min(bound, key=share)):
-        return None
-    return (f"train.warmup = {low.train.warmup} steps is {share(low):.0%} of {low.variant}'s {low.train.steps} steps, "
-            f"{high.train.warmup} is {share(high):.0%} of {high.variant}'s {high.train.steps}: under a "
-            f"{next(iter(high.train.budget))} budget the runs warm up for different shares of their training; give "
-            "it as a fraction (warmup: 0.1) so that every run warms up for the same share")
+    by_warmup: dict[int, list] = {}
+    for run in bound:  # runs a variant gave a warm-up of its own differ on purpose
+        by_warmup.setdefault(run.train.warmup, []).append(run)
+    for warmup, runs in sorted(by_warmup.items()):
+        low, high = min(runs, key=share), max(runs, key=share)
+        if share(high) > 1.1 * share(low):
+            fraction = max(0.01, round(statistics.fmean(map(share, runs)), 2))
+            return (f"train.warmup = {warmup} steps is {share(low):.1%} of {low.variant}'s {low.train.steps} steps "
+                    f"but {share(high):.1%} of {high.variant}'s {high.train.steps}: their budgets give the runs "
+                    "different steps, so they warm up for different shares of their training; give the warm-up "
+                    f"as a fraction (e.g. warmup: {fraction:g}) so that every run warms up for the same share")
+    return None
 
 
 def bind(run: Any, dataset: Any, params: int, flops_per_token: int) -> None:

@@ -85,6 +85,11 @@ def world() -> int:
     return dist.get_world_size()
 
 
+def launch_rank() -> int:
+    """This process's rank as torchrun numbers it, known before init() (0 without torchrun)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 

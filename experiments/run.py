@@ -100,8 +100,6 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if note := budget.warmup_shares_note(fixed_warmups):
-        print(f"warning: {note}", file=sys.stderr)
     runs = [r for r in spec.runs if not args.only or fnmatch.fnmatch(r.run_id, args.only)
             or fnmatch.fnmatch(r.variant, args.only)]
     if not runs:  # before anything is written: a typo in the glob should not look like a finished experiment
@@ -109,6 +107,9 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"error: --only = {args.only!r} matches no run id or variant; the variants are "
               f"{', '.join(names[:20])}{' ...' if len(names) > 20 else ''} (run ids: --dry-run)", file=sys.stderr)
         return 2
+    chosen = {id(r) for r in runs}
+    if (note := budget.warmup_shares_note([r for r in fixed_warmups if id(r) in chosen])) and ddp.launch_rank() == 0:
+        print(f"warning: {note}", file=sys.stderr)
     if args.dry_run:
         print(dry_run_table(runs, datasets))
         return 0

@@ -92,8 +92,17 @@ def test_a_warm_up_in_steps_that_budgets_make_unequal_shares_is_named(tmp_path, 
     path.write_text(yaml.safe_dump(raw))
     assert runner.main([str(path), "--dry-run"]) == 0
     err = capsys.readouterr().err
-    assert ("warning: train.warmup = 20 steps is" in err and "under a flops budget the runs warm up for different "
-            "shares of their training; give it as a fraction (warmup: 0.1)" in err) == warned
+    assert ("warning: train.warmup = 20 steps is 13.2% of d_model=32's 152 steps but 45.5% of "
+            "d_model=64's 44: their budgets give the runs different steps, so they warm up for different "
+            "shares of their training; give the warm-up as a fraction (e.g. warmup: 0.29)" in err) == warned
+
+
+def test_variants_with_warm_ups_of_their_own_are_not_warned_about(tmp_path, capsys):
+    raw = {**spec_with(budget={"flops": 2.0e+9}, warmup=20), "variants": {"a": {}, "b": {"train.warmup": 60}}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert runner.main([str(path), "--dry-run"]) == 0
+    assert "warning" not in capsys.readouterr().err                   # the same steps: shares differ on purpose
 
 
 def test_a_flops_budget_trains_each_width_to_within_one_step_of_it(tmp_path):
