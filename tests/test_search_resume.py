@@ -197,10 +197,12 @@ def test_no_pruner_compares_trials_whose_steps_mean_different_things():
     assert block["pruner"] == "median" and problems == []
 
 
-def test_a_search_where_every_trial_diverged_exits_non_zero(tmp_path, capsys, lab_cache):
-    raw = short({"trials": 2, "sampler": "random", "pruner": "none", "space": {"model.n_heads": [2, 4]}})
+def test_a_search_where_no_trial_completed_exits_non_zero_and_says_why_each_ended(tmp_path, capsys, lab_cache):
+    raw = short({"trials": 3, "sampler": "grid", "pruner": "none", "space": {"model.n_heads": [2, 3, 4]}})
     raw["train"] |= {"lr": 1e30, "warmup": 0}                          # every trial's loss turns NaN
     assert main([str(write(tmp_path, raw)), "--results", str(tmp_path / "results"), "--no-report"]) == 1
     captured = capsys.readouterr()
     assert "no trial completed" in captured.out
-    assert "error: none of the 2 finished trial(s) completed (each was pruned or diverged)" in captured.err
+    assert captured.err.startswith("error: no trial completed (2 diverged: lower train.lr or lengthen train.warmup; "
+                                   "1 invalid: give the searched keys values that fit (the note column says why)), so "
+                                   "the search has no best trial")

@@ -4,6 +4,7 @@ trials table and write the report. run.py hands such specs here.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 import os
@@ -211,8 +212,7 @@ def finish(plan: Plan, study, code: int, seconds: float) -> int:
               file=sys.stderr)
         return code or 1
     if finished >= plan.trials and not complete:
-        print(f"error: none of the {len(ended)} finished trial(s) completed (each was pruned or diverged): the "
-              "search has no best trial; lower train.lr or the pruner's bar, or ask for more trials", file=sys.stderr)
+        print(f"error: no trial completed ({no_best_causes(ended)}), so the search has no best trial", file=sys.stderr)
         return code or 1
     if finished >= plan.trials:
         return 0  # the study is complete, even when a worker died on the way (its trial was retried)
@@ -220,6 +220,20 @@ def finish(plan: Plan, study, code: int, seconds: float) -> int:
     print(f"error: the study has {finished} of the {plan.trials} finished trials wanted; rerun the same "
           "command to continue it", file=sys.stderr)
     return code
+
+
+# Why a finished trial has no result, and what to change: the first key its user_attrs hold.
+NO_RESULT = {"diverged": "lower train.lr or lengthen train.warmup", "pruned": "set search.pruner: none or ask for more "
+             "trials", "invalid": "give the searched keys values that fit (the note column says why)",
+             "error": "its error is in the note column and the run's error.txt"}
+
+
+def no_best_causes(ended: list) -> str:
+    """'2 diverged: lower train.lr ...; 1 invalid: ...' for trials that ended without a result."""
+    causes = collections.Counter(next((k for k in NO_RESULT if k in t.user_attrs), "failed") for t in ended
+                                 if "repeat_of" not in t.user_attrs)
+    return "; ".join(f"{n} {cause}" + (f": {NO_RESULT[cause]}" if cause in NO_RESULT else "")
+                     for cause, n in causes.most_common())
 
 
 def best_lines(plan: Plan, complete: list) -> list[str]:
