@@ -119,14 +119,33 @@ def test_a_search_where_no_trial_ran_exits_non_zero(tmp_path, capsys, lab_cache)
     ({"space": {"data.corpus": ["embedded", "shakespeare"]}}, "search.space.data.corpus = "),
     ({"metric": "val_loss", "space": {"data.tokenizer": ["char", "byte"]}},
      "search.space.data.tokenizer = ['char', 'byte'] cannot be searched: it changes the unit of val_loss"),
-    ({"metric": "best_val_bpb", "space": {"train.eval_batches": [2, 4]}}, "how many sampled windows best_val_bpb"),
-    ({"metric": "best_val_bpb", "space": {"model.context_length": [8, 16]}}, "how long sampled windows best_val_bpb"),
-    ({"metric": "best_val_bpb", "space": {"data.tokenizer": ["char", "byte"]}}, "which text sampled windows"),
+    ({"metric": "best_val_bpb", "space": {"train.eval_batches": [2, 4]}},
+     "best_val_bpb is read off the periodic evaluations' sampled windows, and it changes how many there are"),
+    ({"metric": "train_loss", "space": {"model.context_length": [8, 16]}}, "and it changes how long they are"),
+    ({"metric": "best_val_bpb", "space": {"data.tokenizer": ["char", "byte"]}},
+     "which tokens they hold, so the trials would not be scored alike; search it with metric: val_bpb (each"),
     ({"space": {"model.attention.impl": ["sdpa", "bogus"]}}, "search.space.model.attention.impl = 'bogus'"),
 ])
 def test_keys_that_change_the_scored_text_are_refused(block, expected):
     message = problems(block)
     assert expected in message and "impl.impl" not in message
+
+
+def test_a_preset_counts_as_the_context_length_it_brings_unless_the_spec_sets_its_own():
+    from experiments.search import space
+
+    presets = {"model.preset": ["tiny", "small"]}                       # context 64 and 128
+    [problem] = space.scored_text_problems(presets, "best_val_loss", {"model": {}})
+    assert problem.startswith("search.space.model.preset = ['tiny', 'small'] cannot be searched (through "
+                              "model.context_length): best_val_loss is read off the periodic evaluations'")
+    block, problems = space.parse_block({"space": presets, "pruner": "median"}, {})
+    assert problems == ["search.pruner = 'median' compares trials at the same optimizer step, but search.space."
+                        "model.preset (through model.context_length) changes how much text one step trains on, so "
+                        "the pruner would favour the trials that had seen more text by then: use pruner: none"]
+    own = {"model": {"context_length": 32}}
+    assert space.scored_text_problems(presets, "best_val_loss", own) == []
+    assert space.parse_block({"space": presets}, own)[0]["pruner"] == "median"
+    assert space.parse_block({"space": {"model.preset": ["tiny", "nanogpt-cpu"]}}, {})[0]["pruner"] == "median"
 
 
 def test_bits_per_byte_may_compare_tokenizers():

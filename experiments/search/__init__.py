@@ -38,8 +38,9 @@ combination the spec rules forbid (``d_model % n_heads``, a context longer than 
 Optuna as PRUNED with the reason in the user attribute ``invalid``; a diverged run makes its trial
 PRUNED (``diverged``); a run that crashes makes its trial FAIL (``error``). Trials with the
 same parameters share run ids, so a repeated point is never trained twice. Keys that change the
-scored text (data.corpus, data.val_fraction, data.test_fraction; train.eval_batches for a val metric,
-data.tokenizer for a per-token loss) are refused (space.py).
+scored text (data.corpus, data.val_fraction, data.test_fraction; data.tokenizer for a per-token loss;
+train.eval_batches, model.context_length, data.tokenizer and a preset that changes the context for a metric
+read off the periodic evaluations' sampled windows) are refused (space.py).
 
 Finite spaces (every axis categorical or integer). ``trials`` is capped at the number of points (a
 warning says so). A point proposed again is a repeat: it trains nothing (a pruned point stays

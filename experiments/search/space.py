@@ -26,8 +26,9 @@ DEFAULT_TRIALS = 20
 SCORED_TEXT = {"data.corpus": "the text itself", "data.val_fraction": "the validation text",
                "data.test_fraction": "where the validation text starts and the held-out test text"}
 PER_TOKEN = "data.tokenizer"       # a per-token loss has another unit under another tokenizer (bits per byte do not)
-# Keys that change which sampled windows a periodic evaluation scores (metrics.SAMPLED read them).
-WINDOWS = {"train.eval_batches": "how many", "model.context_length": "how long", "data.tokenizer": "which text"}
+# Keys that change the sampled windows of the periodic evaluations, which metrics.SAMPLED are read off.
+WINDOWS = {"train.eval_batches": "how many there are", "model.context_length": "how long they are",
+           "data.tokenizer": "which tokens they hold"}
 # Keys that make one optimizer step mean different things in different trials, while a pruner compares
 # trials at the same step: how much text it has trained on, or how far through its schedule it is.
 TEXT_PER_STEP = "how much text one step trains on, so the pruner would favour the trials that had seen more text by then"
@@ -159,8 +160,8 @@ def parse_block(search: Any, base: dict) -> tuple[dict[str, Any], list[str]]:
                             f"where no password is ever written; leave it out of the URL and set "
                             f"{STORAGE_ENV}=<the whole URL> in the environment, or keep it in ~/.pgpass (PostgreSQL)")
     params, space_problems = parse_space(search.get("space"), base)
-    space_problems += scored_text_problems(search.get("space"), metric)
-    pruner = pruner_choice(search, metric, params, problems)
+    space_problems += scored_text_problems(search.get("space"), metric, base)
+    pruner = pruner_choice(search, metric, params, problems, base)
     problems += space_problems
     block = {"trials": trials, "metric": metric, "summary_key": METRICS[metric][0], "reported": reported,
              "direction": direction, "sampler": sampler, "pruner": pruner, "storage": storage, "params": params}
@@ -187,33 +188,51 @@ def parse_block(search: Any, base: dict) -> tuple[dict[str, Any], list[str]]:
     return block, problems
 
 
-def scored_text_problems(space: Any, metric: str) -> list[str]:
+def searched_fields(key: str, value: Any, base: dict) -> list[str]:
+    """The section.field keys that searching `key` over `value` changes: model.preset also changes the
+    context length where its presets' differ and the spec does not set its own."""
+    head = ".".join(str(key).split(".")[:2])
+    model = base.get("model") if isinstance(base.get("model"), dict) else {}
+    if head != "model.preset" or not isinstance(value, list) or "context_length" in model:
+        return [head]
+    lengths = {PRESETS[v].get("context_length") for v in value if isinstance(v, str) and v in PRESETS}
+    return [head, "model.context_length"] if len(lengths) > 1 else [head]
+
+
+def scored_text_problem(field: str, metric: str) -> str | None:
+    """Why searching `field` would score the trials of a `metric` search on different text, or in different
+    units, and what to do instead; None when it may be searched."""
+    section = field.split(".")[0]
+    if field in SCORED_TEXT:
+        return (f"it changes {SCORED_TEXT[field]}, so the trials would not be scored alike; set it once in the "
+                f"spec's {section}: section")
+    if field == PER_TOKEN and METRICS[metric][0].endswith("_loss"):
+        return (f"it changes the unit of {metric}, a loss per token of each tokenizer; search it with metric: "
+                f"val_bpb, which compares tokenizers, or set it once in the spec's {section}: section")
+    if field in WINDOWS and METRICS[metric][0] in metrics.SAMPLED:
+        instead = "val_bpb" if field == PER_TOKEN else "val_bpb or val_loss"
+        return (f"{metric} is read off the periodic evaluations' sampled windows, and it changes {WINDOWS[field]}, "
+                f"so the trials would not be scored alike; search it with metric: {instead} (each finished run's "
+                f"whole validation text), or set it once in the spec's {section}: section")
+    return None
+
+
+def scored_text_problems(space: Any, metric: str, base: dict | None = None) -> list[str]:
     """Search keys that would change the text the objective is scored on, or the unit of its score."""
     problems = []
     for key, value in (space.items() if isinstance(space, dict) else ()):
-        head = ".".join(str(key).split(".")[:2])
-        if head in SCORED_TEXT:
-            why = SCORED_TEXT[head]
-        elif head == PER_TOKEN and METRICS[metric][0].endswith("_loss"):
-            why = f"the unit of {metric} (a loss per token of the tokenizer); val_bpb compares tokenizers"
-        elif head in WINDOWS and METRICS[metric][0] in metrics.SAMPLED:
-            why = (f"{WINDOWS[head]} sampled windows {metric} is scored on (a periodic evaluation's; val_bpb "
-                   "scores a finished run's whole validation text)")
-        else:
-            continue
-        problems.append(f"search.space.{cut(str(key))} = {brief(value)} cannot be searched: it changes {why}, "
-                        f"so the trials would not be scored alike; set it once in the spec's "
-                        f"{head.split('.')[0]}: section (searchable: every spec key but {', '.join(SCORED_TEXT)}, "
-                        f"{PER_TOKEN} with a per-token loss, and {', '.join(WINDOWS)} with "
-                        f"{', '.join(metrics.SAMPLED)})")
+        fields = searched_fields(key, value, base or {})
+        if why := next(filter(None, (scored_text_problem(f, metric) for f in fields)), None):
+            through = f" (through {fields[-1]})" if len(fields) > 1 else ""
+            problems.append(f"search.space.{cut(str(key))} = {brief(value)} cannot be searched{through}: {why}")
     return problems
 
 
-def pruner_choice(search: dict, metric: str, params: list[Param], problems: list[str]) -> str:
+def pruner_choice(search: dict, metric: str, params: list[Param], problems: list[str], base: dict) -> str:
     """search.pruner, by default median where the metric is reported at each evaluation and no searched
     key changes what a step means (PACED; else none)."""
     reported = METRICS[metric][1]
-    paced = [p.key for p in params if ".".join(p.key.split(".")[:2]) in PACED]
+    paced = [(p.key, f) for p in params for f in searched_fields(p.key, p.choices, base) if f in PACED]
     pruner = search.get("pruner", "median" if reported and not paced else "none")
     if pruner is None or pruner is False:
         pruner = "none"
@@ -221,8 +240,10 @@ def pruner_choice(search: dict, metric: str, params: list[Param], problems: list
         problems.append(f"search.pruner = {brief(pruner)} is not a pruner"
                         f"{choices_hint(pruner, PRUNERS)}")
     elif pruner != "none" and paced:
+        key, field = paced[0]
+        through = f" (through {field})" if field != ".".join(key.split(".")[:2]) else ""
         problems.append(f"search.pruner = {brief(pruner)} compares trials at the same optimizer step, but "
-                        f"search.space.{paced[0]} changes {PACED['.'.join(paced[0].split('.')[:2])]}: use pruner: none")
+                        f"search.space.{key}{through} changes {PACED[field]}: use pruner: none")
     elif pruner != "none" and reported is None:
         problems.append(f"search.pruner = {brief(pruner)} needs a metric measured at every evaluation, and "
                         f"search.metric = {brief(metric)} is only known at the end of a run: use pruner: none "
