@@ -15,13 +15,14 @@ if TYPE_CHECKING:
 
 def lr_at(step: int, train: TrainSettings) -> float:
     """Linear warm-up to lr over `warmup` steps (0 .. warmup - 1), then cosine / linear decay from lr at
-    step `warmup` to min_lr at the last step (steps - 1), or constant. A run that is all warm-up never decays."""
+    step `warmup` to min_lr at the last step (steps - 1), or constant. A decay needs two steps: a run with
+    fewer after its warm-up stays at lr."""
     lr, min_lr, warmup, steps = train.lr, train.min_lr, train.warmup, train.steps
     if step < warmup:
         return lr * (step + 1) / warmup
-    if train.schedule == "constant" or steps <= warmup:
+    if train.schedule == "constant" or steps - warmup < 2:
         return lr
-    progress = min(1.0, (step - warmup) / (steps - 1 - warmup)) if steps - 1 > warmup else 1.0
+    progress = min(1.0, (step - warmup) / (steps - 1 - warmup))
     decay = 0.5 * (1 + math.cos(math.pi * progress)) if train.schedule == "cosine" else 1 - progress
     return min_lr + (lr - min_lr) * decay
 

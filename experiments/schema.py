@@ -194,7 +194,7 @@ TRAIN = {
     "batch_size": positive_int(32, "sequences per micro-batch"),
     "grad_accum": positive_int(1, "micro-batches per optimizer step"),
     "lr": Field(1e-3, float, "peak learning rate", Range(0, low_open=True)),
-    "min_lr": Field(None, float | None, "learning rate at the end of the schedule (the last step's)", AT_LEAST_0,
+    "min_lr": Field(None, float | None, "learning rate at the end of a cosine or linear schedule (the last step's)", AT_LEAST_0,
                     rule="a number >= 0 (default 0.1 * lr)"),
     "warmup": Field(50, float, "linear warm-up: an integer number of steps, or a fraction of the run's steps "
                     "(0.05)", AT_LEAST_0, check=warmup_problem,

@@ -127,8 +127,8 @@ def test_a_run_with_a_test_text_scores_it_and_its_checkpoint_can_be_scored_again
 
 def test_every_run_of_a_seed_samples_the_same_periodic_windows(lab_cache: Path, tmp_path: Path) -> None:
     """Runs of one seed that differ in their components, dropout, init, global batch or how it is
-    accumulated see the same evaluation windows (only another context length cannot; the final figures
-    score the same whole text for every run)."""
+    accumulated see the same evaluation windows (another context length or tokenizer cannot; the final
+    figures score the same whole text for every run)."""
     from experiments.spec import parse_spec
     from experiments.train import Trainer
 

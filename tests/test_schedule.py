@@ -22,7 +22,7 @@ def test_the_decay_starts_at_lr_and_the_last_step_trains_at_min_lr(kind, steps, 
     assert lrs[:warmup] == pytest.approx([(s + 1) / warmup for s in range(warmup)])   # linear, peak at warmup - 1
     if steps - 1 > warmup:
         assert lrs[warmup] == pytest.approx(1.0)
-    assert lrs[-1] == pytest.approx(0.1 if steps > warmup else 1.0)
+    assert lrs[-1] == pytest.approx(0.1 if steps - warmup >= 2 else 1.0)          # a decay needs two steps
     assert all(a >= b for a, b in zip(lrs[warmup:], lrs[warmup + 1:]))                # never rises again
 
 
@@ -33,6 +33,8 @@ def test_cosine_and_linear_pass_halfway_at_the_middle_of_the_decay():
     assert schedule(200, 50, "linear")[middle] == pytest.approx(0.1 + 0.9 * (1 - progress))
 
 
-def test_constant_holds_lr_after_warm_up_and_an_all_warm_up_run_never_decays():
+def test_constant_holds_lr_after_warm_up_and_a_run_without_two_steps_after_it_never_decays():
     assert schedule(10, 2, "constant") == pytest.approx([0.5] + [1.0] * 9)
     assert schedule(5, 5) == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert schedule(5, 4) == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0])
+    assert schedule(1, 0) == schedule(1, 0, "linear") == [1.0]
