@@ -39,10 +39,10 @@ class Plan:
     sampler_name: str
     pruner_name: str
     space_size: int | None = None           # distinct points of a finite space (None: a continuous axis)
-    warnings: list[str] = []
+    warnings: list[str]                     # printed once before the search starts
 
     def __init__(self, spec: Spec, args, exp_dir: Path, storage: str | None):
-        self.spec, self.args, self.exp_dir = spec, args, exp_dir
+        self.spec, self.args, self.exp_dir, self.warnings = spec, args, exp_dir, []
         self.role = os.environ.get(WORKER_ENV)           # None: the process the user started
         db = Path(args.results) / spec.experiment / "study.db"
         default_url = sqlite_url(db)
@@ -154,12 +154,12 @@ class SearchPlan(Plan):
         self.sampler_name, self.pruner_name = block["sampler"], block["pruner"]
         self.points = list(self.encoded_points()) if self.sampler_name == "grid" else None
         self.space_size = block["space_size"]
+        super().__init__(spec, args, exp_dir, storage=chosen_storage(args, block["storage"]))
         if "capped" in block:
             asked, size = block["capped"]
-            self.warnings = [f"search.trials = {asked} but the space has only {size} distinct point(s): the "
-                             f"search stops once each was tried ({size} trials); a point proposed again "
-                             "trains nothing and does not count"]
-        super().__init__(spec, args, exp_dir, storage=chosen_storage(args, block["storage"]))
+            self.warnings.append(f"search.trials = {asked} but the space has only {size} distinct point(s): the "
+                                 f"search stops once each was tried ({size} trials); a point proposed again "
+                                 "trains nothing and does not count")
 
     def values(self, encoded: dict[str, Any]) -> dict[str, Any]:
         return {p.key: p.decode(encoded[p.key]) for p in self.params}
