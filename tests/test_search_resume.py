@@ -225,3 +225,12 @@ def test_a_search_where_no_trial_completed_exits_non_zero_and_says_why_each_ende
     assert captured.err.startswith("error: no trial completed (2 diverged: lower train.lr or lengthen train.warmup; "
                                    "1 invalid: give the searched keys values that fit (the note column says why)), so "
                                    "the search has no best trial")
+
+
+def test_a_choice_no_completed_trial_had_is_named_under_the_best(tmp_path, one_thread, capsys):
+    raw = short({"trials": 2, "sampler": "random", "pruner": "none", "space": {"model.n_heads": [2, 3, 4]}})
+    results = tmp_path / "results"
+    queue(results, [{"model.n_heads": 2}, {"model.n_heads": 3}])      # 3 is invalid (d_model 32), 4 never drawn
+    assert main([str(write(tmp_path, raw)), "--results", str(results), "--no-report"]) == 0
+    assert ("caveat: no completed trial had model.n_heads = 3, 4 (pruned, diverged or not drawn): the best trial "
+            "was not compared with it") in capsys.readouterr().out

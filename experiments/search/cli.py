@@ -243,6 +243,11 @@ def best_lines(plan: Plan, complete: list) -> list[str]:
     best = (max if plan.direction == "maximize" else min)(complete, key=lambda t: t.value)  # ties: the first
     lines = [f"best: trial {best.number}, {plan.summary_key} {best.value:.4f}: "
              + ", ".join(f"{k}={label(v)}" for k, v in best.params.items())]
+    for p in plan.params:  # a choice no completed trial had was never compared
+        done = {t.params.get(p.key) for t in complete}
+        if p.kind == "categorical" and (never := [label(v) for v in p.encoded if v not in done]):
+            lines.append(f"  caveat: no completed trial had {p.key} = {', '.join(never)} (pruned, diverged or "
+                         "not drawn): the best trial was not compared with it")
     if "_val_" not in plan.summary_key:  # params, a training loss: nothing was chosen on validation text
         return lines
     lines.append(f"  caveat: {plan.summary_key} is the score this trial was chosen on, so it is optimistic "
