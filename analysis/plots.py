@@ -256,14 +256,20 @@ def plot_search(exp: Experiment, out_dir: Path, plots: PlotSet) -> None:
             lambda: vis.plot_optimization_history(study, target_name=label),
             out_dir / FILES["search_history"], f"{exp.name}: optimisation history",
             "trial number", label)
-        n_params = len({p for t in complete for p in t.params})
-        if len(complete) < 2 or n_params < 2:
+        names = sorted({p for t in complete for p in t.params})
+        # a parameter every completed trial has at one value has no estimable importance (fANOVA says ~0)
+        varied = [p for p in names if len({repr(t.params.get(p)) for t in complete}) > 1]
+        if fixed := [p for p in names if p not in varied]:
+            plots.notes.append(f"Optuna parameter importances leave out {', '.join(fixed)}: every completed trial "
+                               "had the same value of it, so its importance cannot be estimated (which is not to "
+                               "say it is unimportant).")
+        if len(complete) < 2 or len(varied) < 2:
             plots.notes.append(
                 f"Optuna parameter importances skipped: {len(complete)} completed trial(s) and "
-                f"{n_params} parameter(s); importances need at least 2 of each.")
+                f"{len(varied)} parameter(s) that vary among them; importances need at least 2 of each.")
         else:
             plots.paths["search_importances"] = _optuna_figure(
-                lambda: vis.plot_param_importances(study, target_name=label),
+                lambda: vis.plot_param_importances(study, target_name=label, params=varied),
                 out_dir / FILES["search_importances"],
                 f"{exp.name}: parameter importances", "importance (fraction of total)",
                 "hyperparameter")

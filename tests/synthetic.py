@@ -146,10 +146,10 @@ def build_experiment(root: Path, name: str, runs: list[Run], *, axes: list[str] 
 
 
 def build_search_experiment(root: Path, name: str, values: list[float],
-                            n_params: int = 2) -> Path:
+                            n_params: int = 2, layers: int | None = None) -> Path:
     """A search experiment: one run per Optuna trial, the study in <exp>/study.db (SQLite).
 
-    Trial i gets lr = 1e-4·2^(i mod 8) (and n_layer = 1 + i % 3 when n_params is 2) and objective
+    Trial i gets lr = 1e-4·2^(i mod 8) (and n_layer = `layers` or 1 + i % 3 when n_params is 2) and objective
     values[i]; runs.csv carries `trial` and `state` as the runner's search writes them.
     """
     import optuna
@@ -165,7 +165,7 @@ def build_search_experiment(root: Path, name: str, values: list[float],
         dists: dict[str, Any] = {"train.lr": optuna.distributions.FloatDistribution(
             1e-5, 1e-1, log=True)}
         if n_params == 2:
-            params["model.n_layer"] = 1 + i % 3
+            params["model.n_layer"] = layers or 1 + i % 3
             dists["model.n_layer"] = optuna.distributions.IntDistribution(1, 4)
         study.add_trial(optuna.trial.create_trial(params=params, distributions=dists,
                                                   value=value))

@@ -377,8 +377,19 @@ def test_search_with_one_parameter_skips_importances(tmp_path: Path) -> None:
     plots = PlotSet()
     plot_search(exp, tmp_path / "plots", plots)       # the Optuna plots alone
     assert sorted(plots.paths) == ["search_history", "search_parallel"]
-    assert "importances skipped: 2 completed trial(s) and 1 parameter(s)" in plots.notes[0]
+    assert "importances skipped: 2 completed trial(s) and 1 parameter(s) that vary" in plots.notes[0]
     assert "importances skipped" in build_report(exp, plots)
+
+
+def test_a_parameter_no_completed_trial_varied_is_left_out_of_the_importances(tmp_path: Path) -> None:
+    """fANOVA gives a parameter every completed trial had at one value an importance of ~0: not estimable."""
+    exp = load_experiment(build_search_experiment(tmp_path, "fixed", [1.9, 1.7, 1.8], layers=2))
+    plots = PlotSet()
+    plot_search(exp, tmp_path / "plots", plots)
+    assert "search_importances" not in plots.paths
+    assert plots.notes[0].startswith("Optuna parameter importances leave out model.n_layer: every completed trial "
+                                     "had the same value of it, so its importance cannot be estimated")
+    assert "3 completed trial(s) and 1 parameter(s) that vary among them" in plots.notes[1]
 
 
 def test_to_markdown_escapes_and_marks_missing() -> None:
