@@ -15,6 +15,7 @@ from analysis.trials import objectives
 from experiments import metrics as m
 
 UNEQUAL = 1.05          # a spread (largest / smallest) above this is "not at equal ..."
+WARMUP_SPREAD = 0.02    # warm-up shares further apart than this (2 points: more than a fraction's rounding)
 BUDGET_WORDS = {"steps": "optimizer steps", "tokens": "tokens seen", "bytes": "bytes of training text seen",
                 "flops": "training FLOPs", "tokens_per_param": "tokens seen per parameter"}
 
@@ -58,10 +59,23 @@ def budget_section(exp: Experiment) -> list[str]:
                          f"{si(high)} {unit} ({ratio:.2f}×){' at one size' if within else ''}, so a difference "
                          f"between them mixes the change itself with the {noun} it got. "
                          + _remedy(noun, kind, done))
+    if kind != "steps" and (note := _warmup_note(done)):
+        notes.append(note)
     if within:
         notes.append("Sizes differ by design (the scale axis): each size has its own budget, and the fits "
                      "below compare the variants at equal compute.")
     return lines + [f"- {n}" for n in notes] + ([""] if notes else [])
+
+
+def _warmup_note(done: pd.DataFrame) -> str | None:
+    """The warm-up shares of the variants' steps where a budget made them differ (a warm-up in steps)."""
+    shares = done.groupby("variant")["warmup_share"].mean().dropna() if "warmup_share" in done else pd.Series()
+    if len(shares) < 2 or shares.max() - shares.min() <= WARMUP_SPREAD:
+        return None
+    return (f"**Not at equal warm-up.** The variants warmed up for {shares.min():.1%} ({shares.idxmin()}) to "
+            f"{shares.max():.1%} ({shares.idxmax()}) of their steps: the budget gave them different steps and "
+            "the warm-up is a number of steps, so a difference between them mixes the change itself with its "
+            "learning-rate schedule. A warm-up given as a fraction (`train.warmup: 0.1`) keeps the shares equal.")
 
 
 def _remedy(noun: str, kind: str, done: pd.DataFrame) -> str:

@@ -61,9 +61,11 @@ def _what_was_run(exp: Experiment) -> list[str]:
         lines.append(f"- **model**: {kv(spec['model'])}")
     if isinstance(spec.get("train"), dict):
         lines.append(f"- **train budget**: {kv(spec['train'])}")
-    tokens = done_runs(exp)["tokens_seen"].median()
-    if pd.notna(tokens):
-        lines.append(f"- **tokens seen per finished run** (median): {si(tokens)} tokens")
+    tokens = done_runs(exp)["tokens_seen"].dropna()
+    if len(tokens) and tokens.min() == tokens.max():
+        lines.append(f"- **tokens seen per finished run**: {si(tokens.min())} tokens")
+    elif len(tokens):
+        lines.append(f"- **tokens seen per finished run**: {si(tokens.min())} to {si(tokens.max())} tokens, by run")
     for axis in exp.axes:
         lines.append(f"- **axis `{axis}`**: " + ", ".join(f"`{v}`" for v in exp.levels[axis]))
     if exp.variants:

@@ -249,6 +249,8 @@ def load_experiment(path: Path | str) -> Experiment:
     if search is True:                    # results/README.md's older form: a bare flag
         search = {"metric": "final_val_bpb", "direction": "minimize"}
     runs = _fill_from_summaries(runs, path / "runs")
+    runs["warmup_share"] = runs["run_id"].map({r.get("run_id"): r["warmup"] / r["steps"] for r in planned_runs
+                                               if isinstance(r.get("warmup"), (int, float)) and r.get("steps")})
     spec = _read_yaml(path / "spec.yaml") if (path / "spec.yaml").is_file() else {}
     return Experiment(
         path=path, name=str(plan.get("experiment") or spec.get("experiment") or path.name),

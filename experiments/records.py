@@ -27,10 +27,11 @@ def axis_values(run: RunSpec) -> dict[str, str]:
 
 
 def plan_entry(run: RunSpec) -> dict[str, Any]:
-    """experiment.json's entry for a run: who it is, and its length (steps, tokens per step) for status's ETA."""
+    """experiment.json's entry for a run: who it is, and its length (steps, tokens per step) for status's ETA
+    and the report (with its warm-up steps)."""
     tokens_per_step = run.train.batch_size * run.train.grad_accum * run.model["context_length"]
     return {"run_id": run.run_id, "variant": run.variant, "axes": axis_values(run), "seed": run.seed,
-            "steps": run.train.steps, "tokens_per_step": tokens_per_step}
+            "steps": run.train.steps, "warmup": run.train.warmup, "tokens_per_step": tokens_per_step}
 
 
 def plan_record(spec: Spec, runs: list[RunSpec], search: dict | None = None) -> dict[str, Any]:

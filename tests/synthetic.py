@@ -39,6 +39,7 @@ class Run:
     trial: int | None = None
     state: str | None = None                    # the trial's Optuna state (default COMPLETE)
     summary: dict[str, Any] = field(default_factory=dict)   # summary.json keys to set (test scores, FLOPs seen)
+    planned: dict[str, Any] = field(default_factory=dict)   # experiment.json keys of its entry (steps, warmup)
 
     @property
     def run_id(self) -> str:
@@ -120,7 +121,7 @@ def build_experiment(root: Path, name: str, runs: list[Run], *, axes: list[str] 
     }
     (exp / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     plan = {"experiment": name, "axes": list(axes), "variants": list(variants), "seeds": seeds,
-            "runs": [{"run_id": r.run_id, "variant": r.variant, "axes": r.axes, "seed": r.seed}
+            "runs": [{"run_id": r.run_id, "variant": r.variant, "axes": r.axes, "seed": r.seed, **r.planned}
                      for r in runs],
             "baseline": baseline, "search": search, **(plan or {})}  # plan: budget, tune, scale
     (exp / "experiment.json").write_text(json.dumps(plan, indent=1))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from analysis.plots import PlotSet
 from analysis.report import build_report
 from analysis.tables import load_experiment
@@ -39,6 +41,17 @@ def test_a_bytes_budget_over_two_tokenizers_is_equal_text(tmp_path: Path) -> Non
     budget = build_report(exp, PlotSet()).split("## Budget")[1].split("## ")[0]
     assert "drawn against **bytes of training text seen**" in budget
     assert "Not at equal text" not in budget and "**Not at equal compute.**" in budget
+
+
+@pytest.mark.parametrize("warmups, named", [((20, 20), True), ((15, 4), False)])
+def test_a_flops_budget_that_gives_a_warm_up_in_steps_unequal_shares_says_so(tmp_path: Path, warmups, named) -> None:
+    runs = [Run(f"model.d_model={d}", seed, 1.5, axes={"model.d_model": d}, planned={"steps": steps, "warmup": w})
+            for d, steps, w in ((32, 152, warmups[0]), (64, 44, warmups[1])) for seed in range(2)]
+    exp = load_experiment(build_experiment(tmp_path, "w", runs, axes=["model.d_model"],
+                                           plan={"budget": {"flops": 2e9}}))
+    budget = build_report(exp, PlotSet()).split("## Budget")[1].split("## ")[0]
+    assert ("**Not at equal warm-up.** The variants warmed up for 13.2% (model.d_model=32) to 45.5% "
+            "(model.d_model=64) of their steps" in budget) == named
 
 
 def search_with_test_scores(root: Path, test: bool) -> Path:
