@@ -70,6 +70,10 @@ def apply_overrides(raw: Any, overrides: dict[str, Any]) -> tuple[Any, list[str]
         return raw, []
     tree = copy.deepcopy(raw)
     problems = [p for key, value in overrides.items() if (p := set_key(tree, key, copy.deepcopy(value)))]
+    keys = {".".join(locate(k)[:2]) for k in overrides if not isinstance(locate(k), str)}
+    for given, replaced in (("train.budget", "steps"), ("train.steps", "budget")):  # one says how long
+        if given in keys and not keys & {"train.steps", "train.budget"} - {given} and isinstance(tree.get("train"), dict):
+            tree["train"].pop(replaced, None)
     return tree, problems
 
 
@@ -81,6 +85,8 @@ def locate(key: str) -> list[str] | str:
     if not rest:
         return [head]
     if head in SECTIONS:
+        if rest[0] == "budget" and len(rest) == 2:  # train.budget.flops=1e10: the budget {flops: 1e10}
+            return [head, *rest]
         return [head, *rest] if len(rest) == 1 else (key_problem(key, "override") or [head, *rest])
     if head == "grid":
         return ["grid", ".".join(rest)]
@@ -100,6 +106,8 @@ def set_key(tree: dict, key: str, value: Any) -> str | None:
     path = locate(key)
     if isinstance(path, str):
         return path
+    if path[:2] == ["train", "budget"] and len(path) == 3:
+        path, value = path[:2], {path[2]: value}
     if path[0] in SECTIONS and len(path) == 3:  # a component's option: the component's name is kept
         section = tree.get(path[0])
         if section is None:
@@ -156,6 +164,8 @@ def describe(original: Any, overrides: dict[str, Any]) -> str:
 
 def before(raw: Any, key: str) -> str:
     """A key's value in the spec file, or where its value comes from when the file does not set it."""
+    if key.startswith("train.budget."):  # the whole budget is replaced
+        return before(raw, "train.budget")
     path = locate(key)
     node: Any = raw
     for part in path if isinstance(path, list) else []:

@@ -245,13 +245,15 @@ def points(grid: dict, variants: dict, linked: dict | None = None) -> list[tuple
 
 
 def expand(experiment: str, seeds: list[int], base: dict, grid: dict, variants: dict, linked: dict | None = None):
-    runs, problems, made_by = [], [], {}
+    runs, made_by = [], {}
+    where: dict[str, list[str]] = {}  # a problem -> the variants that have it: one line for them all
     for variant, axes, overrides in points(grid, variants, linked):
         tree = copy.deepcopy(base)
         for key, value in overrides.items():
             set_dotted(tree, key, value)
         resolved, found = resolve(tree)
-        problems += [f"{p} (in {variant})" if (grid or variants) else p for p in found]
+        for p in found:
+            where.setdefault(p, []).append(variant)
         if found:
             continue
         for seed in seeds:
@@ -259,14 +261,14 @@ def expand(experiment: str, seeds: list[int], base: dict, grid: dict, variants: 
             run.run_id = run_id(run)
             if run.run_id in made_by:  # two names for one run: its results would answer to both
                 if seed == seeds[0]:
-                    problems.append(f"{made_by[run.run_id]} and {variant} are the same run (every setting "
-                                    "equal): make them differ, or drop one")
+                    where.setdefault(f"{made_by[run.run_id]} and {variant} are the same run (every setting "
+                                     "equal): make them differ, or drop one", [])
                 continue
             made_by[run.run_id] = variant
             runs.append(run)
     # Seed outer: every variant's seed 0 first, so a full single-seed comparison exists early.
     runs.sort(key=lambda r: seeds.index(r.seed))
-    return runs, problems
+    return runs, [f"{p} (in {', '.join(names)})" if names and (grid or variants) else p for p, names in where.items()]
 
 
 def resolve(tree: dict) -> tuple[dict[str, Any], list[str]]:

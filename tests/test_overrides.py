@@ -121,8 +121,8 @@ def test_keys_no_spec_has_are_reported_with_the_specs_problems(tmp_path):
     with pytest.raises(SpecError) as err:
         overrides.load_spec_with(write(tmp_path, SPEC), ["train.steps.x=1", "train.lr=-1"])
     text = str(err.value)
-    assert "3 problems" in text and "override key 'train.steps.x' does not exist" in text
-    assert "train.lr = -1 must be a positive number" in text
+    assert "2 problems" in text and "override key 'train.steps.x' does not exist" in text
+    assert "train.lr = -1 must be a positive number (in block=pre, block=post)" in text  # one line for both
 
 
 def test_overrides_change_run_ids_as_the_same_edit_of_the_file_would(tmp_path):
@@ -248,3 +248,17 @@ def test_a_dry_run_into_a_closed_pipe_ends_quietly(tmp_path):
     proc.stdout.readline()
     proc.stdout.close()
     assert proc.wait(timeout=120) == 141 and proc.stderr.read() == "" and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("items", [["train.budget.tokens=4096"], ["train.budget={tokens: 4096}"]])
+def test_a_budget_from_the_command_line_replaces_the_specs_steps(tmp_path, items):
+    """train.steps is shorthand for a steps budget: overriding the budget replaces it (and back)."""
+    spec, _, _ = overrides.load_spec_with(write(tmp_path, SPEC), items)
+    assert {r.train.budget["tokens"] for r in spec.runs} == {4096}
+    with_budget = {**SPEC, "train": {**SPEC["train"], "budget": {"tokens": 4096}}}
+    del with_budget["train"]["steps"]
+    spec, _, _ = overrides.load_spec_with(write(tmp_path, with_budget, "b.yaml"), ["train.steps=12"])
+    assert {r.train.steps for r in spec.runs} == {12}
+    with pytest.raises(SpecError) as err:                       # both at once still say how long twice
+        overrides.load_spec_with(write(tmp_path, SPEC, "c.yaml"), ["train.steps=12", "train.budget.tokens=4096"])
+    assert "both say how long to train" in str(err.value)
