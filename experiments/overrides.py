@@ -154,6 +154,32 @@ def load_spec_with(path: str | Path, items: list[str]) -> tuple[Spec, Any, dict[
     return spec, original, overrides
 
 
+def override_notes(original: Any, overrides: dict[str, Any], spec: Spec, limit: int = 10) -> list[str]:
+    """Overrides that do less than they seem to: a component option that the runs whose variant or grid
+    axis names that component never get, and (up to `limit` overrides) one that changes no run at all."""
+    notes = []
+    for key, value in overrides.items():
+        path = locate(key)
+        if isinstance(path, list) and path[0] == "model" and len(path) == 3:
+            missed = sorted({r.variant for r in spec.runs if not isinstance(r.model.get(path[1]), dict)
+                             or r.model[path[1]].get(path[2]) != value})
+            if missed:
+                notes.append(f"{key}={flow(value)} does not reach {', '.join(missed[:5])}{' ...' * (len(missed) > 5)}: "
+                             f"their variant or grid axis sets model.{path[1]} itself; give the option there "
+                             f"(e.g. variants.NAME.model.{path[1]}={{name: ..., {path[2]}: {flow(value)}}})")
+    ids = {r.run_id for r in spec.runs}
+    for key in list(overrides)[:limit] if len(overrides) <= limit else []:
+        tree, _ = apply_overrides(original, {k: v for k, v in overrides.items() if k != key})
+        try:
+            unchanged = {r.run_id for r in parse_spec(tree).runs} == ids
+        except SpecError:  # the spec needs this override to be valid: it does something
+            continue
+        if unchanged:
+            notes.append(f"{key}={flow(overrides[key])} changes no run: every run already has that value, or the "
+                         "spec's own fields, variants or grid set what it would change")
+    return notes
+
+
 def describe(original: Any, overrides: dict[str, Any]) -> str:
     """What the overrides change, one line each: 'train.steps: 300 -> 12' (for --dry-run)."""
     lines = [f"{len(overrides)} override(s) of the spec file:"]

@@ -87,6 +87,8 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
         if device_problem:
             raise SpecError(device_problem)
         spec, original, changes = overrides.load_spec_with(args.spec, args.overrides)
+        for note in overrides.override_notes(original, changes, spec) if ddp.launch_rank() == 0 else ():
+            print(f"warning: {note}", file=sys.stderr)
         spec_text = overrides.spec_record(args.spec, original, changes, argv)
         if args.dry_run and changes:
             print(overrides.describe(original, changes))

@@ -262,3 +262,17 @@ def test_a_budget_from_the_command_line_replaces_the_specs_steps(tmp_path, items
     with pytest.raises(SpecError) as err:                       # both at once still say how long twice
         overrides.load_spec_with(write(tmp_path, SPEC, "c.yaml"), ["train.steps=12", "train.budget.tokens=4096"])
     assert "both say how long to train" in str(err.value)
+
+
+def test_overrides_that_do_less_than_they_seem_are_named(tmp_path):
+    raw = {**SPEC, "grid": {}, "variants": {"baseline": {}, "relu": {"model.feedforward": "relu_mlp"}}}
+    items = ["model.feedforward.mult=2", "model.preset=small", "train.lr=0.001", "train.steps=12"]
+    spec, original, changes = overrides.load_spec_with(write(tmp_path, raw), items)
+    notes = overrides.override_notes(original, changes, spec)
+    assert notes == [
+        "model.feedforward.mult=2 does not reach relu: their variant or grid axis sets model.feedforward itself; "
+        "give the option there (e.g. variants.NAME.model.feedforward={name: ..., mult: 2})",
+        "model.preset=small changes no run: every run already has that value, or the spec's own fields, variants "
+        "or grid set what it would change",                          # the spec sets every size small has
+        "train.lr=0.001 changes no run: every run already has that value, or the spec's own fields, variants or "
+        "grid set what it would change"]                             # lr's default
