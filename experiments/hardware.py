@@ -73,14 +73,24 @@ def cpu_has_bf16_units(flags: set[str] | None = None) -> bool:
         return False
 
 
+def require_present(device: torch.device) -> None:
+    """SpecError when a run's device (train.device or --device) is not on this machine: found before any
+    run starts, not as a failed run."""
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise SpecError(f"device {device} (train.device or --device) is not here: this machine has {count} "
+                            "CUDA device(s); use cpu, auto, or cuda:N with N below that count")
+    elif device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise SpecError("device mps (train.device or --device) is not here: this machine has no Apple GPU that "
+                        "PyTorch can use; use cpu or auto")
+
+
 def cuda_has_native_bf16(device: torch.device) -> bool:
     """Whether the run's GPU (not the current one) multiplies bf16 in hardware: compute capability 8.0
     or later (A100, H100, RTX 30xx on). torch.cuda.is_bf16_supported() also says yes where bf16 is
     emulated (V100, T4: slower than float32) and asks the current device; ROCm GPUs count as it counts them."""
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if (device.index or 0) >= count:
-        raise SpecError(f"device {device} (train.device or --device) is not here: this machine has {count} "
-                        "CUDA device(s); use cpu, auto, or cuda:N with N below that count")
+    require_present(device)
     if torch.version.hip:
         return torch.cuda.is_bf16_supported()
     index = device.index if device.index is not None else torch.cuda.current_device()

@@ -167,11 +167,11 @@ def override_notes(original: Any, overrides: dict[str, Any], spec: Spec, limit: 
                 notes.append(f"{key}={flow(value)} does not reach {', '.join(missed[:5])}{' ...' * (len(missed) > 5)}: "
                              f"their variant or grid axis sets model.{path[1]} itself; give the option there "
                              f"(e.g. variants.NAME.model.{path[1]}={{name: ..., {path[2]}: {flow(value)}}})")
-    ids = {r.run_id for r in spec.runs}
+    runs = [r.to_dict() for r in spec.runs]  # all of each run: some keys (train.device) are not in its id
     for key in list(overrides)[:limit] if len(overrides) <= limit else []:
         tree, _ = apply_overrides(original, {k: v for k, v in overrides.items() if k != key})
         try:
-            unchanged = {r.run_id for r in parse_spec(tree).runs} == ids
+            unchanged = [r.to_dict() for r in parse_spec(tree).runs] == runs
         except SpecError:  # the spec needs this override to be valid: it does something
             continue
         if unchanged:

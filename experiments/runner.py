@@ -20,7 +20,7 @@ import torch
 
 from experiments import budget, ddp, files, resources, tensorboard_log
 from experiments.data import load_dataset
-from experiments.hardware import resolve_device, resolve_precision
+from experiments.hardware import require_present, resolve_device, resolve_precision
 from experiments.progress import PROGRESS
 from experiments.train import Trainer
 from experiments.records import FINISHED, axis_values, read_summary, text_table
@@ -63,6 +63,7 @@ def bind_data(runs: list[RunSpec], datasets: dict[tuple, Any] | None = None,
                 ds.tokenizer.encode(run.sample["prompt"])
             if run.train.budget is not None:  # its own steps, from its data and model size
                 budget.bind(run, ds, *model_size(run, ds.vocab_size))
+            require_present(run_device(run, device))
             run.bind_precision(resolve_precision(run.train.precision, run_device(run, device)))
         except SpecError as err:
             problems += err.problems

@@ -276,3 +276,13 @@ def test_overrides_that_do_less_than_they_seem_are_named(tmp_path):
         "or grid set what it would change",                          # the spec sets every size small has
         "train.lr=0.001 changes no run: every run already has that value, or the spec's own fields, variants or "
         "grid set what it would change"]                             # lr's default
+
+
+def test_a_device_this_machine_lacks_is_refused_before_any_run(tmp_path, capsys, monkeypatch):
+    import torch
+
+    from experiments import run
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert run.main([str(write(tmp_path, SPEC)), "train.device=mps", "--results", str(tmp_path / "r")]) == 2
+    assert "error: device mps (train.device or --device) is not here" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
