@@ -156,7 +156,8 @@ def load_spec_with(path: str | Path, items: list[str]) -> tuple[Spec, Any, dict[
 
 def override_notes(original: Any, overrides: dict[str, Any], spec: Spec, limit: int = 10) -> list[str]:
     """Overrides that do less than they seem to: a component option that the runs whose variant or grid
-    axis names that component never get, and (up to `limit` overrides) one that changes no run at all."""
+    axis names that component never get, and one that changes no run at all (checked by parsing the spec
+    without it: up to `limit` overrides and 1,000 runs)."""
     notes = []
     for key, value in overrides.items():
         path = locate(key)
@@ -168,7 +169,7 @@ def override_notes(original: Any, overrides: dict[str, Any], spec: Spec, limit: 
                              f"their variant or grid axis sets model.{path[1]} itself; give the option there "
                              f"(e.g. variants.NAME.model.{path[1]}={{name: ..., {path[2]}: {flow(value)}}})")
     runs = [r.to_dict() for r in spec.runs]  # all of each run: some keys (train.device) are not in its id
-    for key in list(overrides)[:limit] if len(overrides) <= limit else []:
+    for key in list(overrides) if len(overrides) <= limit and len(runs) <= 1000 else []:
         tree, _ = apply_overrides(original, {k: v for k, v in overrides.items() if k != key})
         try:
             unchanged = [r.to_dict() for r in parse_spec(tree).runs] == runs
