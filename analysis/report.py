@@ -218,6 +218,11 @@ def _effects_section(exp: Experiment) -> list[str]:
     if len(exp.axes) > 1 or (exp.axes and exp.variants):
         lines[-2] += (" In a grid each run is paired with the run that has the same seed and "
                       "the same other-axis values; one comparison pools those settings.")
+    if exp.tune:
+        key = exp.tune["key"]
+        lines[-2] += (f" This spec tunes `{key}`: these comparisons pool every value of it tried (each variant "
+                      f"at the poor values as well as the good), so they are not the tuned comparison; "
+                      f"that is \"Each variant at its best {key}\" below.")
     for metric in reversed(comparable_metrics(exp)):
         lines += [f"### {LABELS[metric]} ({UNITS[metric]})", "",
                   *effects_table(paired_effects(exp, metric), metric)]

@@ -47,6 +47,8 @@ def test_each_variant_gets_its_best_value_and_the_edge_is_flagged(tmp_path):
     assert best.loc["post", "stable"] == "4 of 4"
     text = build_report(exp, PlotSet())
     assert "## Each variant at its best train.lr" in text
+    paired = text.split("## Paired effects vs the baseline")[1].split("###")[0]
+    assert "these comparisons pool every value of it tried" in paired and "\"Each variant at its best train.lr\"" in paired
     assert "| baseline | 0.003 |" in text and "| post | 0.01 |" in text
     assert "**Widen the range** for post" in text and "**Widen the range** for baseline" not in text
     assert "every score below is on the test text" in text
