@@ -214,7 +214,8 @@ class Registry:
         cls = self.get(name)
         doc = (inspect.getdoc(cls) or "").splitlines()
         line = f"{name} — {doc[0] if doc else '(no description)'}"
-        opts = ", ".join(f"{k}={p.default!r}" for k, p in self.options(name).items())
+        opts = ", ".join(f"{k}={p.default:.6g}" if isinstance(p.default, float) and len(repr(p.default)) > 8
+                         else f"{k}={p.default!r}" for k, p in self.options(name).items())  # 8/3: 2.66667
         return line + (f"  [options: {opts}]" if opts else "")
 
     # -- building -----------------------------------------------------------------------------

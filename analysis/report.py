@@ -51,9 +51,9 @@ def _what_was_run(exp: Experiment) -> list[str]:
                   "from experiment.json.", ""]
     data = spec.get("data", {}) if isinstance(spec.get("data"), dict) else {}
     if data:
+        rest = {k: v for k, v in data.items() if k not in ("corpus", "tokenizer")}
         lines.append(f"- **data**: corpus `{data.get('corpus', '?')}`, tokenizer "
-                     f"`{data.get('tokenizer', '?')}`; " + kv(
-                         {k: v for k, v in data.items() if k not in ("corpus", "tokenizer")}))
+                     f"`{data.get('tokenizer', '?')}`" + (f"; {kv(rest)}" if rest else ""))
     used = tokenizers(exp)
     if used and (not data or [str(data.get("tokenizer"))] != used):
         lines.append(f"- **tokenizers in finished runs**: {', '.join(used)}")
