@@ -70,10 +70,9 @@ def apply_overrides(raw: Any, overrides: dict[str, Any]) -> tuple[Any, list[str]
         return raw, []
     tree = copy.deepcopy(raw)
     problems = [p for key, value in overrides.items() if (p := set_key(tree, key, copy.deepcopy(value)))]
-    keys = {".".join(locate(k)[:2]) for k in overrides if not isinstance(locate(k), str)}
-    for given, replaced in (("train.budget", "steps"), ("train.steps", "budget")):  # one says how long
-        if given in keys and not keys & {"train.steps", "train.budget"} - {given} and isinstance(tree.get("train"), dict):
-            tree["train"].pop(replaced, None)
+    how_long = {".".join(p[:2]) for k in overrides if isinstance(p := locate(k), list)} & {"train.steps", "train.budget"}
+    if len(how_long) == 1 and isinstance(tree.get("train"), dict):  # both say how long: one given replaces the other
+        tree["train"].pop("budget" if "train.steps" in how_long else "steps", None)
     return tree, problems
 
 
