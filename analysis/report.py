@@ -178,7 +178,8 @@ def _ranked_trials(exp: Experiment, table: pd.DataFrame) -> pd.DataFrame:
 
 def _fewer_seeds_note(exp: Experiment, table: pd.DataFrame) -> list[str]:
     """Rows over fewer finished seeds than the spec's: their means average other seeds than the rest."""
-    short = table[(table["n"] < len(exp.seeds)) & (table["runs"] > 0)] if len(exp.seeds) > 1 else table.iloc[0:0]
+    # a row with no finished seed has no mean to mislead (its cells are "—")
+    short = table[(table["n"] < len(exp.seeds)) & (table["n"] > 0)] if len(exp.seeds) > 1 else table.iloc[0:0]
     if short.empty or adaptive(exp):  # a search lists its unfinished trials apart
         return []
     names = [f"`{r.variant}` ({int(r.n)} of {len(exp.seeds)})" for r in short.itertuples()]

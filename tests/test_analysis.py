@@ -642,6 +642,15 @@ def test_ctrl_c_while_the_new_files_move_into_place_waits_until_they_are_all_the
 # ---------------------------------------------------------------------------------------------
 # Runs not finished yet, and searches: what the report must not overstate
 
+def test_a_variant_with_no_finished_seed_is_not_called_a_row_over_fewer_seeds(tmp_path: Path) -> None:
+    runs = [Run("baseline", s, 1.50 + 0.10 * s) for s in range(3)]
+    runs += [Run("post", s, 1.52 + 0.10 * s, status="pending" if s == 2 else "done") for s in range(3)]
+    runs += [Run("sandwich", s, 1.5, status="pending") for s in range(3)]     # not started: no mean to mislead
+    exp = load_experiment(build_experiment(tmp_path, "p", runs, variants=["baseline", "post", "sandwich"],
+                                           baseline="baseline"))
+    assert "**Rows over fewer seeds than the spec's**: `post` (2 of 3). Their" in build_report(exp, PlotSet())
+
+
 def test_a_pending_run_is_named_and_its_row_flagged(tmp_path: Path) -> None:
     """post's seed 2 has not run yet: on seeds 0-1 alone it looks better than the baseline's three
     seeds, but seed by seed it is worse. The report must say which run is missing, wherever it counts."""
