@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import math
 import sys
 import time
 from pathlib import Path
@@ -162,11 +163,17 @@ def run_all(exp_dir: Path, runs: list[RunSpec], datasets: dict, args: argparse.N
 
 
 def outcome_text(outcome: str, summary: dict | None) -> str:
-    """How a run ended, in its progress line: a done run's validation loss, a diverged or failed one's reason."""
+    """How a run ended, in its progress line: a done run's validation loss (flagged where a uniform guess
+    would score better) and the step it resumed from, a diverged or failed one's reason."""
     summary = summary or {}
     loss = summary.get(metrics.FINAL_VAL_LOSS)
     if outcome == "done" and isinstance(loss, float):
-        return f"done, val loss {loss:.4f}"
+        text = f"done, val loss {loss:.4f}"
+        if isinstance(vocab := summary.get("vocab_size"), int) and vocab > 1 and loss > math.log(vocab):
+            text += f" (worse than a uniform guess over its {vocab:,} tokens: ln {vocab:,} = {math.log(vocab):.2f})"
+        if isinstance(resumed := summary.get("resumed_at_step"), int):
+            text += f", resumed from step {resumed}"
+        return text
     if outcome in ("diverged", "failed", "pruned") and summary.get("error"):
         return f"{outcome} ({str(summary['error']).splitlines()[0][:120]})"
     return outcome

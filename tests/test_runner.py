@@ -303,3 +303,11 @@ def test_seeded_training_is_reproducible(tmp_path):
     a, b = (json.loads(next((tmp_path / n / "t").glob("runs/*/summary.json")).read_text()) for n in ("a", "b"))
     assert a["final_val_loss"] == b["final_val_loss"]
     assert torch.get_num_threads() >= 1
+
+
+def test_the_progress_line_says_a_run_resumed_and_flags_a_loss_worse_than_a_uniform_guess():
+    from experiments.run import outcome_text
+
+    assert outcome_text("done", {"final_val_loss": 2.5, "vocab_size": 65, "resumed_at_step": None}) == "done, val loss 2.5000"
+    assert outcome_text("done", {"final_val_loss": 12.4, "vocab_size": 103, "resumed_at_step": 100}) == (
+        "done, val loss 12.4000 (worse than a uniform guess over its 103 tokens: ln 103 = 4.63), resumed from step 100")
