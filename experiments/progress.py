@@ -196,7 +196,8 @@ def run_state(exp_dir: Path, entry: dict[str, Any], holders: dict[int, int] | No
             **{k: entry[k] for k in ("trial", "state") if k in entry},
             "status": status, "step": None if step is None else int(step), "steps": steps,
             "tokens_per_step": tokens_per_step, "val_bpb": number(bpb), "tokens_per_s": number(speed),
-            "where": f"pid {held['pid']} on {held['host']}" if held and status == "running" else "",
+            "where": f"pid {held['pid']} on {held['host']}" if held and status == "running" else
+                     f"stopped at step {int(step)}: a rerun resumes it" if status == "pending" and step else "",
             "wall_s": number(summary.get("wall_s")) if status == "done" else None,
             "tokens_seen": number(summary.get("tokens_seen")) if status == "done" else None}
 

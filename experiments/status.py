@@ -93,6 +93,8 @@ def headline(name: str, rows: list[dict[str, Any]], eta: tuple[float | None, int
         text += "; nothing left to run" if rows else ""
     elif seconds is None:
         text += "; ETA unknown until a run has measured its speed"
+    elif not counts["running"]:
+        text += f"; {duration(seconds)} of training left once a runner starts (measured speeds; none is running)"
     else:
         text += f"; ETA {duration(seconds)} (measured speeds, {runners} runner{'s' if runners > 1 else ''})"
     if counts["failed"]:

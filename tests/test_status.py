@@ -180,6 +180,8 @@ def test_a_run_with_a_binary_metrics_csv_is_shown_and_named_not_a_crash(tmp_path
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith("r")}
     assert rows["r1"][3:6] == ["done", "100/100", "2.5000"]          # summary.json still says where it stands
     assert rows["r2"][3:6] == ["pending", "20/100", "-"]             # what metrics.csv can still give
+    assert "stopped at step 20: a rerun resumes it" in out           # it started, and will resume
+    assert "of training left once a runner starts (measured speeds; none is running)" in out.splitlines()[0]
     assert f"warning: {broken / 'metrics.csv'} is damaged (byte 0x80 at offset" in out
     assert f"{waiting / 'metrics.csv'} is damaged (byte 0xff" in out
 
