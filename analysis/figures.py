@@ -113,9 +113,9 @@ def y_range(data: pd.DataFrame, metric: str, x: str = "tokens") -> tuple[float, 
     return bottom - 0.1 * pad, top + 0.05 * pad
 
 
-def si_ticks(value: float, _pos: Any = None) -> str:
+def si_ticks(value: float, _pos: Any = None, digits: int = 3) -> str:
     """Tick label 204800 -> '205k': token and parameter counts read better without 1e5."""
     for factor, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(value) >= factor:
-            return f"{value / factor:.3g}{prefix}"
-    return f"{value:.3g}"
+            return f"{value / factor:.{digits}g}{prefix}"
+    return f"{value:.{digits}g}"

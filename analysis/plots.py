@@ -44,7 +44,8 @@ CAPTIONS = {
     "effects": "Paired effect of each variant on final val bpb vs the baseline, seed by seed, "
                "with the 95% CI over seeds; red = called by the Holm-corrected test; left of zero "
                "= better.",
-    "params": "Parameters (log scale) against final validation bits per byte, one point per run.",
+    "params": "Parameters (log scale where they span 2x or more) against final validation bits per byte, one "
+              "point per run.",
     "search_history": "Optuna optimisation history: each trial's objective and the best so far.",
     "search_importances": "Optuna hyperparameter importances for the objective (fANOVA over the completed "
                           "trials the sampler chose: a rough guide with few trials, not a test).",
@@ -166,11 +167,16 @@ def plot_params(exp: Experiment, path: Path) -> Path:
             best = done[done["variant"] == ranked[0]]
             ax.scatter(best["params"], best["final_val_bpb"], marker="*", s=250, color="C3",
                        zorder=3, label=f"best variant: {ranked[0]}")
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(FuncFormatter(si_ticks))
-        narrow = done["params"].max() < 10 * done["params"].min()   # within a decade
-        ax.xaxis.set_minor_formatter(FuncFormatter(si_ticks) if narrow else NullFormatter())
-        ax.set(xlabel="parameters (count, log scale)", ylabel=axis_label("final_val_bpb"),
+        if done["params"].max() < 2 * done["params"].min():  # a log axis over a few percent repeats its labels
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos=None: si_ticks(v, digits=4)))
+            xlabel = "parameters (count)"
+        else:
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(FuncFormatter(si_ticks))
+            narrow = done["params"].max() < 10 * done["params"].min()   # within a decade
+            ax.xaxis.set_minor_formatter(FuncFormatter(si_ticks) if narrow else NullFormatter())
+            xlabel = "parameters (count, log scale)"
+        ax.set(xlabel=xlabel, ylabel=axis_label("final_val_bpb"),
                title=f"{exp.name}: model size vs final val bpb (one point per run)")
         ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
         fig.tight_layout()
