@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, NullLocator
 
 from analysis import scaling, tuning
 from analysis.figures import (
@@ -137,8 +137,8 @@ def plot_sensitivity(exp: Experiment, path: Path) -> Path:
                            color=colours[arm], zorder=3)
         if values and min(values.values()) > 0:
             ax.set_xscale("log")
-        if values is None:
-            ax.set_xticks(list(positions.values()), list(positions))
+            ax.xaxis.set_minor_locator(NullLocator())  # ticks at the tried values, not only at powers of ten
+        ax.set_xticks(list(positions.values()), list(positions))
         key = exp.tune["key"]
         ax.set(xlabel=f"{key} ({'log scale' if values and min(values.values()) > 0 else 'value'})",
                ylabel=axis_label(m.FINAL_VAL_BPB), title=f"{exp.name}: final val bpb against {key}")
