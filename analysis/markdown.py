@@ -83,7 +83,9 @@ def flat(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def kv(d: dict[str, Any]) -> str:
-    return ", ".join(f"`{k}={v}`" for k, v in flat(d).items()) or "—"
+    # 1.5e+10 rather than 15000000000.0: large budgets as they were written (smaller numbers exactly)
+    return ", ".join(f"`{k}={v:.6g}`" if isinstance(v, float) and abs(v) >= 1e6 else f"`{k}={v}`"
+                     for k, v in flat(d).items()) or "—"
 
 
 
