@@ -6,12 +6,14 @@ runs use different tokenizers (nats/token are then not compared).
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from analysis.effects import (
@@ -156,10 +158,26 @@ def _variant_section(exp: Experiment) -> list[str]:
     lines += [to_markdown(quality), ""]
     if len(table) > len(shown):
         lines += [f"({len(table) - len(shown)} more variants not shown; best first.)", ""]
-    lines += _fewer_seeds_note(exp, table)
+    lines += _fewer_seeds_note(exp, table) + _worse_than_uniform_note(exp)
     lines += partial + ["### Cost per variant", "", "Means over the same finished seeds.", "",
               to_markdown(cost), ""]
     return lines
+
+
+def _worse_than_uniform_note(exp: Experiment) -> list[str]:
+    """Finished runs whose loss a uniform guess over their vocabulary (ln V nats) would beat: they failed to
+    train, which their status (done) does not say."""
+    done = done_runs(exp)
+    if not {"vocab_size", "final_val_loss"} <= set(done.columns):
+        return []
+    bad = done[(done["vocab_size"] > 1) & (done["final_val_loss"] > np.log(done["vocab_size"].clip(lower=2)))]
+    names = [f"{r.variant} seed {int(r.seed)} ({r.final_val_loss:.2f} nats/token; ln {int(r.vocab_size):,} = "
+             f"{math.log(r.vocab_size):.2f})" for r in bad.itertuples()]
+    if not names:
+        return []
+    return ["**Worse than a uniform guess**: " + "; ".join(names[:10]) + (" ..." if len(names) > 10 else "")
+            + ". These runs finished, but predicting every token as equally likely would have scored better: "
+              "they did not train (a learning rate too high, say), and count as they are in every table.", ""]
 
 
 def _ranked_trials(exp: Experiment, table: pd.DataFrame) -> pd.DataFrame:

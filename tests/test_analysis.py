@@ -651,6 +651,17 @@ def test_a_variant_with_no_finished_seed_is_not_called_a_row_over_fewer_seeds(tm
     assert "**Rows over fewer seeds than the spec's**: `post` (2 of 3). Their" in build_report(exp, PlotSet())
 
 
+def test_a_finished_run_worse_than_a_uniform_guess_is_named(tmp_path: Path) -> None:
+    runs = [Run("baseline", s, 1.5, summary={"vocab_size": 65}) for s in range(2)]
+    runs += [Run("hot", s, 1.5 if s else 9.0, summary={"vocab_size": 65}) for s in range(2)]   # seed 0 did not train
+    exp = load_experiment(build_experiment(tmp_path, "u", runs, variants=["baseline", "hot"], baseline="baseline"))
+    note = [line for line in build_report(exp, PlotSet()).splitlines() if line.startswith("**Worse than a uniform")]
+    loss = exp.runs.loc[(exp.runs["variant"] == "hot") & (exp.runs["seed"] == 0), "final_val_loss"].item()
+    assert note == [f"**Worse than a uniform guess**: hot seed 0 ({loss:.2f} nats/token; ln 65 = 4.17). These runs "
+                    "finished, but predicting every token as equally likely would have scored better: they did "
+                    "not train (a learning rate too high, say), and count as they are in every table."]
+
+
 def test_a_pending_run_is_named_and_its_row_flagged(tmp_path: Path) -> None:
     """post's seed 2 has not run yet: on seeds 0-1 alone it looks better than the baseline's three
     seeds, but seed by seed it is worse. The report must say which run is missing, wherever it counts."""
