@@ -119,8 +119,11 @@ def read_plan(exp_dir: Path) -> dict[str, Any]:
     rerun = ("python -m experiments.run writes it: run the experiment's spec again to rewrite it (finished runs "
              "are kept, not trained again)")
     if not path.is_file():
+        inside = sorted(p.parent.name for p in exp_dir.glob("*/experiment.json")) if exp_dir.is_dir() else []
+        hint = (f"; the experiments in it are {', '.join(inside[:10])}{' ...' if len(inside) > 10 else ''}: give "
+                f"one, e.g. {str(exp_dir / inside[0])!r}" if inside else "")
         raise StatusError(f"{str(exp_dir)!r} is not an experiment folder: it has no experiment.json (python -m "
-                          "experiments.run writes one into results/<experiment>/ when it starts)")
+                          f"experiments.run writes one into results/<experiment>/ when it starts){hint}")
     try:
         plan = json.loads(path.read_text(encoding="utf-8"))
     except OSError as err:

@@ -241,3 +241,12 @@ def test_a_running_trial_whose_worker_died_here_is_not_shown_running(tmp_path):
     assert f"running trials: 1 (pid {os.getpid()} on {here}), 2 (pid 4242 on gpu-node-7);" in line
     assert f"trials whose worker died: 0 (pid {dead.pid} on {here})" in line
     assert to_plan == 2                           # the dead worker's trial is to be run again: 1 trial x 2 seeds
+
+
+def test_a_results_folder_given_for_an_experiment_names_the_experiments_in_it(tmp_path, capsys):
+    write_plan(tmp_path / "results" / "ablate")
+    write_plan(tmp_path / "results" / "quick")
+    assert status.main([str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err
+    assert "is not an experiment folder" in err and "the experiments in it are ablate, quick: give one" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
