@@ -25,9 +25,14 @@ def resolve_device(name: str) -> torch.device:
         return torch.device(name)
     if torch.cuda.is_available():
         return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+    if mps_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def mps_available() -> bool:
+    """Whether this machine has an Apple GPU that PyTorch can use."""
+    return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
 
 
 def check_device(name: str) -> str:
@@ -38,7 +43,7 @@ def check_device(name: str) -> str:
     except RuntimeError:
         raise SpecError(f"--device {name!r} is not a device name: use cpu, cuda, cuda:N, mps or auto") from None
     present = {"cpu": True, "cuda": torch.cuda.is_available(),
-               "mps": bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()}
+               "mps": mps_available()}
     if not present.get(device.type, False):
         raise SpecError(f"--device {name!r} is not available on this machine (try cpu or auto)")
     return str(device)
@@ -81,7 +86,7 @@ def require_present(device: torch.device) -> None:
         if (device.index or 0) >= count:
             raise SpecError(f"device {device} (train.device or --device) is not here: this machine has {count} "
                             "CUDA device(s); use cpu, auto, or cuda:N with N below that count")
-    elif device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    elif device.type == "mps" and not mps_available():
         raise SpecError("device mps (train.device or --device) is not here: this machine has no Apple GPU that "
                         "PyTorch can use; use cpu or auto")
 

@@ -63,8 +63,9 @@ def bind_data(runs: list[RunSpec], datasets: dict[tuple, Any] | None = None,
                 ds.tokenizer.encode(run.sample["prompt"])
             if run.train.budget is not None:  # its own steps, from its data and model size
                 budget.bind(run, ds, *model_size(run, ds.vocab_size))
-            require_present(run_device(run, device))
-            run.bind_precision(resolve_precision(run.train.precision, run_device(run, device)))
+            where = run_device(run, device)
+            require_present(where)
+            run.bind_precision(resolve_precision(run.train.precision, where))
         except SpecError as err:
             problems += err.problems
     if problems:
