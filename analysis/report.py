@@ -26,7 +26,7 @@ from analysis.tables import (
     LABELS, UNITS, Experiment, best_run, comparable_metrics, complete_variants, done_runs,
     load_experiment, mixed_tokenizers, pivot_tables, progress, tokenizers, unplanned_note, variant_table)
 from analysis.trials import adaptive, best_trial, objectives, search_metric  # noqa: F401  (best_trial: tests)
-from experiments import files, interrupts
+from experiments import files, interrupts, metrics
 
 MAX_VARIANT_ROWS = 25      # a search can have hundreds of trials; the report shows the best
 MAX_SAMPLE_CHARS = 3000
@@ -106,7 +106,17 @@ def _caveats(exp: Experiment) -> list[str]:
         notes.append(f"Only runs with status `done` enter the statistics "
                      f"({left_out['done']} of {left_out['planned']}).")
     notes += [unplanned_note(exp)] if exp.unplanned else []
+    notes += [n for n in [_rules_note(exp)] if n]
     return (["## Caveats", ""] + [f"- {n}" for n in notes] + [""]) if notes else []
+
+
+def _rules_note(exp: Experiment) -> str | None:
+    """Finished runs that followed training rules other than this code's (experiments/metrics.py)."""
+    done = done_runs(exp)
+    rules = done[metrics.TRAINING_RULES] if metrics.TRAINING_RULES in done.columns else pd.Series(1, done.index)
+    versions = {f"{r} seed {int(s)}": int(v) if v == v else 1 for r, s, v in zip(done["variant"], done["seed"], rules)}
+    note = metrics.rules_note(versions)
+    return note and "**Training rules.** " + note
 
 
 SHORT = {"final_val_bpb": "bpb", "final_val_loss": "loss"}

@@ -29,7 +29,7 @@ TEST_SCORES = ("final_test_loss", "final_test_bpb")  # summary.json's, with data
 
 NUMERIC = ("seed", "trial", metrics.PARAMS, metrics.FLOPS_PER_TOKEN, metrics.TOKENS_SEEN, metrics.BYTES_SEEN,
            metrics.FLOPS_SEEN, *metrics.LOSSES, metrics.TOKENS_PER_S, metrics.WALL_S, metrics.TRAIN_S,
-           *TEST_SCORES, "vocab_size")
+           *TEST_SCORES, "vocab_size", metrics.TRAINING_RULES)
 # Columns a runs.csv row may lack (older runner, run still going; the test scores, which runs.csv
 # leaves out so that nothing is chosen on them) that summary.json can supply.
 FROM_SUMMARY = NUMERIC[2:] + ("tokenizer", "corpus")

@@ -159,6 +159,15 @@ def optimizer_problem(optimizer, saved: Any) -> str | None:
     return None
 
 
+def set_aside(path: Path, tag: str) -> Path:
+    """Rename a checkpoint and its record to <stem>.<tag><suffix>, out of the run's way but kept; the new path."""
+    kept = path.with_name(f"{path.stem}.{tag}{path.suffix}")
+    if checksum_path(path).exists():
+        checksum_path(path).replace(checksum_path(kept))
+    path.replace(kept)
+    return kept
+
+
 def discard(path: Path) -> None:
     """Remove a checkpoint and its record (the run starts again from step 0)."""
     path.unlink(missing_ok=True)

@@ -35,3 +35,28 @@ COSTS = (PARAMS, FLOPS_PER_TOKEN, TOKENS_SEEN, BYTES_SEEN, FLOPS_SEEN, TOKENS_PE
 
 UNITS = {FINAL_VAL_LOSS: "nats/token", FINAL_VAL_BPB: "bits/byte", VAL_LOSS: "nats/token", VAL_BPB: "bits/byte"}
 LABELS = {FINAL_VAL_LOSS: "final val loss", FINAL_VAL_BPB: "final val bpb", VAL_LOSS: "val loss", VAL_BPB: "val bpb"}
+
+# The training rules a run followed, versioned: what its numbers mean beyond its spec. A change that
+# moves a run's scores or curves for the same spec adds a version; summary.json and checkpoints record
+# it (a summary without it is version 1), so runs under different rules are not compared unawares.
+TRAINING_RULES = "training_rules"
+RULES_VERSION = 2
+RULES_CHANGES = {2: "the learning rate ends on min_lr at the last step (one step short before), and the periodic "
+                    "evaluations score eval_batches x 32 windows whatever the batch size (eval_batches batches of "
+                    "the run's own batch before)"}
+
+
+def rules_note(versions: dict[str, int]) -> str | None:
+    """A warning when finished runs (name -> rules version) followed different training rules: which ones
+    differ from this code's, what changed, and what to do; None when they all followed the same rules."""
+    older = sorted(name for name, v in versions.items() if v != RULES_VERSION)
+    if len(set(versions.values())) < 2:
+        return None
+    olds = sorted({versions[name] for name in older})
+    changes = "; ".join(f"in v{v}, {text}" for v, text in RULES_CHANGES.items() if v > olds[0]) or (
+        "unknown to this code, which is older than the runs")
+    return (f"{len(older)} of {len(versions)} finished run(s) followed the lab's training rules "
+            f"{', '.join(f'v{v}' for v in olds)}, not this code's v{RULES_VERSION}: {', '.join(older[:6])}"
+            f"{' ...' if len(older) > 6 else ''}. What changed: {changes}. Runs under different rules differ "
+            f"by more than their components: retrain the older ones (`python -m experiments.run SPEC --force "
+            "--only <run id or variant>`), or give this code's runs an experiment name of their own")

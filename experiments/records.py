@@ -18,7 +18,7 @@ FINISHED = ("done", "diverged", "pruned")
 RUN_COLUMNS = ["run_id", "variant", "seed", "status", metrics.PARAMS, metrics.FLOPS_PER_TOKEN, metrics.TOKENS_SEEN,
                metrics.BYTES_SEEN, metrics.FLOPS_SEEN,
                metrics.FINAL_TRAIN_LOSS, metrics.FINAL_VAL_LOSS, metrics.FINAL_VAL_BPB, metrics.BEST_VAL_LOSS,
-               metrics.BEST_VAL_BPB, metrics.TOKENS_PER_S, metrics.WALL_S, "tokenizer", "corpus"]
+               metrics.BEST_VAL_BPB, metrics.TOKENS_PER_S, metrics.WALL_S, "tokenizer", "corpus", metrics.TRAINING_RULES]
 
 
 # -- the plan ------------------------------------------------------------------------------------
@@ -111,6 +111,12 @@ def rebuild_runs_csv(exp_dir: Path) -> list[dict[str, Any]]:
     columns = ["run_id", "variant", *plan["axes"], "seed", *extra] + [c for c in RUN_COLUMNS[3:]]
     files.write_csv(exp_dir / "runs.csv", rows, columns, only_if_changed=True)
     return rows
+
+
+def rules_note(rows: list[dict[str, Any]]) -> str | None:
+    """metrics.rules_note over the finished runs of runs.csv's rows (a summary without the field: version 1)."""
+    done = {r["run_id"]: r.get(metrics.TRAINING_RULES) or 1 for r in rows if r["status"] == "done"}
+    return metrics.rules_note(done)
 
 
 def runs_not_in_plan(exp_dir: Path) -> list[str]:

@@ -24,8 +24,8 @@ if __name__ == "__main__":  # Ctrl-C while the imports below load (torch: second
 from tqdm import tqdm
 
 from experiments import budget, ddp, files, metrics, overrides
-from experiments.records import (rebuild_runs_csv, report_is_stale, runs_not_in_plan, start_experiment, text_table,
-                                 write_report)
+from experiments.records import (rebuild_runs_csv, report_is_stale, rules_note, runs_not_in_plan, start_experiment,
+                                 text_table, write_report)
 from experiments.runner import Interrupted, Runner, bind_data, dry_run_table
 from experiments.schema import TRAIN
 from experiments.search import cli as search_cli
@@ -150,6 +150,8 @@ def run_all(exp_dir: Path, runs: list[RunSpec], datasets: dict, args: argparse.N
         print(f"note: {len(old)} run folder(s) under {exp_dir / 'runs'} are not in the current spec (an earlier "
               f"version of it made them): {', '.join(old[:10])}{' ...' if len(old) > 10 else ''}; runs.csv and the "
               "report leave them out. Delete them, or give the edited spec an experiment name of its own")
+    if note := rules_note(rows):
+        print(f"warning: {note}", file=sys.stderr)
     ran = sum(o not in ("skipped", "running elsewhere") for o in outcomes.values())
     if not args.no_report and (ran or report_is_stale(exp_dir)):
         report = write_report(exp_dir)

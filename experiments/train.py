@@ -132,7 +132,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         state = {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "rng": rng_state(), "metrics": self.metrics, "train_seconds": self.train_seconds,
-                 "wall_seconds": self.wall_seconds, "bytes_seen": self.bytes_seen}
+                 "wall_seconds": self.wall_seconds, "bytes_seen": self.bytes_seen, "rules": metrics.RULES_VERSION}
         checkpoint.save(self.checkpoint_path, state)
 
     def load_checkpoint(self) -> dict[str, Any] | None:
@@ -143,6 +143,8 @@ class Trainer:
             return None
         try:
             state = checkpoint.load(self.checkpoint_path)
+            if (rules := state.get("rules", 1)) != metrics.RULES_VERSION:
+                return self.set_aside_checkpoint(state, rules)
             missing = CHECKPOINT_KEYS - set(state)
             problem = (f"it lacks {sorted(missing)}" if missing
                        else checkpoint.fitting_problem(self.model, state["model"])
@@ -155,6 +157,16 @@ class Trainer:
             checkpoint.discard(self.checkpoint_path)
             return None
         return state
+
+    def set_aside_checkpoint(self, state: dict[str, Any], rules: Any) -> None:
+        """A checkpoint written under other training rules (metrics.RULES_VERSION): the run starts again from
+        step 0 rather than finish under two sets of rules; the checkpoint is kept beside it, renamed."""
+        kept = checkpoint.set_aside(self.checkpoint_path, f"rules{rules}")
+        self.discarded = (f"its checkpoint (step {state.get('step')}) followed the lab's training rules v{rules}, "
+                          f"not this code's v{metrics.RULES_VERSION}; kept as {kept.name}")
+        print(f"warning: run {self.run.run_id}: {self.discarded}; training it again from step 0, so that it "
+              "follows one set of rules", file=sys.stderr, flush=True)
+        return None
 
     def resume(self) -> bool:
         if not self.writer:  # the other ranks get rank 0's state through share_state
@@ -384,6 +396,7 @@ class Trainer:
             metrics.TOKENS_PER_S: self.tokens_per_s(),
             metrics.WALL_S: round(self.wall_seconds, 3), metrics.TRAIN_S: round(self.train_seconds, 3),
             "resumed_at_step": resumed_at, "checkpoint_discarded": self.discarded,
+            metrics.TRAINING_RULES: metrics.RULES_VERSION,
             "device": str(self.device), "precision": self.precision,
             "precision_setting": self.train_cfg.precision, "tf32": tf32_enabled(self.device),
             "autocast": str(self.dtype).replace("torch.", "") if self.dtype else "fp32",
