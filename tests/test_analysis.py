@@ -19,6 +19,7 @@ from analysis.__main__ import main
 from analysis.effects import (
     consecutive_effects, factors, main_effects, paired_deltas, paired_effects, simple_effects)
 from analysis.plots import PlotSet, plot_search
+from experiments.search.study import quiet_optuna
 from analysis.report import build_report, to_markdown, write_report
 from analysis.stats import mean_ci
 from analysis.tables import (
@@ -370,6 +371,31 @@ def test_search_report_and_optuna_plots(tmp_path: Path) -> None:
         assert f"](plots/{name}.png)" in text
     assert "Best trial: **#3**" in text and "variant: trial-3" in text   # its resolved spec
     assert "| train.lr | 0.0008 |" in text                               # the study's params
+
+
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+def test_no_parallel_coordinate_line_is_drawn_white_on_the_page(direction: str) -> None:
+    import optuna
+    from matplotlib.collections import LineCollection
+
+    from analysis.plots import no_white_lines
+    study = optuna.create_study(direction=direction)
+    for x in range(8):
+        study.add_trial(optuna.trial.create_trial(params={"x": x, "y": 7 - x}, value=float(x), distributions={
+            "x": optuna.distributions.IntDistribution(0, 7), "y": optuna.distributions.IntDistribution(0, 7)}))
+
+    def lightness() -> tuple[float, float]:  # of the best and of the lightest line (white: 3)
+        [lines] = [c for c in ax.collections if isinstance(c, LineCollection)]
+        rgb = lines.to_rgba(lines.get_array())[:, :3].sum(axis=1)
+        best = study.best_trial.number
+        return rgb[best], rgb.max()
+    with quiet_optuna():
+        ax = optuna.visualization.matplotlib.plot_parallel_coordinate(study)
+    best_before, lightest_before = lightness()
+    assert lightest_before > 2.9          # Optuna's own map ends on white
+    no_white_lines(ax)
+    best_after, lightest_after = lightness()
+    assert lightest_after < 2.6 and (best_after < lightest_after) == (best_before < lightest_before)
 
 
 def test_search_with_one_parameter_skips_importances(tmp_path: Path) -> None:
