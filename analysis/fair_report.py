@@ -106,11 +106,11 @@ HONEST = ("How this is kept honest. A score of the runs that made a choice is op
           "choice is the best value above). Δ = variant − {reference} per seed, each at its own such value. "
           "Those Δ are not independent (each seed's choice saw all the others), so p is not Student t's but "
           "a swap test's: the two variants' runs are swapped within every subset of seeds (a fixed sample of "
-          "4,095 subsets beyond 12 seeds), the values chosen again and the mean Δ recomputed, which is exact "
-          "when the variant makes no difference; the 95% interval holds every shift of the variant's scores "
-          "that test does not reject (±∞: none is rejected on that side). With n seeds the smallest p is "
-          "2/2^n (0.25 with 3 seeds, 0.0625 with 5), so a \"yes\" here needs at least 6 seeds. Holm's "
-          "correction is over the variants. The interval is for the tuning procedure (the best of these "
+          "4,095 subsets beyond 12 seeds), the values chosen again and the paired t of the Δ recomputed, which "
+          "is exact when the variant makes no difference; the 95% interval holds every shift of the variant's "
+          "scores that test does not reject (±∞: none is rejected on that side). With n seeds the smallest p "
+          "is 2/2^n (0.25 with 3 seeds, 0.0625 with 5){holm}, so a \"yes\" here needs at least {seeds} seeds. "
+          "The interval is for the tuning procedure (the best of these "
           "values, chosen on the other seeds), not for one fixed value; where every choice is stable it is "
           "the comparison at the best values above.")
 
@@ -160,7 +160,9 @@ def _tuned_comparison(exp: Experiment, test: bool) -> list[str]:
             "text that also chose the values, which flatters every variant a little; add "
             "`data.test_fraction` to score on text no choice saw.")
     return [f"### The variants compared, each at its own best value ({'test' if test else 'validation'} bpb)", "",
-            HONEST.format(text=text, reference=reference), "", *effects_table(effects, m.FINAL_VAL_BPB)]
+            HONEST.format(text=text, reference=reference, seeds=tuning.seeds_for_a_yes(len(effects)), holm=(
+                f", and Holm's correction over the {len(effects)} variants compared multiplies it by up to "
+                f"{len(effects)}" if len(effects) > 1 else "")), "", *effects_table(effects, m.FINAL_VAL_BPB)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,12 +19,16 @@ The seeds' Δ are then not independent (each seed's choice saw every other seed:
 difference, Student t over them said "yes" 9-16% of the time at 5%, more with more seeds), so p and
 the interval come from a swap test instead (swap_effect): under "the arm makes no difference" the two
 arms' runs of one seed are exchangeable, so swapping them within any set of seeds, choosing again and
-recomputing the mean Δ gives the statistic's exact null distribution (every one of the 2^n swaps up to
-SWAP_ALL_UP_TO seeds, a fixed random sample beyond). The 95% interval is every shift δ of the arm's
-scores that the test does not reject: a constant added to all of an arm's runs of a seed moves no
-choice, so each swap's mean Δ is linear in δ and the interval is exact too. The smallest p is 2 / 2^n
-(the identity and the swap of every seed), so a verdict needs at least 6 seeds. Holm's correction
-over the arms is that of every other table (analysis/stats.py). What they estimate is the tuning
+recomputing the statistic gives its exact null distribution (every one of the 2^n swaps up to
+SWAP_ALL_UP_TO seeds, a fixed random sample beyond). The statistic is the paired t of the Δ, not their
+mean: a swap that mixes two arms whose best values differ scores some seeds far from their best, which
+spreads its Δ, and |mean Δ| alone ranked such swaps above a real difference (swap_p). The 95% interval
+is every shift δ of the arm's scores that the test does not reject: a constant added to all of an arm's
+runs of a seed moves no choice, so each swap's t is a closed form in δ and the interval is exact too.
+The smallest p is 2 / 2^n (the identity and the swap of every seed), and Holm's correction over the
+arms (that of every other table, analysis/stats.py) multiplies it by up to their number, so a verdict
+needs at least seeds_for_a_yes(arms compared) seeds: 6 for one, 7 for two or three, 8 for four to six.
+What they estimate is the tuning
 procedure (pick the best of these values on the other seeds), not one fixed value; when every
 leave-one-out choice is the overall best value (`stable`), it is the comparison at the best values the
 table names. With one seed no seed can be left out: the choice and the score share it, and there is
@@ -169,6 +173,12 @@ SWAP_ALL_UP_TO = 12   # seeds: all 2^n swaps (4,096) up to here; beyond, the ide
 SWAP_SAMPLE = 4095    # drawn with a fixed seed, so a report reads the same every time
 
 
+def seeds_for_a_yes(compared: int, alpha: float = ALPHA) -> int:
+    """The fewest seeds whose smallest swap p (2 / 2^n), times Holm's largest factor (the arms compared),
+    is below alpha: with fewer, no comparison of the table can be called."""
+    return next(n for n in range(2, 64) if max(compared, 1) * 2.0 ** (1 - n) < alpha)
+
+
 def swaps(n: int) -> np.ndarray:
     """(patterns, n) bool, True = that seed's two runs swapped; row 0 is the identity."""
     if n <= SWAP_ALL_UP_TO:
@@ -187,43 +197,73 @@ def swap_effect(arm: tuple[np.ndarray, np.ndarray], reference: tuple[np.ndarray,
     side = [tuple(np.where(swapped, r, a) for a, r in zip(arm, reference)),
             tuple(np.where(swapped, a, r) for a, r in zip(arm, reference))]
     deltas = loo_scores(*side[0]) - loo_scores(*side[1])                      # (P, n)
-    finite = np.isfinite(deltas)
-    seeds, count = finite[0], finite.sum(axis=1)
+    seeds = np.isfinite(deltas[0])
     if seeds.sum() < 2:
         mean = float(deltas[0, seeds].mean()) if seeds.any() else math.nan
         return SeedEffect(int(seeds.sum()), 1, mean, math.nan, math.nan, math.nan, 0, math.nan, seeds, np.ones(1, bool))
-    keep = count > 0
-    means = np.where(finite, deltas, 0).sum(axis=1)[keep] / count[keep]      # each swap's mean Δ at δ = 0
-    slopes = np.where(finite, np.where(swapped[:, :, 0], -1.0, 1.0), 0).sum(axis=1)[keep] / count[keep]
-    low, high = shift_interval(means, slopes, alpha)
-    p = swap_p(means, slopes, 0.0)
-    return SeedEffect(int(seeds.sum()), 1, float(means[0]), math.nan, low, high, int(seeds.sum()) - 1, p, seeds,
-                      np.ones(1, bool))
+    moments = swap_moments(deltas, np.where(swapped[:, :, 0], -1.0, 1.0))
+    low, high = shift_interval(moments, alpha)
+    return SeedEffect(int(seeds.sum()), 1, float(moments[1][0]), float(np.sqrt(moments[3][0])), low, high,
+                      int(seeds.sum()) - 1, float(swap_p(moments, 0.0)), seeds, np.ones(1, bool))
 
 
-def swap_p(means: np.ndarray, slopes: np.ndarray, delta: float | np.ndarray) -> np.ndarray:
-    """Two-sided p of 'the arm's scores are the reference's shifted by delta': the share of swaps whose
-    |mean Δ - delta · slope| reaches the observed one (row 0). Each swap's mean Δ moves by -slope · delta."""
-    d = np.asarray(delta, dtype=float)[..., None]
-    stat = np.abs(means - d * slopes)
-    return ((stat >= stat[..., :1] * (1 - 1e-12)).sum(axis=-1) / len(means))[()]
+Moments = tuple[np.ndarray, ...]  # per swap: count, mean Δ, mean sign, and Var Δ, Cov(Δ, sign), Var sign
 
 
-def shift_interval(means: np.ndarray, slopes: np.ndarray, alpha: float) -> tuple[float, float]:
-    """The shifts delta the swap test does not reject at alpha (p > alpha), as [low, high]; ±inf where
-    no shift is rejected on that side (too few seeds). p only changes where a swap's |statistic| meets
-    the observed one, so it is read at those points and between them."""
-    m0 = means[0]
+def swap_moments(deltas: np.ndarray, signs: np.ndarray) -> Moments:
+    """Per swap (row) over its finite Δ: what its paired t statistic needs at any shift δ. Testing 'the arm's
+    scores are the reference's plus δ' subtracts δ from the arm's runs: a seed's Δ moves by −δ where its
+    runs kept their sides (sign +1) and by +δ where they swapped (−1); no choice moves (δ is the same at
+    every value), so each swap's mean and variance of Δ are quadratics in δ (t_squared)."""
+    finite = np.isfinite(deltas)
+    count = finite.sum(axis=1)
+    d, s = np.where(finite, deltas, 0.0), np.where(finite, signs, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        cuts = np.concatenate([(m0 - means) / (1 - slopes), (m0 + means) / (1 + slopes)])
-    cuts = np.unique(cuts[np.isfinite(cuts)])
-    spread = max(1.0, float(np.abs(cuts).max(initial=0.0)))
-    points = np.concatenate([cuts, (cuts[1:] + cuts[:-1]) / 2, [m0, cuts.min(initial=m0) - spread,
-                                                                cuts.max(initial=m0) + spread]])
-    p = np.concatenate([swap_p(means, slopes, chunk) for chunk in np.array_split(points, len(points) // 256 + 1)])
-    kept = points[p > alpha]
-    low = -math.inf if kept.min() < cuts.min(initial=m0) else float(kept.min())
-    high = math.inf if kept.max() > cuts.max(initial=m0) else float(kept.max())
+        mean, slope = d.sum(axis=1) / count, s.sum(axis=1) / count
+        dc, sc = np.where(finite, d - mean[:, None], 0.0), np.where(finite, s - slope[:, None], 0.0)
+        k = count - 1
+        return count, mean, slope, (dc * dc).sum(axis=1) / k, (dc * sc).sum(axis=1) / k, (sc * sc).sum(axis=1) / k
+
+
+def t_squared(moments: Moments, delta: np.ndarray) -> np.ndarray:
+    """(..., P): each swap's paired t statistic, squared, at each shift δ (inf where its Δ do not vary but
+    their mean is not 0, and for a swap with fewer than 2 seeds: such a swap always reaches the observed)."""
+    count, mean, slope, var, cov, var_sign = moments
+    d = np.asarray(delta, dtype=float)[..., None]
+    num = count * (mean - d * slope) ** 2
+    spread = np.maximum(var - 2 * d * cov + d * d * var_sign, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t2 = np.where(spread > 0, num / spread, np.where(num > 0, np.inf, 0.0))
+    return np.where(count >= 2, t2, np.inf)
+
+
+def swap_p(moments: Moments, delta: float | np.ndarray) -> np.ndarray:
+    """Two-sided p of 'the arm's scores are the reference's plus delta': the share of swaps whose |t|
+    reaches the observed one (row 0). The statistic is studentized: with |mean Δ|, swaps that mix two arms
+    whose best values differ score some seeds far from their best, which spreads the swaps' mean Δ and hid
+    real differences (8 seeds, 0.10 bpb apart at the arms' own best values: p 0.45; with t: 2 / 256)."""
+    t2 = t_squared(moments, delta)
+    return ((t2 >= t2[..., :1] * (1 - 1e-12)).sum(axis=-1) / t2.shape[-1])[()]
+
+
+def shift_interval(moments: Moments, alpha: float) -> tuple[float, float]:
+    """The shifts δ the swap test does not reject at alpha (p > alpha), as [low, high]: p read on a grid
+    from 1e-4 to 1e5 standard errors either side of the mean Δ, each end then found by bisection; ±inf
+    where no shift that far is rejected (too few seeds)."""
+    count, mean, var = moments[0][0], moments[1][0], moments[3][0]
+    se = math.sqrt(var / count) if var > 0 else max(abs(mean), 1.0) * 1e-12
+    offsets = np.geomspace(1e-4, 1e5, 1201) * se
+    points = np.concatenate([mean - offsets[::-1], [mean], mean + offsets])
+    p = np.concatenate([swap_p(moments, chunk) for chunk in np.array_split(points, len(points) // 128 + 1)])
+    kept = np.flatnonzero(p > alpha)
+
+    def edge(inside: float, outside: float) -> float:
+        for _ in range(60):
+            middle = (inside + outside) / 2
+            inside, outside = (middle, outside) if swap_p(moments, middle) > alpha else (inside, middle)
+        return float(inside)
+    low = -math.inf if kept[0] == 0 else edge(points[kept[0]], points[kept[0] - 1])
+    high = math.inf if kept[-1] == len(points) - 1 else edge(points[kept[-1]], points[kept[-1] + 1])
     return low, high
 
 

@@ -82,7 +82,8 @@ def sign_flips(n: int) -> np.ndarray:
 
 def test_with_one_value_the_swap_test_is_the_paired_sign_flip_test():
     """Nothing to choose: swapping a seed's runs flips the sign of its Δ. p and the interval against
-    a direct sign-flip test and a grid inversion of it."""
+    a direct sign-flip test of the mean and a grid inversion of it (sign flips keep the sum of squares,
+    so the test's |t| ranks them as |mean| does)."""
     rng = np.random.default_rng(3)
     a, r = rng.normal(0.7, 1, (7, 1)), rng.normal(0, 1, (7, 1))
     e = tuning.swap_effect((a, a), (r, r))
@@ -120,6 +121,30 @@ def test_the_swap_test_holds_its_level_where_a_t_test_over_seeds_did_not():
     assert swap_yes / trials <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / trials)     # its level, within sampling error
     assert t_yes > swap_yes                                                   # the t test over Δ runs hot here
     assert covered / trials >= 0.95 - 2 * np.sqrt(0.05 * 0.95 / trials)
+
+
+def test_variants_whose_best_values_differ_are_told_apart():
+    """The case tune: exists for: the reference is best at the middle value, the variant at the last, 0.10
+    bpb better there. A swap that mixes the two scores some seeds far from their best; ranked by |mean Δ|
+    such swaps hid the difference (p 0.45 at 8 seeds), ranked by the paired t they do not."""
+    rng = np.random.default_rng(5)
+    called = covered = 0
+    for _ in range(20):
+        level = rng.normal(0, 0.01, (8, 1))
+
+        def runs(curve: list[float]) -> tuple[np.ndarray, np.ndarray]:
+            val = np.array(curve)[None, :] + level + rng.normal(0, 0.005, (8, 3))
+            return val, val + 0.02 + rng.normal(0, 0.002, (8, 3))
+        e = tuning.swap_effect(runs([1.70, 1.56, 1.40]), runs([1.60, 1.50, 1.58]))
+        called += e.p < 0.05 and e.high < 0
+        covered += e.low <= -0.10 <= e.high
+    assert called == 20 and covered >= 18
+
+
+@pytest.mark.parametrize("compared, seeds", [(1, 6), (2, 7), (3, 7), (4, 8), (6, 8), (7, 9)])
+def test_the_seeds_a_yes_needs_count_holms_factor(compared, seeds):
+    assert compared * 2 / 2 ** seeds < 0.05 <= compared * 2 / 2 ** (seeds - 1)
+    assert tuning.seeds_for_a_yes(compared) == seeds
 
 
 def test_a_seed_is_scored_at_the_value_the_other_seeds_chose(tmp_path):
