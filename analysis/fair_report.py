@@ -133,6 +133,10 @@ def tune_section(exp: Experiment) -> list[str]:
     table["choice stable"] = best["stable"]
     table["range"] = [f"widen the range: best at the {e} value" if e else "inside" for e in best["edge"]]
     lines += [to_markdown(table), ""]
+    if test:
+        lines += ["The test columns score each best value on the same seeds that chose it: text no choice saw, but "
+                  "runs whose luck did, so they still lean a little toward each variant's choice; the comparison "
+                  "below scores each seed at a value the other seeds chose.", ""]
     lines += [f"- **Widen the range** for {r.arm}: its best {key} is the {r.edge} value tried, so the "
               "optimum may lie beyond it." for r in best.itertuples() if r.edge]
     lines += ["", *_sensitivity_table(exp), *_tuned_comparison(exp, test)]
@@ -254,8 +258,15 @@ def search_test_lines(exp: Experiment, best: pd.Series, metric: str) -> list[str
     rows.append(("test (held out)", f"{test_metric} = {test.mean:.4f}", test.n, ci(test.low, test.high, test.n)))
     table = pd.DataFrame(rows, columns=["text", "score", "seeds", "95% CI over seeds"])
     return (["The best trial was chosen on the validation text, so its score there is optimistic; the same runs "
-             "(mean over the same seeds) on the test text, which no trial was chosen on:", "", to_markdown(table), ""]
-            + _runner_up_lines(exp, best, test_metric))
+             "(mean over the same seeds) on the test text, which no trial was chosen on:", "", to_markdown(table), "",
+             SELECTED_RUNS, ""] + _runner_up_lines(exp, best, test_metric))
+
+
+SELECTED_RUNS = ("The test text takes away the optimism of the text, not that of the runs: a run's luck in training "
+                 "(its batches, its initialisation) helps it on both texts, and the trial was chosen for it. So the "
+                 "test interval still leans toward the chosen trial (simulated with every trial equally good: it "
+                 "covered the true score 87% of the time with 12 trials of 3 seeds, 79% with 20 trials of 5). For "
+                 "a figure free of the selection, train the chosen configuration on new seeds.")
 
 
 def _runner_up_lines(exp: Experiment, best: pd.Series, test_metric: str) -> list[str]:

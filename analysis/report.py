@@ -164,7 +164,7 @@ def _variant_section(exp: Experiment) -> list[str]:
     if adaptive(exp) and "_val_" in search_metric(exp, done_runs(exp).columns):
         lines[-2] += (" **The top rows were chosen on these same validation scores**, so their means and "
                       "intervals are optimistic (the best of many noisy trials looks better than it is): "
-                      "quote the held-out test score in *Search* below.")
+                      "the held-out test score in *Search* below is less so.")
     lines += [to_markdown(quality), ""]
     if len(table) > len(shown):
         lines += [f"({len(table) - len(shown)} more variants not shown; best first.)", ""]

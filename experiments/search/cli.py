@@ -251,7 +251,8 @@ def best_lines(plan: Plan, complete: list) -> list[str]:
     if "_val_" not in plan.summary_key:  # params, a training loss: nothing was chosen on validation text
         return lines
     lines.append(f"  caveat: {plan.summary_key} is the score this trial was chosen on, so it is optimistic "
-                 "(the selection favours lucky trials); quote the held-out test score")
+                 "(the selection favours lucky trials); the held-out test score below is less so, not free of it "
+                 "(a run's luck helps it on both texts): for that, train the chosen trial on new seeds")
     test_key = "final_test_" + plan.summary_key.split("_val_", 1)[1]
     summaries = [read_summary(plan.exp_dir / "runs" / rid) or {} for rid in best.user_attrs.get("run_ids") or []]
     values = [v for s in summaries if isinstance(v := s.get(test_key), (int, float)) and math.isfinite(v)]
