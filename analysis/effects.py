@@ -107,9 +107,18 @@ def _seed_matrix(frame: pd.DataFrame, value: str) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------
 # One comparison, one family
 
+def _planned_settings(exp: Experiment, column: str, levels: tuple[str, str], others: list[Factor]) -> list[str]:
+    """The settings of the `others` that the plan has runs of at either of `levels` of `column`."""
+    runs = exp.runs[exp.runs[column].isin(levels)] if column in exp.runs.columns else exp.runs.iloc[0:0]
+    return list(dict.fromkeys(_settings(runs, others))) if others else []
+
+
 def _comparison(factor: str, level: str, reference: str, label: str, metric: str,
-                pairs: pd.DataFrame) -> tuple[dict[str, Any], SeedEffect]:
+                pairs: pd.DataFrame, planned: list[str] = ()) -> tuple[dict[str, Any], SeedEffect]:
+    """One row of a table; a `planned` setting with no pair at all is named in `left_out` with the others."""
     matrix = _seed_matrix(pairs, "delta")
+    if not matrix.empty:
+        matrix = matrix.reindex(columns=list(dict.fromkeys([*matrix.columns, *planned])))
     e = seed_level_effect(matrix.to_numpy())
     row = {"factor": factor, "level": level, "reference": reference, "comparison": label,
            "metric": metric, "n_seeds": e.n_seeds, "n_settings": e.n_settings,
@@ -159,12 +168,14 @@ def paired_effects(exp: Experiment, metric: str = "final_val_bpb") -> pd.DataFra
     mean Δ over seeds (each seed's mean Δ first), 95% CI, p, Holm-adjusted p and verdict.
     Negative Δ means lower loss than the reference."""
     deltas = paired_deltas(exp, metric)
-    results = []
-    for factor in factors(exp):
+    results, all_factors = [], factors(exp)
+    for factor in all_factors:
+        others = [f for f in all_factors if f is not factor]
         for level in factor.levels[1:]:
             d = deltas[(deltas["factor"] == factor.name) & (deltas["level"] == level)]
             row, e = _comparison(factor.name, level, factor.reference,
-                                 comparison_label(factor.name, level, factor.reference), metric, d)
+                                 comparison_label(factor.name, level, factor.reference), metric, d,
+                                 _planned_settings(exp, factor.column, (level, factor.reference), others))
             results.append(({**row, "unfinished": unfinished(exp, factor.column, (level, factor.reference), [])}, e))
     return _family(results)
 
@@ -202,7 +213,8 @@ def consecutive_effects(exp: Experiment, metric: str = "final_val_bpb") -> pd.Da
     results = []
     for before, after in zip(exp.variants, exp.variants[1:]):
         pairs = _pairs(done, "named_variant", others, after, before, metric)
-        row, e = _comparison("variant", after, before, comparison_label("variant", after, before), metric, pairs)
+        row, e = _comparison("variant", after, before, comparison_label("variant", after, before), metric, pairs,
+                             _planned_settings(exp, "named_variant", (after, before), others))
         results.append(({**row, "unfinished": unfinished(exp, "named_variant", (after, before), others)}, e))
     return _family(results)
 

@@ -794,3 +794,20 @@ def test_a_best_val_objective_shows_the_final_validation_score_beside_the_test_s
 def test_a_search_with_no_finished_trial_still_gets_a_report(tmp_path: Path, runs: list[Run]) -> None:
     text = build_report(load_experiment(_search(tmp_path, runs=runs)), PlotSet())
     assert "No trial has finished yet." in text
+
+
+def test_a_pooled_comparison_that_lost_a_whole_setting_says_so(tmp_path: Path) -> None:
+    """post diverged at norm=b in every seed: no seed has a pair there, so the pooled rows compare at
+    norm=a alone, which their left-out note must name (it stayed empty, the settings column hidden)."""
+    runs = grid_runs({"model.block": ["pre", "post"], "model.norm": ["a", "b"]}, [0, 1, 2],
+                     lambda a, s: 1.5 + 0.05 * (a["model.block"] == "post") + 0.2 * (a["model.norm"] == "b") + 0.03 * s)
+    for r in runs:
+        if r.axes == {"model.block": "post", "model.norm": "b"}:
+            r.status = "diverged"
+    exp = load_experiment(build_experiment(tmp_path, "g", runs, axes=["model.block", "model.norm"]))
+    effects = paired_effects(exp).set_index("factor")
+    assert effects.loc["model.block", "n_settings"] == 1
+    assert effects.loc["model.block", "mean_delta"] == pytest.approx(0.05)
+    assert effects.loc["model.block", "left_out"] == "model.norm=b"
+    assert effects.loc["model.norm", "left_out"] == "model.block=post"
+    assert "model.block: post vs pre: model.norm=b" in build_report(exp, PlotSet())
