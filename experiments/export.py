@@ -27,7 +27,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m experiments.export", description=__doc__.splitlines()[0])
     p.add_argument("run_dir", help="a run folder: results/<experiment>/runs/<run_id>")
     p.add_argument("--format", choices=["hf"], default="hf", help="hf: Hugging Face GPT2LMHeadModel (the only one)")
-    p.add_argument("--out", required=True, help="folder to write (created if missing; our files in it are replaced)")
+    p.add_argument("--out", required=True, help="folder to write (created if missing; the files of an earlier export in it are replaced, "
+                                               "anyone else's are not)")
     return p.parse_args(argv)
 
 

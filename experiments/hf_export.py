@@ -197,6 +197,10 @@ def write_tokenizer(out: Path, tokenizer: Any, run_dir: Path, context_length: in
 
 
 # -- export --------------------------------------------------------------------------------------
+MARK = ".lab_export.json"  # in every export folder: its files are ours to replace on the next export
+LAB_FILES = ("spec.yaml", "experiment.json", "checkpoint.pt", "summary.json")  # a run's or an experiment's folder
+
+
 class CannotWrite(Exception):
     """The --out folder cannot be written (read-only, immutable, full, a folder in the way ...): one line."""
 
@@ -205,6 +209,8 @@ def export_hf(run_dir: str | Path, out: str | Path) -> dict[str, Any]:
     """Write the run as a GPT2LMHeadModel folder; return what was written (for the CLI's summary).
     The files are written into a staging folder inside `out` and moved into place only once all of
     them are whole, so a failure (CannotWrite) leaves no export file, and no folder it created, behind."""
+    if not str(out).strip():  # Path("") is the current folder: an unset shell variable must not export there
+        raise SpecError("--out is empty (an unset shell variable?): give the folder to write the export to")
     run_dir, out = Path(run_dir), Path(out)
     check_run_dir(run_dir)
     problems = export_problems(read_run_spec(run_dir)["model"])  # refuse before loading any weights
@@ -212,6 +218,9 @@ def export_hf(run_dir: str | Path, out: str | Path) -> dict[str, Any]:
         raise SpecError([f"run {run_dir.name} cannot be exported to GPT-2: {p}" for p in problems])
     if out.exists() and not out.is_dir():
         raise SpecError(f"--out {str(out)!r} is a file, not a folder")
+    if lab := [name for name in LAB_FILES if (out / name).exists()]:
+        raise SpecError(f"--out {cut(str(out))!r} is a folder of the lab's results (it holds {lab[0]}): an export "
+                        "there would replace its files; give a folder of its own")
     save = safetensors_save()
     model, tokenizer, spec = load_run(run_dir)
     config = hf_config(spec["model"], tokenizer.vocab_size, tokenizer.name)
@@ -220,6 +229,7 @@ def export_hf(run_dir: str | Path, out: str | Path) -> dict[str, Any]:
     data = save(hf_tensors(model, tied), metadata={"format": "pt"})
 
     def write(folder: Path) -> str:
+        files.write_json(folder / MARK, {"run": str(run_dir.resolve())})
         files.write_json(folder / "config.json", config)
         (folder / "model.safetensors").write_bytes(data)
         note = write_tokenizer(folder, tokenizer, run_dir, spec["model"]["context_length"])
@@ -241,6 +251,10 @@ def write_staged(out: Path, write: Callable[[Path], str]) -> str:
         stage.mkdir()
         note = write(stage)
         written = sorted(p.name for p in stage.iterdir())
+        if not (out / MARK).is_file() and (foreign := [name for name in written if (out / name).exists()]):
+            raise SpecError(f"--out {cut(str(out))!r} already holds {', '.join(foreign)}, which no export of this "
+                            "lab wrote there, and an export replaces its files: give a new or empty folder (or "
+                            "one an earlier export wrote)")
         if blocked := [out / name for name in written if (out / name).is_dir()]:
             raise IsADirectoryError(errno.EISDIR, "a folder is in the way", str(blocked[0]))
         for name in written:

@@ -185,3 +185,27 @@ def test_a_failed_write_leaves_nothing_half_written(exported, tmp_path: Path, ca
     assert not (tmp_path / "new").exists()                       # the folders it made are gone again
     export_fails(run_dir, earlier, capsys)                         # over an earlier export: that one stays whole
     assert {p.name: p.read_bytes() for p in earlier.iterdir()} == before
+
+
+# -- an --out that holds someone else's files: refused, nothing replaced ---------------------------
+def test_an_out_holding_files_no_export_wrote_is_refused_and_left_as_it_was(exported, tmp_path: Path, capsys,
+                                                                            monkeypatch) -> None:
+    run_dir, earlier = exported["baseline"]
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "README.md").write_text("the project's own\n")
+    for out in ([str(project)], []):  # a folder with a README of its own; an empty --out is the current one
+        monkeypatch.chdir(project)
+        assert export.main([str(run_dir), "--out", *(out or [""])]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --out ") and "Traceback" not in err
+        assert ("already holds README.md, which no export of this lab wrote" in err if out else "--out is empty" in err)
+        assert sorted(p.name for p in project.iterdir()) == ["README.md"]
+        assert (project / "README.md").read_text() == "the project's own\n"
+    for lab_folder in (run_dir, run_dir.parent.parent):  # a run's folder, an experiment's
+        before = sorted(p.name for p in lab_folder.iterdir())
+        assert export.main([str(run_dir), "--out", str(lab_folder)]) == 2
+        assert "is a folder of the lab's results" in capsys.readouterr().err
+        assert sorted(p.name for p in lab_folder.iterdir()) == before
+    assert export.main([str(run_dir), "--out", str(earlier)]) == 0  # an earlier export's folder: ours to replace
+    assert (earlier / hf_export.MARK).is_file()
