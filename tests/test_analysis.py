@@ -811,3 +811,22 @@ def test_a_pooled_comparison_that_lost_a_whole_setting_says_so(tmp_path: Path) -
     assert effects.loc["model.block", "left_out"] == "model.norm=b"
     assert effects.loc["model.norm", "left_out"] == "model.block=post"
     assert "model.block: post vs pre: model.norm=b" in build_report(exp, PlotSet())
+
+
+def test_out_never_takes_another_experiments_folder_or_the_current_one(tmp_path: Path, capsys, monkeypatch) -> None:
+    """--out into another experiment replaced its report for good (a rerun thought it fresh); an empty --out
+    (an unset shell variable) wrote into the current folder."""
+    one = build_experiment(tmp_path, "one", [Run("a", s, 1.5 + 0.01 * s) for s in range(2)])
+    two = build_experiment(tmp_path, "two", [Run("b", s, 1.6 + 0.01 * s) for s in range(2)])
+    (tmp_path / "file").write_text("x")
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in two.iterdir())
+    for out, says in ((str(two), "is a folder of the lab's results (it holds experiment.json)"), ("", "is empty"),
+                      (str(tmp_path / "file"), "is a file, not a folder"),
+                      (str(two / "runs" / sorted(p.name for p in (two / "runs").iterdir())[0]), "holds spec.yaml")):
+        assert main([str(one), "--out", out]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --out ") and says in err and "Traceback" not in err
+    assert sorted(p.name for p in two.iterdir()) == before and not (tmp_path / "report.md").exists()
+    assert main([str(one), "--out", str(one)]) == 0 and main([str(one), "--out", str(tmp_path / "new")]) == 0
+    assert (tmp_path / "new" / "report.md").read_text().startswith("# one")
