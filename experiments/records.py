@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from experiments import files, metrics
 from experiments.overrides import same_spec_record
 from experiments.schema import TRAIN, label
+from registry import cut
 
 if TYPE_CHECKING:
     from experiments.spec import RunSpec, Spec
@@ -44,6 +45,24 @@ def budget_record(spec: Spec) -> dict[str, Any]:
     """The spec's own train budget, as {kind: amount} ({steps: N} for train.steps or its default)."""
     train = spec.base.get("train", {})
     return train.get("budget") or {"steps": train.get("steps", TRAIN["steps"].default)}
+
+
+def results_problem(results: str, experiment: str) -> str | None:
+    """Why --results cannot take this experiment, or None: an empty --results (the current folder), or an
+    experiment folder there that holds files but no spec.yaml or experiment.json, so is not the lab's (a
+    source folder of the same name, say) and would get the lab's files mixed into its own."""
+    if not results.strip():
+        return "--results is empty (an unset shell variable?): give the results folder (default: results)"
+    folder = Path(results) / experiment
+    try:
+        entries = sorted(e.name for e in folder.iterdir() if not e.name.startswith(".")) if folder.is_dir() else []
+    except OSError:
+        return None  # unreadable: the first write says so
+    if entries and not {"spec.yaml", "experiment.json"} & set(entries):
+        return (f"{cut(str(folder))!r} already exists and holds {', '.join(entries[:3])}{' ...' * (len(entries) > 3)} "
+                "but no experiment.json or spec.yaml: it is not an experiment folder of the lab, and its files "
+                "would be mixed with the experiment's. Pass another --results, or name the experiment otherwise")
+    return None
 
 
 def start_experiment(exp_dir: Path, spec: Spec, spec_text: str, runs: list[RunSpec]) -> None:

@@ -24,8 +24,8 @@ if __name__ == "__main__":  # Ctrl-C while the imports below load (torch: second
 from tqdm import tqdm
 
 from experiments import budget, ddp, files, metrics, overrides
-from experiments.records import (rebuild_runs_csv, report_is_stale, rules_note, runs_not_in_plan, start_experiment,
-                                 text_table, write_report)
+from experiments.records import (rebuild_runs_csv, report_is_stale, results_problem, rules_note, runs_not_in_plan,
+                                 start_experiment, text_table, write_report)
 from experiments.runner import Interrupted, Runner, bind_data, dry_run_table
 from experiments.schema import TRAIN
 from experiments.search import cli as search_cli
@@ -91,6 +91,8 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
         for note in overrides.override_notes(original, changes, spec) if ddp.launch_rank() == 0 else ():
             print(f"warning: {note}", file=sys.stderr)
         spec_text = overrides.spec_record(args.spec, original, changes, argv)
+        if problem := results_problem(args.results, spec.experiment):
+            raise SpecError(problem)
         if args.dry_run and changes:
             print(overrides.describe(original, changes))
         if search_cli.wanted(spec, args):

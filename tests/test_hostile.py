@@ -479,3 +479,22 @@ def test_a_checkpoint_replaced_while_it_is_checked_is_not_called_damaged(tmp_pat
 
     monkeypatch.setattr(checkpoint, "file_sha256", a_save_lands_first)
     assert checkpoint.load(path)["step"] == 2
+
+
+def test_an_empty_results_or_a_foreign_folder_of_the_experiments_name_is_refused(tmp_path, corpus, capsys,
+                                                                                  monkeypatch):
+    """--results '' (an unset shell variable) made the experiment in the current folder; a folder of the
+    experiment's name that is not the lab's (docs/, say) got the lab's files mixed into its own."""
+    spec = write_spec(tmp_path / "s.yaml", corpus)
+    monkeypatch.chdir(tmp_path)
+    assert run_command.main([str(spec), "--results", ""]) == 2
+    assert "--results is empty" in capsys.readouterr().err and not (tmp_path / "t").exists()
+    foreign = tmp_path / "src" / "t"
+    foreign.mkdir(parents=True)
+    (foreign / "notes.md").write_text("mine\n")
+    for extra in ([], ["--dry-run"]):
+        assert run_command.main([str(spec), "--results", str(tmp_path / "src"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert "holds notes.md but no experiment.json or spec.yaml" in err and "Traceback" not in err
+    assert [p.name for p in foreign.iterdir()] == ["notes.md"]
+    assert main(spec, tmp_path / "r") == 0 and main(spec, tmp_path / "r") == 0  # its own folder: fine, again
