@@ -26,7 +26,7 @@ from analysis.figures import (  # noqa: F401  (Skip, PlotSet: read from here by 
     style, t_interval)
 from analysis.tables import LABELS, UNITS, Experiment, complete_variants, done_runs, mixed_tokenizers
 from analysis.trials import adaptive
-from experiments.search.study import quiet_optuna, sqlite_file, sqlite_url, with_credentials
+from experiments.search.study import quiet_optuna, recorded_storage, sqlite_file, with_credentials
 
 MAX_ROWS = 30           # rows of a point plot (a search can have hundreds of trials)
 MAX_HUES = 12           # beyond this a colour per variant cannot be told apart
@@ -188,18 +188,14 @@ def plot_params(exp: Experiment, path: Path) -> Path:
 # ---------------------------------------------------------------------------------------------
 # (5) Optuna study
 
-def _storage_url(url: str, exp_dir: Path) -> str:
-    """A relative SQLite path is tried as given, then relative to the experiment folder and the
-    folder `results/` sits in; refusing to go on when no file exists, because Optuna would
-    silently create an empty database instead."""
+def _storage_url(search: dict[str, Any], exp_dir: Path) -> str:
+    """The study's URL (experiments/search/study.py recorded_storage); refusing to go on when its SQLite
+    file does not exist, because Optuna would silently create an empty database instead."""
+    url = recorded_storage(search, exp_dir)
     db = sqlite_file(url)
-    if db is None:
-        return url
-    candidates = [db] if db.is_absolute() else [db, exp_dir / db, exp_dir.parent.parent / db]
-    for candidate in candidates:
-        if candidate.is_file():
-            return sqlite_url(candidate)
-    raise Skip(f"Optuna plots: the study database {db} was not found.")
+    if db is not None and not db.is_file():
+        raise Skip(f"Optuna plots: the study database {db} was not found.")
+    return url
 
 
 def load_study(exp: Experiment) -> Any:
@@ -208,7 +204,7 @@ def load_study(exp: Experiment) -> Any:
         raise Skip("no Optuna study: experiment.json has no search section.")
     if not exp.search.get("storage") or not exp.search.get("study_name"):
         raise Skip("Optuna plots: experiment.json's search names no storage and study_name.")
-    url = with_credentials(_storage_url(str(exp.search.get("storage", "")), exp.path))
+    url = with_credentials(_storage_url(exp.search, exp.path))
     with quiet_optuna() as optuna:
         try:
             return optuna.load_study(study_name=str(exp.search.get("study_name")), storage=url)

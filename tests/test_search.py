@@ -8,6 +8,7 @@ import contextlib
 import copy
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -205,6 +206,19 @@ def test_search_finishes_resumes_and_records_trials(tmp_path, one_thread, capsys
     report = (exp / "report.md").read_text()
     assert "## Search" in report and "Best trial" in report and "Its resolved spec" in report
     assert (exp / "plots" / "search_history.png").is_file() and (exp / "plots" / "search_parallel.png").is_file()
+    moved = tmp_path / "elsewhere" / "srch"      # a copy reads its own study.db, not the original's
+    shutil.copytree(exp, moved)
+    results.rename(tmp_path / "away")
+    try:
+        from analysis.plots import load_study
+        from analysis.tables import load_experiment
+        assert plan["search"]["default_storage"] is True
+        assert optuna_side.recorded_storage(plan["search"], moved) == optuna_side.sqlite_url(moved / "study.db")
+        assert len(load_study(load_experiment(moved)).trials) == len(study.trials)
+        older = {k: v for k, v in plan["search"].items() if k != "default_storage"}  # recorded before the flag
+        assert optuna_side.recorded_storage(older, moved) == optuna_side.sqlite_url(moved / "study.db")
+    finally:
+        (tmp_path / "away").rename(results)
 
     trained = sum(e["event"] == "end" and e["trained"] for e in log_events(exp))
     before = len(study.trials)

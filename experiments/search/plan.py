@@ -116,7 +116,8 @@ class Plan:
         raise NotImplementedError
 
     def search_record(self) -> dict[str, Any]:
-        return {"storage": self.storage_record, "study_name": self.study_name, "metric": self.summary_key,
+        return {"storage": self.storage_record, "default_storage": self.default_storage,
+                "study_name": self.study_name, "metric": self.summary_key,
                 "direction": self.direction, "trials": self.trials, "sampler": self.sampler_name,
                 "pruner": self.pruner_name, "mode": self.mode,
                 "space": {p.key: p.describe() for p in self.params}}

@@ -299,13 +299,20 @@ class Heartbeat:
 
 # -- reading a study from another terminal --------------------------------------------------------
 def recorded_storage(search: dict[str, Any], exp_dir: Path) -> str:
-    """The storage URL experiment.json records, made readable from here: the default study.db is
-    the one in the experiment folder (its recorded URL is relative to where the runner started)."""
+    """The storage URL experiment.json records, made readable from here. The default study.db is the one
+    in the experiment folder wherever that folder is now (the record holds the path the runner used,
+    absolute or relative to where it started: a moved or copied experiment would read the original's);
+    another relative SQLite path is tried as given, then from the experiment folder and the folder that
+    `results/` sits in."""
     url = str(search.get("storage") or "")
     db = sqlite_file(url)
-    if db is not None and not db.is_absolute() and (exp_dir / "study.db").is_file():
+    if db is None:
+        return url
+    if search.get("default_storage", db.name == "study.db" and db.parent.name == exp_dir.name):  # older records
         return sqlite_url(exp_dir / "study.db")
-    return url
+    if db.is_absolute():
+        return url
+    return sqlite_url(next((c for c in (db, exp_dir / db, exp_dir.parent.parent / db) if c.is_file()), db))
 
 
 def read_trials(url: str, study_name: str) -> list:
