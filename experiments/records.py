@@ -47,10 +47,13 @@ def budget_record(spec: Spec) -> dict[str, Any]:
     return train.get("budget") or {"steps": train.get("steps", TRAIN["steps"].default)}
 
 
+EXPERIMENT_FILES = {"spec.yaml", "experiment.json", "runs.csv", "runs", "report.md", "plots", "study.db", "trials.log"}
+
+
 def results_problem(results: str, experiment: str) -> str | None:
     """Why --results cannot take this experiment, or None: an empty --results (the current folder), or an
-    experiment folder there that holds files but no spec.yaml or experiment.json, so is not the lab's (a
-    source folder of the same name, say) and would get the lab's files mixed into its own."""
+    experiment folder there holding files the lab does not write (a source folder of the same name, say),
+    which would get the lab's files mixed into its own."""
     if not results.strip():
         return "--results is empty (an unset shell variable?): give the results folder (default: results)"
     folder = Path(results) / experiment
@@ -58,10 +61,10 @@ def results_problem(results: str, experiment: str) -> str | None:
         entries = sorted(e.name for e in folder.iterdir() if not e.name.startswith(".")) if folder.is_dir() else []
     except OSError:
         return None  # unreadable: the first write says so
-    if entries and not {"spec.yaml", "experiment.json"} & set(entries):
-        return (f"{cut(str(folder))!r} already exists and holds {', '.join(entries[:3])}{' ...' * (len(entries) > 3)} "
-                "but no experiment.json or spec.yaml: it is not an experiment folder of the lab, and its files "
-                "would be mixed with the experiment's. Pass another --results, or name the experiment otherwise")
+    if foreign := [name for name in entries if name not in EXPERIMENT_FILES and not name.startswith("study.db-")]:
+        return (f"{cut(str(folder))!r} already exists and holds {', '.join(foreign[:3])}{' ...' * (len(foreign) > 3)}, "
+                "which the lab does not write: it is not an experiment folder of the lab, and its files would be "
+                "mixed with the experiment's. Pass another --results, or name the experiment otherwise")
     return None
 
 

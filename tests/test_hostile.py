@@ -495,6 +495,6 @@ def test_an_empty_results_or_a_foreign_folder_of_the_experiments_name_is_refused
     for extra in ([], ["--dry-run"]):
         assert run_command.main([str(spec), "--results", str(tmp_path / "src"), *extra]) == 2
         err = capsys.readouterr().err
-        assert "holds notes.md but no experiment.json or spec.yaml" in err and "Traceback" not in err
+        assert "holds notes.md, which the lab does not write" in err and "Traceback" not in err
     assert [p.name for p in foreign.iterdir()] == ["notes.md"]
     assert main(spec, tmp_path / "r") == 0 and main(spec, tmp_path / "r") == 0  # its own folder: fine, again
