@@ -28,10 +28,9 @@ runs of a seed moves no choice, so each swap's t is a closed form in δ and the 
 The smallest p is 2 / 2^n (the identity and the swap of every seed), and Holm's correction over the
 arms (that of every other table, analysis/stats.py) multiplies it by up to their number, so a verdict
 needs at least seeds_for_a_yes(arms compared) seeds: 6 for one, 7 for two or three, 8 for four to six.
-What they estimate is the tuning
-procedure (pick the best of these values on the other seeds), not one fixed value; when every
-leave-one-out choice is the overall best value (`stable`), it is the comparison at the best values the
-table names. With one seed no seed can be left out: the choice and the score share it, and there is
+What they estimate is the tuning procedure (pick the best of these values on the other seeds), not one
+fixed value; when every leave-one-out choice is the overall best value (`stable`), it is the comparison
+at the best values the table names. With one seed no seed can be left out: the choice and the score share it, and there is
 no test.
 """
 from __future__ import annotations
