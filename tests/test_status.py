@@ -250,3 +250,29 @@ def test_a_results_folder_given_for_an_experiment_names_the_experiments_in_it(tm
     err = capsys.readouterr().err
     assert "is not an experiment folder" in err and "the experiments in it are ablate, quick: give one" in err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("damage", [{"steps": "x"}, {"steps": float("inf")}, {"steps": 1e400}])
+def test_a_finished_run_with_a_damaged_step_count_shows_it_unknown(tmp_path, capsys, damage):
+    run_dir = write_plan(tmp_path / "e", n=1)[0]
+    finish(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    (run_dir / "summary.json").write_text(json.dumps(summary | damage))   # json writes inf as Infinity
+    assert status.main([str(tmp_path / "e")]) == 0
+    row = next(line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("r0"))
+    assert row[3:6] == ["done", "-", "2.5000"]
+
+
+@pytest.mark.parametrize("damage", [{"step": "x"}, {"step": float("inf")}, {"interval_s": "x"},
+                                    {"interval_s": float("inf")}, {"tokens_per_s": float("-inf")}])
+def test_a_remote_runs_damaged_progress_file_shows_its_values_unknown(tmp_path, capsys, damage):
+    run_dir = write_plan(tmp_path / "e", n=1)[0]
+    (run_dir / "lock").write_text(json.dumps({"host": "otherhost", "pid": 1}))
+    (run_dir / "progress.json").write_text(json.dumps({"step": 40, "steps": 100, "tokens_per_s": 900.0, "val_bpb": 3.0,
+                                                       "host": "otherhost", "pid": 1, "updated": time.time(),
+                                                       "interval_s": 5.0} | damage))
+    assert status.main([str(tmp_path / "e")]) == 0
+    [row] = progress.experiment_runs(tmp_path / "e")
+    assert (row["status"], row["where"]) == ("running", "pid 1 on otherhost")   # a bad interval: the default one
+    assert row["step"] == (None if "step" in damage else 40)
+    assert row["tokens_per_s"] == (None if "tokens_per_s" in damage else 900.0)
