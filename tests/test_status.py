@@ -156,8 +156,13 @@ def test_a_run_whose_length_is_not_known_yet_counts_as_the_common_one(tmp_path):
     (b"{bad", "is not valid JSON"),
     (b"\xff\xfe{}", "is not valid JSON"),
     (b"[1, 2]", "holds a JSON list"),
-    (b'{"runs": {"r0": {}}}', "'runs' is a JSON dict"),
-    (b'{"runs": [{"variant": "v"}]}', "'runs' entry 0"),
+    (b'{"runs": {"r0": {}}}', "'runs' = {'r0': {}} must be a list of the planned runs"),
+    (b'{"runs": [{"variant": "v"}]}', "'runs' = [{'variant': 'v'}] has entry 0 = {'variant': 'v'}; it must be"),
+    (b'{"runs": [], "seeds": 5}', "'seeds' = 5 must be a list of integer seeds"),
+    (b'{"runs": [], "search": "yes"}', "'search' = 'yes' must be null or an object with the search's storage"),
+    (b'{"runs": [], "search": [1]}', "'search' = [1] must be null or an object"),
+    (b'{"runs": [], "search": {"mode": "search", "trials": "x"}}', "'search' = {'mode': 'search', 'trials': 'x'} has "
+                                                                   "'trials' = 'x'; it must be"),
 ])
 def test_a_damaged_experiment_json_is_named_with_exit_status_2(tmp_path, capsys, content, says):
     write_plan(tmp_path / "e")
@@ -276,3 +281,12 @@ def test_a_remote_runs_damaged_progress_file_shows_its_values_unknown(tmp_path, 
     assert (row["status"], row["where"]) == ("running", "pid 1 on otherhost")   # a bad interval: the default one
     assert row["step"] == (None if "step" in damage else 40)
     assert row["tokens_per_s"] == (None if "tokens_per_s" in damage else 900.0)
+
+
+def test_an_experiment_json_with_a_bare_search_flag_or_no_runs_is_shown(tmp_path, capsys):
+    write_plan(tmp_path / "e")
+    plan = json.loads((tmp_path / "e" / "experiment.json").read_text())
+    (tmp_path / "e" / "experiment.json").write_text(json.dumps(plan | {"search": True}))
+    assert status.main([str(tmp_path / "e")]) == 0 and "3 pending" in capsys.readouterr().out
+    (tmp_path / "e" / "experiment.json").write_text(json.dumps(plan | {"runs": None}))   # nothing planned yet
+    assert status.main([str(tmp_path / "e")]) == 0 and "0 planned run(s)" in capsys.readouterr().out
