@@ -185,3 +185,11 @@ def test_a_failed_write_leaves_nothing_half_written(exported, tmp_path: Path, ca
     assert not (tmp_path / "new").exists()                       # the folders it made are gone again
     export_fails(run_dir, earlier, capsys)                         # over an earlier export: that one stays whole
     assert {p.name: p.read_bytes() for p in earlier.iterdir()} == before
+
+
+def test_a_runs_file_given_for_its_folder_is_named_a_file(exported, tmp_path: Path, capsys) -> None:
+    summary = exported["baseline"][0] / "summary.json"
+    assert export.main([str(summary), "--out", str(tmp_path / "out")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"error: {str(summary)!r} is a file, not a run folder") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
