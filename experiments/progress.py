@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from experiments import files
+from experiments.records import read_summary
 
 PROGRESS = "progress.json"
 WRITE_EVERY_S = 5.0        # progress.json is rewritten at most this often (and at every evaluation)
@@ -190,7 +191,7 @@ def run_length(run_dir: Path, entry: dict[str, Any]) -> tuple[int | None, int | 
 def run_state(exp_dir: Path, entry: dict[str, Any], holders: dict[int, int] | None, now: float) -> dict[str, Any]:
     """One planned run, as its folder shows it now: status, step, steps, last val bpb, speed, who runs it."""
     run_dir = exp_dir / "runs" / str(entry["run_id"])
-    summary = read_json_or_none(run_dir / "summary.json") or {}
+    summary = read_summary(run_dir) or {}  # as the runner reads it: a damaged one's run is trained again
     held = holder(run_dir, holders, now)
     status = summary.get("status") or "pending"
     if held and status not in FINISHED:

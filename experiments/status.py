@@ -22,7 +22,7 @@ from typing import Any
 
 from experiments import interrupts, progress
 from experiments.plan_fields import plan_problem
-from experiments.records import text_table
+from experiments.records import read_summary, text_table
 from experiments.search.study import FINISHED_STATES, StorageError, mask, read_trials, recorded_storage
 
 
@@ -152,13 +152,17 @@ def damaged_metrics(run_dir: Path) -> str | None:
 
 
 def damage_notes(exp_dir: Path, rows: list[dict[str, Any]]) -> list[str]:
-    """A warning per run whose metrics.csv is not UTF-8 text: its row reads what is left of it."""
+    """A warning per run whose metrics.csv is not UTF-8 text (its row reads what is left of it), and per
+    run whose summary.json cannot be read (the runner trains it again)."""
     notes = []
     for row in rows:
         path = exp_dir / "runs" / str(row["run_id"])
         if why := damaged_metrics(path):
             notes.append(f"warning: {path / 'metrics.csv'} is damaged ({why}); run {row['run_id']}'s row comes "
                          "from its summary.json and progress.json, and from what of metrics.csv can still be read")
+        if (path / "summary.json").exists() and read_summary(path) is None and row["status"] != "running":
+            notes.append(f"warning: {path / 'summary.json'} cannot be read (damaged, or a finished run's without "
+                         f"finite final scores): run {row['run_id']} is shown unfinished; a rerun trains it again")
     return notes
 
 

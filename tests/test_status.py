@@ -73,7 +73,8 @@ def write_plan(exp: Path, n: int = 3) -> list[Path]:
 
 def finish(run_dir: Path, wall_s: float = 10.0) -> None:
     (run_dir / "summary.json").write_text(json.dumps({"status": "done", "steps": 100, "final_val_bpb": 2.5,
-                                                      "tokens_per_s": 600.0, "wall_s": wall_s, "tokens_seen": 5000}))
+                                                      "final_val_loss": 1.7, "tokens_per_s": 600.0, "wall_s": wall_s,
+                                                      "tokens_seen": 5000}))
 
 
 def test_a_lock_holder_is_running_with_its_pid_until_it_dies(tmp_path):
@@ -290,3 +291,19 @@ def test_an_experiment_json_with_a_bare_search_flag_or_no_runs_is_shown(tmp_path
     assert status.main([str(tmp_path / "e")]) == 0 and "3 pending" in capsys.readouterr().out
     (tmp_path / "e" / "experiment.json").write_text(json.dumps(plan | {"runs": None}))   # nothing planned yet
     assert status.main([str(tmp_path / "e")]) == 0 and "0 planned run(s)" in capsys.readouterr().out
+
+
+def test_a_done_summary_without_its_final_scores_shows_the_run_unfinished(tmp_path, capsys):
+    """As the runner reads it: such a run is trained again by a rerun (experiments/records.read_summary)."""
+    done, damaged, diverged = write_plan(tmp_path / "e")
+    for run_dir in (done, damaged, diverged):
+        finish(run_dir)
+    summary = json.loads((damaged / "summary.json").read_text())
+    (damaged / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "final_val_loss"}))
+    (diverged / "summary.json").write_text(json.dumps(summary | {"status": "diverged", "final_val_bpb": None,
+                                                                 "final_val_loss": None}))
+    assert status.main([str(tmp_path / "e")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("e: 3 planned run(s): 1 done, 1 pending, 1 diverged")
+    assert f"warning: {damaged / 'summary.json'} cannot be read" in out and "run r1 is shown unfinished" in out
+    assert out.count("warning") == 1
