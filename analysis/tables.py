@@ -24,6 +24,7 @@ import pandas as pd
 from analysis.stats import mean_ci
 from experiments import metrics
 from experiments.metrics import LABELS, UNITS  # noqa: F401  (plots and report read them from here)
+from experiments.plan_fields import plan_problem
 
 TEST_SCORES = ("final_test_loss", "final_test_bpb")  # summary.json's, with data.test_fraction > 0
 
@@ -231,6 +232,9 @@ def load_experiment(path: Path | str) -> Experiment:
     plan = _read_json(plan_path) if plan_path.is_file() else {}
     if not isinstance(plan, dict):
         raise ExperimentError(f"{plan_path} should hold a JSON object.")
+    if why := plan_problem(plan):
+        raise ExperimentError(f"{plan_path}: {why}. `python -m experiments.run` writes it: run the experiment's "
+                              "spec again to rewrite it (finished runs are kept, not trained again).")
 
     axes = [str(a) for a in plan.get("axes") or _infer_axes(list(runs.columns))]
     for axis in axes:

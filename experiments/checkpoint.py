@@ -240,9 +240,15 @@ def read_tokenizer(run_dir: Path):
 
 def check_run_dir(run_dir: Path) -> None:
     """Raise a SpecError saying what is missing when `run_dir` is not a trained run's folder."""
+    where = "give a folder results/<experiment>/runs/<run_id>/ written by python -m experiments.run"
+    if run_dir.exists() and not run_dir.is_dir():  # a run's file given for its folder, say
+        raise SpecError(f"{str(run_dir)!r} is a file, not a run folder: {where}")
     if not run_dir.is_dir():
-        raise SpecError(f"run folder {str(run_dir)!r} does not exist: give a folder "
-                        "results/<experiment>/runs/<run_id>/ written by python -m experiments.run")
+        raise SpecError(f"run folder {str(run_dir)!r} does not exist: {where}")
+    not_files = [name for name in RUN_FILES if (run_dir / name).exists() and not (run_dir / name).is_file()]
+    if not_files:  # a folder (or another non-file) in the way: neither missing nor a file that can be read
+        raise SpecError(f"{str(run_dir / not_files[0])!r} is not a file: a run folder's {not_files[0]} is the file "
+                        "python -m experiments.run writes there; move it aside and run the spec again")
     missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
     if missing == ["checkpoint.pt"]:
         raise SpecError(f"run folder {str(run_dir)!r} has no checkpoint.pt: the run has not trained far "

@@ -9,6 +9,7 @@ shared storage) at how recently its progress.json was written.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import Counter
 import re
@@ -20,6 +21,7 @@ from typing import Any
 import yaml
 
 from experiments import files
+from experiments.records import read_summary
 
 PROGRESS = "progress.json"
 WRITE_EVERY_S = 5.0        # progress.json is rewritten at most this often (and at every evaluation)
@@ -136,7 +138,7 @@ def holder(run_dir: Path, holders: dict[int, int] | None = None, now: float | No
     if progress.get("host") != host or not isinstance(progress.get("updated"), (int, float)):
         return None
     age = (time.time() if now is None else now) - progress["updated"]
-    if age > STALE_AFTER_S + 5 * float(progress.get("interval_s") or WRITE_EVERY_S):
+    if age > STALE_AFTER_S + 5 * (number(progress.get("interval_s")) or WRITE_EVERY_S):
         return None
     return {"host": host, "pid": progress.get("pid") or record.get("pid")}
 
@@ -158,11 +160,19 @@ def last_metrics_row(run_dir: Path) -> dict[str, str]:
 
 
 def number(value: Any) -> float | None:
+    """A number a run file holds, or None where it holds no finite one: a damaged or hand-edited file
+    (NaN, Infinity, "x") shows as unknown, not as a crash."""
     try:
         out = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
-    return out if out == out else None  # NaN reads as unknown
+    return out if math.isfinite(out) else None
+
+
+def whole(value: Any) -> int | None:
+    """A step count a run file holds (number()'s rules), as an int."""
+    out = number(value)
+    return None if out is None else int(out)
 
 
 def run_length(run_dir: Path, entry: dict[str, Any]) -> tuple[int | None, int | None]:
@@ -181,7 +191,7 @@ def run_length(run_dir: Path, entry: dict[str, Any]) -> tuple[int | None, int | 
 def run_state(exp_dir: Path, entry: dict[str, Any], holders: dict[int, int] | None, now: float) -> dict[str, Any]:
     """One planned run, as its folder shows it now: status, step, steps, last val bpb, speed, who runs it."""
     run_dir = exp_dir / "runs" / str(entry["run_id"])
-    summary = read_json_or_none(run_dir / "summary.json") or {}
+    summary = read_summary(run_dir) or {}  # as the runner reads it: a damaged one's run is trained again
     held = holder(run_dir, holders, now)
     status = summary.get("status") or "pending"
     if held and status not in FINISHED:
@@ -189,15 +199,15 @@ def run_state(exp_dir: Path, entry: dict[str, Any], holders: dict[int, int] | No
     steps, tokens_per_step = run_length(run_dir, entry)
     live = (read_json_or_none(run_dir / PROGRESS) or {}) if status == "running" else {}
     last = last_metrics_row(run_dir)
-    step = summary.get("steps") if status in FINISHED else live.get("step", number(last.get("step")))
+    step = whole(summary.get("steps") if status in FINISHED else live.get("step", last.get("step")))
     bpb = summary.get("final_val_bpb") if status in FINISHED else live.get("val_bpb") or number(last.get("val_bpb"))
     speed = live.get("tokens_per_s") if status == "running" else summary.get("tokens_per_s")
     return {"run_id": entry["run_id"], "variant": entry.get("variant"), "seed": entry.get("seed"),
             **{k: entry[k] for k in ("trial", "state") if k in entry},
-            "status": status, "step": None if step is None else int(step), "steps": steps,
+            "status": status, "step": step, "steps": steps,
             "tokens_per_step": tokens_per_step, "val_bpb": number(bpb), "tokens_per_s": number(speed),
             "where": f"pid {held['pid']} on {held['host']}" if held and status == "running" else
-                     f"stopped at step {int(step)}: a rerun resumes it" if status == "pending" and step else "",
+                     f"stopped at step {step}: a rerun resumes it" if status == "pending" and step else "",
             "wall_s": number(summary.get("wall_s")) if status == "done" else None,
             "tokens_seen": number(summary.get("tokens_seen")) if status == "done" else None}
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from experiments import files, metrics
 from experiments.overrides import same_spec_record
-from experiments.schema import TRAIN, label
+from experiments.schema import TRAIN, is_number, label
 from registry import cut
 
 if TYPE_CHECKING:
@@ -98,12 +98,17 @@ def write_spec_record(exp_dir: Path, spec_text: str) -> None:
 # -- runs.csv ------------------------------------------------------------------------------------
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
     """A run's summary.json, or None when there is none or it cannot be read (cut short, not JSON,
-    not a summary): such a run is treated as unfinished and trained again."""
+    not a summary, a "done" one without its finite final scores): such a run is treated as unfinished
+    and trained again."""
     try:
         summary = files.read_json(run_dir / "summary.json")
     except (OSError, ValueError):  # ValueError: bad JSON, or bytes that are not UTF-8
         return None
-    return summary if isinstance(summary, dict) and isinstance(summary.get("status"), str) else None
+    if not isinstance(summary, dict) or not isinstance(summary.get("status"), str):
+        return None
+    # A finished run always has them (a non-finite one makes it "diverged", whose finals may be null).
+    scored = all(is_number(summary.get(k)) for k in (metrics.FINAL_VAL_LOSS, metrics.FINAL_VAL_BPB))
+    return summary if scored or summary["status"] != "done" else None
 
 
 def run_status(run_dir: Path) -> str:

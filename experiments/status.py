@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from experiments import interrupts, progress
-from experiments.records import text_table
+from experiments.plan_fields import plan_problem
+from experiments.records import read_summary, text_table
 from experiments.search.study import FINISHED_STATES, StorageError, mask, read_trials, recorded_storage
 
 
@@ -51,7 +52,7 @@ def duration(seconds: float) -> str:
 
 def search_line(plan: dict[str, Any], exp_dir: Path, seeds: int) -> tuple[str, int]:
     """(a line on the study's trials, runs still to be planned for the trials it wants)."""
-    search = plan.get("search") or {}
+    search = plan["search"]
     url, name = recorded_storage(search, exp_dir), search.get("study_name") or plan.get("experiment")
     try:
         trials = [t for t in read_trials(url, name) if "surplus" not in t.user_attrs]
@@ -133,14 +134,8 @@ def read_plan(exp_dir: Path) -> dict[str, Any]:
     if not isinstance(plan, dict):
         raise StatusError(f"{path} holds a JSON {type(plan).__name__}, not the object with 'experiment' and "
                           f"'runs' it should; {rerun}")
-    runs = plan.get("runs", [])
-    if not isinstance(runs, list):
-        raise StatusError(f"{path}: 'runs' is a JSON {type(runs).__name__}, not the list of planned runs it "
-                          f"should be; {rerun}")
-    for i, run in enumerate(runs):
-        if not isinstance(run, dict) or run.get("run_id") in (None, ""):
-            raise StatusError(f"{path}: 'runs' entry {i} is {json.dumps(run)[:80]}, not an object with a "
-                              f"run_id; {rerun}")
+    if why := plan_problem(plan, ("runs", "seeds", "search")):
+        raise StatusError(f"{path}: {why}; {rerun}")
     return plan
 
 
@@ -157,13 +152,17 @@ def damaged_metrics(run_dir: Path) -> str | None:
 
 
 def damage_notes(exp_dir: Path, rows: list[dict[str, Any]]) -> list[str]:
-    """A warning per run whose metrics.csv is not UTF-8 text: its row reads what is left of it."""
+    """A warning per run whose metrics.csv is not UTF-8 text (its row reads what is left of it), and per
+    run whose summary.json cannot be read (the runner trains it again)."""
     notes = []
     for row in rows:
         path = exp_dir / "runs" / str(row["run_id"])
         if why := damaged_metrics(path):
             notes.append(f"warning: {path / 'metrics.csv'} is damaged ({why}); run {row['run_id']}'s row comes "
                          "from its summary.json and progress.json, and from what of metrics.csv can still be read")
+        if (path / "summary.json").exists() and read_summary(path) is None and row["status"] != "running":
+            notes.append(f"warning: {path / 'summary.json'} cannot be read (damaged, or a finished run's without "
+                         f"finite final scores): run {row['run_id']} is shown unfinished; a rerun trains it again")
     return notes
 
 
@@ -172,9 +171,9 @@ def report(exp_dir: Path) -> tuple[str, bool]:
     cannot be used."""
     plan = read_plan(exp_dir)
     holders, now = progress.flock_holders(), time.time()
-    rows = [progress.run_state(exp_dir, entry, holders, now) for entry in plan.get("runs", [])]
+    rows = [progress.run_state(exp_dir, entry, holders, now) for entry in plan.get("runs") or []]
     lines, to_plan = [], 0
-    if plan.get("search"):
+    if isinstance(plan.get("search"), dict) and plan["search"]:  # not the older bare flag (no study recorded)
         line, to_plan = search_line(plan, exp_dir, len(plan.get("seeds") or [0]))
         lines.append(line)
     eta = progress.eta_seconds(rows, to_plan)

@@ -451,6 +451,34 @@ def test_runs_csv_without_required_columns(tmp_path: Path) -> None:
         load_experiment(tmp_path)
 
 
+@pytest.mark.parametrize("field, value, says", [
+    ("seeds", ["x"], "'seeds' = ['x'] must be a list of integer seeds"),
+    ("runs", "zzz", "'runs' = 'zzz' must be a list of the planned runs"),
+    ("runs", [1, 2], "'runs' = [1, 2] must be a list of the planned runs"),
+    ("runs", [{"run_id": "a", "axes": []}], "'runs' = [{'axes': [], 'run_id': 'a'}] has entry 0 = {'axes': [], "
+                                            "'run_id': 'a'}; it must be"),   # brief() sorts a dict's keys
+    ("variants", 5, "'variants' = 5 must be a list of variant names"),
+    ("axes", [1, None], "'axes' = [1, None] must be a list of the grid's keys"),
+    ("tune", "zzz", "'tune' = 'zzz' must be null or {\"key\": a spec key"),
+    ("tune", {"key": 5, "values": 3}, "'tune' = {'key': 5, 'values': 3} has 'key' = 5; it must be"),
+    ("scale", "zzz", "'scale' = 'zzz' must be null or {\"axis\""),
+    ("scale", {"keys": 1}, "'scale' = {'keys': 1} lacks 'axis'; it must be"),
+    ("budget", {"flops": "x"}, "'budget' = {'flops': 'x'} has flops = 'x', not a positive number; it must be"),
+    ("search", "yes", "'search' = 'yes' must be null or an object"),
+])
+def test_a_wrongly_typed_experiment_json_field_is_one_error_line(ladder: Path, capsys: pytest.CaptureFixture,
+                                                                  field: str, value: object, says: str) -> None:
+    plan = json.loads((ladder / "experiment.json").read_text())
+    (ladder / "experiment.json").write_text(json.dumps(plan | {field: value}))
+    before = sorted(ladder.rglob("*"))
+    with pytest.raises(ExperimentError, match="run the experiment's spec again"):
+        load_experiment(ladder)
+    assert main([str(ladder)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"error: cannot analyse {ladder}: {ladder / 'experiment.json'}: {says}")
+    assert err.count("\n") == 1 and sorted(ladder.rglob("*")) == before
+
+
 def test_experiment_json_is_optional(tmp_path: Path, ladder: Path) -> None:
     (ladder / "experiment.json").unlink()
     exp = load_experiment(ladder)          # axes and variants fall back to runs.csv

@@ -209,3 +209,11 @@ def test_an_out_holding_files_no_export_wrote_is_refused_and_left_as_it_was(expo
         assert sorted(p.name for p in lab_folder.iterdir()) == before
     assert export.main([str(run_dir), "--out", str(earlier)]) == 0  # an earlier export's folder: ours to replace
     assert (earlier / hf_export.MARK).is_file()
+
+
+def test_a_runs_file_given_for_its_folder_is_named_a_file(exported, tmp_path: Path, capsys) -> None:
+    summary = exported["baseline"][0] / "summary.json"
+    assert export.main([str(summary), "--out", str(tmp_path / "out")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"error: {str(summary)!r} is a file, not a run folder") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()

@@ -61,10 +61,18 @@ def bad_run(tmp_path: Path, run_dir: Path, drop: str) -> Path:
     return copy
 
 
+def folder_for(run_dir: Path, name: str) -> Path:
+    (run_dir / name).mkdir()
+    return run_dir
+
+
 BAD_INPUT = {  # case: (argv from the run folder and a scratch folder, what the error must say)
     "missing": (lambda run, tmp: [tmp / "nowhere", "--prompt", "x"], "does not exist"),
     "no_checkpoint": (lambda run, tmp: [bad_run(tmp, run, "checkpoint.pt")], "has no checkpoint.pt"),
     "no_spec": (lambda run, tmp: [bad_run(tmp, run, "spec.yaml")], "is not a run folder: it lacks spec.yaml"),
+    "a_file": (lambda run, tmp: [run / "spec.yaml"], "spec.yaml' is a file, not a run folder: give a folder"),
+    "checkpoint_folder": (lambda run, tmp: [folder_for(bad_run(tmp, run, "checkpoint.pt"), "checkpoint.pt")],
+                          "checkpoint.pt' is not a file: a run folder's checkpoint.pt is the file"),
     "unknown_char": (lambda run, tmp: [run, "--prompt", "caf\u00e9"], "cannot encode the character '\u00e9'"),
     "bad_numbers": (lambda run, tmp: [run, "--tokens", -1, "--temperature", -0.5, "--top-k", 0], "3 problems"),
     "bad_device": (lambda run, tmp: [run, "--device", "gpu7"], "not a device name"),

@@ -3,6 +3,7 @@ failing under the results folder, Ctrl-C, damaged run files, edited specs, permi
 lock probe, and the memory check. The hostile *specs* are in tests/bad_specs/ (tests/test_bad_specs.py)."""
 from __future__ import annotations
 
+import csv
 import errno
 import json
 import os
@@ -341,6 +342,25 @@ def test_a_truncated_summary_is_trained_again_and_the_rest_go_on(tmp_path, corpu
     out, err = capsys.readouterr()
     assert "its summary.json cannot be read; training it again" in err and "1 trained, 1 already done" in out
     assert summary(first)["resumed_at_step"] == 20 and summary(first)["final_val_loss"] == losses[first]
+
+
+@pytest.mark.parametrize("damage", [{"final_val_bpb": None}, {"final_val_loss": "x"}, {"final_val_bpb": float("inf")}])
+def test_a_done_summary_without_its_final_scores_is_trained_again(tmp_path, corpus, capsys, damage):
+    spec = write_spec(tmp_path / "s.yaml", corpus, variants={"a": {}, "b": {"model.n_layers": 2}})
+    assert main(spec, tmp_path / "r") == 0
+    first, second = sorted((tmp_path / "r" / "t" / "runs").iterdir())
+    scores = {k: summary(first)[k] for k in ("final_val_loss", "final_val_bpb")}
+    (first / "summary.json").write_text(json.dumps({k: v for k, v in summary(first).items() if k not in damage} | {
+        k: v for k, v in damage.items() if v is not None}))           # a score removed, or not a finite number
+    (second / "summary.json").write_text(json.dumps(summary(second) | {"status": "diverged", "final_val_loss": None,
+                                                                       "final_val_bpb": None}))  # legitimately null
+    capsys.readouterr()
+    assert main(spec, tmp_path / "r") == 0
+    out, err = capsys.readouterr()
+    assert "its summary.json cannot be read; training it again" in err and "1 trained, 1 already done" in out
+    assert {k: summary(first)[k] for k in scores} == scores and summary(second)["status"] == "diverged"
+    rows = {r["run_id"]: r for r in csv.DictReader((tmp_path / "r" / "t" / "runs.csv").open())}
+    assert rows[first.name]["final_val_bpb"] == str(scores["final_val_bpb"])
 
 
 def test_the_analysis_reads_past_damaged_run_files(tmp_path):

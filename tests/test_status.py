@@ -73,7 +73,8 @@ def write_plan(exp: Path, n: int = 3) -> list[Path]:
 
 def finish(run_dir: Path, wall_s: float = 10.0) -> None:
     (run_dir / "summary.json").write_text(json.dumps({"status": "done", "steps": 100, "final_val_bpb": 2.5,
-                                                      "tokens_per_s": 600.0, "wall_s": wall_s, "tokens_seen": 5000}))
+                                                      "final_val_loss": 1.7, "tokens_per_s": 600.0, "wall_s": wall_s,
+                                                      "tokens_seen": 5000}))
 
 
 def test_a_lock_holder_is_running_with_its_pid_until_it_dies(tmp_path):
@@ -156,8 +157,13 @@ def test_a_run_whose_length_is_not_known_yet_counts_as_the_common_one(tmp_path):
     (b"{bad", "is not valid JSON"),
     (b"\xff\xfe{}", "is not valid JSON"),
     (b"[1, 2]", "holds a JSON list"),
-    (b'{"runs": {"r0": {}}}', "'runs' is a JSON dict"),
-    (b'{"runs": [{"variant": "v"}]}', "'runs' entry 0"),
+    (b'{"runs": {"r0": {}}}', "'runs' = {'r0': {}} must be a list of the planned runs"),
+    (b'{"runs": [{"variant": "v"}]}', "'runs' = [{'variant': 'v'}] has entry 0 = {'variant': 'v'}; it must be"),
+    (b'{"runs": [], "seeds": 5}', "'seeds' = 5 must be a list of integer seeds"),
+    (b'{"runs": [], "search": "yes"}', "'search' = 'yes' must be null or an object with the search's storage"),
+    (b'{"runs": [], "search": [1]}', "'search' = [1] must be null or an object"),
+    (b'{"runs": [], "search": {"mode": "search", "trials": "x"}}', "'search' = {'mode': 'search', 'trials': 'x'} has "
+                                                                   "'trials' = 'x'; it must be"),
 ])
 def test_a_damaged_experiment_json_is_named_with_exit_status_2(tmp_path, capsys, content, says):
     write_plan(tmp_path / "e")
@@ -250,3 +256,54 @@ def test_a_results_folder_given_for_an_experiment_names_the_experiments_in_it(tm
     err = capsys.readouterr().err
     assert "is not an experiment folder" in err and "the experiments in it are ablate, quick: give one" in err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("damage", [{"steps": "x"}, {"steps": float("inf")}, {"steps": 1e400}])
+def test_a_finished_run_with_a_damaged_step_count_shows_it_unknown(tmp_path, capsys, damage):
+    run_dir = write_plan(tmp_path / "e", n=1)[0]
+    finish(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    (run_dir / "summary.json").write_text(json.dumps(summary | damage))   # json writes inf as Infinity
+    assert status.main([str(tmp_path / "e")]) == 0
+    row = next(line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("r0"))
+    assert row[3:6] == ["done", "-", "2.5000"]
+
+
+@pytest.mark.parametrize("damage", [{"step": "x"}, {"step": float("inf")}, {"interval_s": "x"},
+                                    {"interval_s": float("inf")}, {"tokens_per_s": float("-inf")}])
+def test_a_remote_runs_damaged_progress_file_shows_its_values_unknown(tmp_path, capsys, damage):
+    run_dir = write_plan(tmp_path / "e", n=1)[0]
+    (run_dir / "lock").write_text(json.dumps({"host": "otherhost", "pid": 1}))
+    (run_dir / "progress.json").write_text(json.dumps({"step": 40, "steps": 100, "tokens_per_s": 900.0, "val_bpb": 3.0,
+                                                       "host": "otherhost", "pid": 1, "updated": time.time(),
+                                                       "interval_s": 5.0} | damage))
+    assert status.main([str(tmp_path / "e")]) == 0
+    [row] = progress.experiment_runs(tmp_path / "e")
+    assert (row["status"], row["where"]) == ("running", "pid 1 on otherhost")   # a bad interval: the default one
+    assert row["step"] == (None if "step" in damage else 40)
+    assert row["tokens_per_s"] == (None if "tokens_per_s" in damage else 900.0)
+
+
+def test_an_experiment_json_with_a_bare_search_flag_or_no_runs_is_shown(tmp_path, capsys):
+    write_plan(tmp_path / "e")
+    plan = json.loads((tmp_path / "e" / "experiment.json").read_text())
+    (tmp_path / "e" / "experiment.json").write_text(json.dumps(plan | {"search": True}))
+    assert status.main([str(tmp_path / "e")]) == 0 and "3 pending" in capsys.readouterr().out
+    (tmp_path / "e" / "experiment.json").write_text(json.dumps(plan | {"runs": None}))   # nothing planned yet
+    assert status.main([str(tmp_path / "e")]) == 0 and "0 planned run(s)" in capsys.readouterr().out
+
+
+def test_a_done_summary_without_its_final_scores_shows_the_run_unfinished(tmp_path, capsys):
+    """As the runner reads it: such a run is trained again by a rerun (experiments/records.read_summary)."""
+    done, damaged, diverged = write_plan(tmp_path / "e")
+    for run_dir in (done, damaged, diverged):
+        finish(run_dir)
+    summary = json.loads((damaged / "summary.json").read_text())
+    (damaged / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "final_val_loss"}))
+    (diverged / "summary.json").write_text(json.dumps(summary | {"status": "diverged", "final_val_bpb": None,
+                                                                 "final_val_loss": None}))
+    assert status.main([str(tmp_path / "e")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("e: 3 planned run(s): 1 done, 1 pending, 1 diverged")
+    assert f"warning: {damaged / 'summary.json'} cannot be read" in out and "run r1 is shown unfinished" in out
+    assert out.count("warning") == 1
