@@ -27,6 +27,7 @@ import yaml
 from components.model import PRESETS
 from experiments import specfile
 from experiments.schema import LIMITS, SECTIONS, key_problem
+from experiments.search import space
 from experiments.spec import Spec, parse_spec, read_yaml
 from experiments.specfile import count_values
 from registry import SpecError, brief, cut
@@ -155,8 +156,8 @@ def load_spec_with(path: str | Path, items: list[str]) -> tuple[Spec, Any, dict[
 
 def override_notes(original: Any, overrides: dict[str, Any], spec: Spec, limit: int = 10) -> list[str]:
     """Overrides that do less than they seem to: a component option that the runs whose variant or grid
-    axis names that component never get, and one that changes no run at all (checked by parsing the spec
-    without it: up to `limit` overrides and 1,000 runs)."""
+    axis names that component never get, and one that changes no run and no search setting (checked by
+    parsing the spec without it: up to `limit` overrides and 1,000 runs)."""
     notes = []
     for key, value in overrides.items():
         path = locate(key)
@@ -167,17 +168,24 @@ def override_notes(original: Any, overrides: dict[str, Any], spec: Spec, limit: 
                 notes.append(f"{key}={flow(value)} does not reach {', '.join(missed[:5])}{' ...' * (len(missed) > 5)}: "
                              f"their variant or grid axis sets model.{path[1]} itself; give the option there "
                              f"(e.g. variants.NAME.model.{path[1]}={{name: ..., {path[2]}: {flow(value)}}})")
-    runs = [r.to_dict() for r in spec.runs]  # all of each run: some keys (train.device) are not in its id
-    for key in list(overrides) if len(overrides) <= limit and len(runs) <= 1000 else []:
+    done = effect(spec)
+    for key in list(overrides) if len(overrides) <= limit and len(spec.runs) <= 1000 else []:
         tree, _ = apply_overrides(original, {k: v for k, v in overrides.items() if k != key})
         try:
-            unchanged = [r.to_dict() for r in parse_spec(tree).runs] == runs
+            unchanged = effect(parse_spec(tree)) == done
         except SpecError:  # the spec needs this override to be valid: it does something
             continue
         if unchanged:
             notes.append(f"{key}={flow(overrides[key])} changes no run: every run already has that value, or the "
                          "spec's own fields, variants or grid set what it would change")
     return notes
+
+
+def effect(spec: Spec) -> tuple[list[dict[str, Any]], Any]:
+    """What a spec does: all of each run (some keys, train.device, are not in its id), and its search
+    block with the defaults filled in (search.trials changes the study, not the base runs)."""
+    search = space.parse_block(spec.search, spec.base)[0] if spec.search is not None else None
+    return [r.to_dict() for r in spec.runs], search
 
 
 def describe(original: Any, overrides: dict[str, Any]) -> str:

@@ -286,3 +286,15 @@ def test_a_device_this_machine_lacks_is_refused_before_any_run(tmp_path, capsys,
     assert run.main([str(write(tmp_path, SPEC)), "train.device=mps", "--results", str(tmp_path / "r")]) == 2
     assert "error: device mps (train.device or --device) is not here" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("items", [["search.trials=40", "search.sampler=random"],
+                                   ["search.space.model.n_layers={int: [1, 2]}"], ["search="]])
+def test_an_override_of_the_search_block_is_not_said_to_change_nothing(items):
+    search = Path(__file__).parent.parent / "specs" / "search_heads_layers.yaml"
+    spec, original, changes = overrides.load_spec_with(search, items)
+    assert overrides.override_notes(original, changes, spec) == []
+    spec, original, changes = overrides.load_spec_with(search, ["search.trials=12"])  # the spec's own value
+    assert overrides.override_notes(original, changes, spec) == [
+        "search.trials=12 changes no run: every run already has that value, or the spec's own fields, variants or "
+        "grid set what it would change"]
