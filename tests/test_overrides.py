@@ -54,6 +54,12 @@ def test_values_are_yaml_and_3e_4_is_a_number():
     assert type(parsed["train.steps"]) is int and type(parsed["train.lr"]) is float
 
 
+def test_yaml_1_1_base_60_and_octal_numbers_stay_text():
+    """1:30 is not 90, nor 010 8: the field's type check refuses them; hex says what it is."""
+    assert overrides.parse_overrides(["train.lr=1:30", "train.steps=010", "seeds=[0x10]"]) == {
+        "train.lr": "1:30", "train.steps": "010", "seeds": [16]}
+
+
 @pytest.mark.parametrize("items, expected", [
     (["train.steps"], "must be KEY=VALUE"),
     (["=3"], "must be KEY=VALUE"),
