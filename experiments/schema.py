@@ -281,6 +281,26 @@ def is_component(section: str, field: str) -> bool:
     return (section == "model" and field in COMPONENT_FIELDS) or (section, field) == ("data", "tokenizer")
 
 
+def value_key(value: Any) -> Any:
+    """A value as a hashable key under which numbers compare by value (1 and 1.0 are one value) but
+    true is not 1, nor '1' 1: what a list of candidate values (grid, tune, search) must not repeat.
+    Run ids keep hashing the value as written."""
+    if isinstance(value, bool):
+        return ("bool", value)
+    if isinstance(value, (int, float)):
+        return ("number", value)
+    if isinstance(value, dict):
+        return ("mapping", frozenset((value_key(k), value_key(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return ("list", tuple(map(value_key, value)))
+    return (type(value).__name__, value if isinstance(value, (str, type(None))) else repr(value))  # a date, a !!set
+
+
+def repeats(values: list) -> bool:
+    """Whether a list of candidate values holds one value twice (value_key's sense)."""
+    return len({value_key(v) for v in values}) < len(values)
+
+
 def label(value: Any) -> str:
     """How a value reads in a variant name or a table: 'rope(base=500)' for a component with options."""
     if isinstance(value, dict):

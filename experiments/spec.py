@@ -23,7 +23,7 @@ from components.model import PRESETS
 from experiments import sweeps as sweep_blocks
 from experiments.budget import warmup_steps, warmup_too_long
 from experiments.schema import (COMPONENT_FIELDS, DATA, LIMITS, MODEL, NAME_MAX_CHARS, SECTIONS, TOP, TRAIN,
-                                TrainSettings, is_number, key_problem, label)
+                                TrainSettings, is_number, key_problem, label, repeats)
 from experiments.search import space
 from experiments.specfile import read_yaml
 from registry import FAMILIES, SpecError, brief, choices_hint, cut, load_all
@@ -148,7 +148,7 @@ def checked_grid(grid: dict, problems: list[str]) -> dict:
         problem = key_problem(str(key), "grid")
         if not isinstance(values, list) or not values:
             problem = problem or f"grid.{cut(key)} = {brief(values)} must be a non-empty list of values"
-        elif len({json.dumps(v, sort_keys=True, default=str) for v in values}) < len(values):
+        elif repeats(values):
             problem = problem or (f"grid.{cut(key)} = {brief(values)} lists a value twice: each value must "
                                   "appear once (the same value twice would be the same runs)")
         if problem:

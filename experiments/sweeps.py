@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from experiments.schema import SCALE_FIELDS, SCALE_MIN_SIZES, TUNE_MIN_VALUES, key_problem
+from experiments.schema import SCALE_FIELDS, SCALE_MIN_SIZES, TUNE_MIN_VALUES, key_problem, repeats
 
 
 @dataclasses.dataclass
@@ -71,7 +71,7 @@ def parse_tune(tune: Any, problems: list[str]) -> dict[str, Any] | None:
         problems.append(f"tune.{key} = {values!r} must be a list of at least {TUNE_MIN_VALUES} values to "
                         f"choose from, {example}")
         return None
-    if len(set(map(repr, values))) < len(values):
+    if repeats(values):
         problems.append(f"tune.{key} = {values!r} lists a value twice")
         return None
     return {"key": str(key), "values": list(values)}
@@ -96,7 +96,7 @@ def parse_scale(scale: Any, problems: list[str]) -> dict[str, Any] | None:
         found.append(f"scale gives {min(lengths)} sizes; a fit of L(C) = E + A*C^-alpha needs at least "
                      f"{SCALE_MIN_SIZES} (it has 3 parameters), {example}")
     axis = next(iter(lists), None)
-    if not found and len(set(map(repr, lists[axis]))) < len(lists[axis]):
+    if not found and repeats(lists[axis]):
         found.append(f"scale.{axis} = {lists[axis]!r} repeats a value: the first scale key names the sizes, "
                      "so its values must differ (list another key first)")
     if found:

@@ -98,6 +98,7 @@ def one_thread(lab_cache):
     ({"trials": 3}, "search.space is missing"),
     ({"space": {"model.n_heads": 4}}, "search.space.model.n_heads = 4 must be a list of values (categorical) or a range"),
     ({"space": {"model.n_heads": [0, 2]}}, "search.space.model.n_heads: model.n_heads = 0 must be a positive integer"),
+    ({"space": {"train.lr": [1, 1.0]}}, "search.space.train.lr = [1, 1.0] lists a value twice"),  # one number
     ({"space": {"model.n_layers": {"float": [1, 4]}}}, "search.space.model.n_layers: model.n_layers = 1.0 must be a positive integer"),
     ({"space": {"model.n_layers": {"int": [1, 4], "lg": True}}}, "unknown key 'lg' in search.space.model.n_layers — did you mean 'log'?"),
     ({"space": {"model.n_layers": {"int": [1, 4], "float": [1, 2]}}}, "must name exactly one of int or float"),

@@ -210,3 +210,11 @@ def test_rope_checks_the_head_size_the_attention_builds(attention, n_heads, head
     with pytest.raises(SpecError) as err:
         parse_spec(raw)
     assert f"rope turns pairs of features, so it needs an even head size, and the heads are {head_dim} wide" in str(err.value)
+
+
+def test_numbers_repeat_by_value_but_true_is_not_1():
+    from experiments.schema import repeats
+
+    assert repeats([1, 1.0]) and repeats([{"name": "rope", "base": 500}, {"name": "rope", "base": 500.0}])
+    assert not repeats([True, 1]) and not repeats(["1", 1]) and not repeats([None, 0, False, ""])
+    assert not repeats([[1, 2], [2, 1]]) and repeats([[1, 2.0], [1.0, 2]])

@@ -10,7 +10,7 @@ from typing import Any
 
 from components.model import PRESETS
 from experiments import metrics
-from experiments.schema import LIMITS, SECTIONS, is_component, key_problem, positive_int
+from experiments.schema import LIMITS, SECTIONS, is_component, key_problem, positive_int, repeats
 from experiments.schema import label as spec_label
 from experiments.search.study import STORAGE_ENV, has_password, storage_problems
 from registry import FAMILIES, brief, choices_hint, close_matches, cut, load_all, type_problem
@@ -270,8 +270,7 @@ def parse_space(space: Any, base: dict) -> tuple[list[Param], list[str]]:
                 problems.append(f"{where} = [] must be a non-empty list of values")
                 continue
             found = [p for v in value for p in value_problems(key, v, base, space)]
-            labels = [encode(v) for v in value]
-            if len(set(map(repr, labels))) < len(labels):
+            if repeats([encode(v) for v in value]):  # as Optuna stores them: two that read alike collide
                 found.append(f"{where} = {brief(value)} lists a value twice")
             problems += found
             if not found:
