@@ -20,7 +20,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from experiments import metrics
 from experiments.schema import SCALE_FIELDS, SCALE_MIN_SIZES, TUNE_MIN_VALUES, key_problem, repeats
+from experiments.search.space import scored_text_problem
+from registry import brief, cut
 
 
 @dataclasses.dataclass
@@ -66,6 +69,11 @@ def parse_tune(tune: Any, problems: list[str]) -> dict[str, Any] | None:
     (key, values), = tune.items()
     if problem := key_problem(str(key), "tune"):
         problems.append(problem)
+        return None
+    # The report picks each variant's best value by its final validation bpb, as a search of val_bpb would.
+    if why := scored_text_problem(".".join(str(key).split(".")[:2]), metrics.VAL_BPB, "values"):
+        problems.append(f"tune.{cut(key)} = {brief(values)} cannot be tuned: a tune picks each variant's best value by its "
+                        f"validation bpb, and {why}")
         return None
     if not isinstance(values, list) or len(values) < TUNE_MIN_VALUES:
         problems.append(f"tune.{key} = {values!r} must be a list of at least {TUNE_MIN_VALUES} values to "

@@ -199,12 +199,12 @@ def searched_fields(key: str, value: Any, base: dict) -> list[str]:
     return [head, "model.context_length"] if len(lengths) > 1 else [head]
 
 
-def scored_text_problem(field: str, metric: str) -> str | None:
-    """Why searching `field` would score the trials of a `metric` search on different text, or in different
-    units, and what to do instead; None when it may be searched."""
+def scored_text_problem(field: str, metric: str, compared: str = "trials") -> str | None:
+    """Why varying `field` would score the `compared` (a search's trials, a tune's values) by `metric` on
+    different text, or in different units, and what to do instead; None when it may vary."""
     section = field.split(".")[0]
     if field in SCORED_TEXT:
-        return (f"it changes {SCORED_TEXT[field]}, so the trials would not be scored alike; set it once in the "
+        return (f"it changes {SCORED_TEXT[field]}, so the {compared} would not be scored alike; set it once in the "
                 f"spec's {section}: section")
     if field == PER_TOKEN and METRICS[metric][0].endswith("_loss"):
         return (f"it changes the unit of {metric}, a loss per token of each tokenizer; search it with metric: "
@@ -212,7 +212,7 @@ def scored_text_problem(field: str, metric: str) -> str | None:
     if field in WINDOWS and METRICS[metric][0] in metrics.SAMPLED:
         instead = "val_bpb" if field == PER_TOKEN else "val_bpb or val_loss"
         return (f"{metric} is read off the periodic evaluations' sampled windows, and it changes {WINDOWS[field]}, "
-                f"so the trials would not be scored alike; search it with metric: {instead} (each finished run's "
+                f"so the {compared} would not be scored alike; search it with metric: {instead} (each finished run's "
                 f"whole validation text), or set it once in the spec's {section}: section")
     return None
 
