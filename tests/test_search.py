@@ -99,6 +99,12 @@ def one_thread(lab_cache):
     ({"space": {"model.n_heads": 4}}, "search.space.model.n_heads = 4 must be a list of values (categorical) or a range"),
     ({"space": {"model.n_heads": [0, 2]}}, "search.space.model.n_heads: model.n_heads = 0 must be a positive integer"),
     ({"space": {"train.lr": [1, 1.0]}}, "search.space.train.lr = [1, 1.0] lists a value twice"),  # one number
+    ({"space": {"model.n_layers": {"int": [1, 2], "step": 5}}}, "with step 5: the step is larger than high - low = 1"),
+    ({"space": {"model.n_layers": {"int": [1, 10], "step": 2}}}, "is not a multiple of the step; give high 9 or 11"),
+    ({"space": {"train.lr": {"float": [0.1, 1.0], "step": 0.2}}}, "high - low = 0.9 is not a multiple of the step; "
+                                                                  "give high 0.9 or 1.1"),
+    ({"space": {"train.lr": {"float": [1e-3, 1e-3], "log": True}}},
+     "search.space.train.lr.float = [0.001, 0.001] holds one value (low = high), so every trial would train the same"),
     ({"space": {"model.n_layers": {"float": [1, 4]}}}, "search.space.model.n_layers: model.n_layers = 1.0 must be a positive integer"),
     ({"space": {"model.n_layers": {"int": [1, 4], "lg": True}}}, "unknown key 'lg' in search.space.model.n_layers — did you mean 'log'?"),
     ({"space": {"model.n_layers": {"int": [1, 4], "float": [1, 2]}}}, "must name exactly one of int or float"),

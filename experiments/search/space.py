@@ -326,11 +326,35 @@ def parse_range(key: str, value: dict, base: dict, space: dict) -> tuple[Param |
         problems.append(f"{where}: log: true needs low > 0, got {brief(low)}")
     if log and step not in (None, 1):
         problems.append(f"{where}: log: true and step cannot be used together")
+    problems += span_problems(f"{where}.{kind}", bounds, None if log else step)
     for bound in (low, high):  # a float range suggests floats: the field must take them
         problems += value_problems(key, float(bound) if kind == "float" else bound, base, space)
     if problems:
         return None, list(dict.fromkeys(problems))
     return Param(key, kind, low=low, high=high, step=step, log=log), []
+
+
+def span_problems(where: str, bounds: list, step: Any) -> list[str]:
+    """A range that holds one value (every trial would train the same), or whose step does not end on
+    high (Optuna would trim the range with a warning, or to [low, low] for a step wider than it)."""
+    low, high = bounds
+    if low > high:  # said already
+        return []
+    if low == high:
+        return [f"{where} = {brief(bounds)} holds one value (low = high), so every trial would train the same: "
+                "give a wider range, or set the value once in the spec"]
+    if step is None:
+        return []
+    span = high - low
+    count = span // step if isinstance(span, int) and isinstance(step, int) else math.floor(span / step + 1e-9)
+    if count == 0:
+        return [f"{where} = {brief(bounds)} with step {brief(step)}: the step is larger than high - low = "
+                f"{span:.12g}, so the range would hold low alone: give a smaller step or a wider range"]
+    below = low + count * step
+    if math.isclose(below, high, rel_tol=1e-9, abs_tol=1e-12 * abs(step)):
+        return []
+    return [f"{where} = {brief(bounds)} with step {brief(step)}: high - low = {span:.12g} is not a multiple of "
+            f"the step; give high {below:.12g} or {below + step:.12g}"]
 
 
 def value_problems(key: str, value: Any, base: dict, space: dict) -> list[str]:
