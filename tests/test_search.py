@@ -112,6 +112,8 @@ def one_thread(lab_cache):
     ({"space": {"model.preset": ["tiny", "tiyn"]}}, "search.space.model.preset = 'tiyn' is not a preset — did you mean 'tiny'?"),
     ({"sampler": "grid", "space": {"train.lr": {"float": [1.0e-4, 1.0e-3]}}}, "search.space.train.lr is a continuous range"),
     ({"storage": "not a url", "space": {"model.n_heads": [1, 2]}}, "search.storage = 'not a url' is not a database URL"),
+    ({"storage": "sqlite:///:memory:", "space": {"model.n_heads": [1, 2]}},
+     "search.storage = 'sqlite:///:memory:' is an in-memory SQLite database: the study would vanish"),
     ([1, 2], "search must be a mapping"),
 ])
 def test_search_block_problems_name_the_field_and_the_choices(block, expected):
@@ -160,6 +162,16 @@ def test_unreachable_storage_exits_2_without_traceback_or_results(tmp_path, caps
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert ("cannot open the Optuna storage" in err) or ("is not a database URL" in err)
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("url", ["sqlite:///", "sqlite://", "sqlite:///:memory:", "sqlite:///file:s?mode=memory&uri=true"])
+def test_an_in_memory_study_is_refused(tmp_path, capsys, url):
+    spec = write(tmp_path, make({"trials": 2, "space": {"model.n_heads": [1, 2]}}))
+    assert main([str(spec), "--results", str(tmp_path / "results"), "--storage", url, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --storage = 'sqlite:") and err.count("\n") == 1
+    assert "is an in-memory SQLite database: the study would vanish when this process ends" in err
     assert not (tmp_path / "results").exists()
 
 
