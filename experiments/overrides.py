@@ -6,6 +6,7 @@ as the same edit of the file would. Values are YAML: 100, 3.0e-4, 3e-4, [0, 1], 
 base: 500}, true, null ("KEY=" is null too).
 
     seeds, experiment, grid, variants, search     a whole top-level entry: seeds=[0], grid={}
+    tune, scale                                   only whole: 'tune={train.lr: [1.0e-3, 3.0e-3]}'
     data, model, train, sample                    a whole section: train= (null) is its defaults
     data.F, model.F, train.F, sample.F            a field: model.attention={name: grouped_query, n_kv_heads: 2}
     model.COMPONENT.OPTION, data.tokenizer.OPTION one option of a component, its name kept: model.attention.impl=naive
@@ -33,6 +34,9 @@ from experiments.specfile import count_values
 from registry import SpecError, brief, cut
 
 COMMAND = "python -m experiments.run"
+# Blocks whose keys are dotted spec keys themselves, so `tune.train.lr=...` could not say where it ends.
+WHOLE_BLOCKS = {"tune": "'tune={train.lr: [1.0e-3, 3.0e-3]}'",
+                "scale": "'scale={model.d_model: [32, 64, 128], model.n_layers: [1, 2, 3]}'"}
 
 
 # -- parsing -------------------------------------------------------------------------------------
@@ -96,8 +100,10 @@ def locate(key: str) -> list[str] | str:
         return ["search", "space", ".".join(rest[1:])]
     if head == "search":
         return ["search", rest[0]] if len(rest) == 1 else (
-            f"override key {key!r} does not exist: a search block takes search.KEY or search.space.SECTION.FIELD")
-    return key_problem(key, "override") or f"override key {key!r} does not exist"
+            f"override key {brief(key)} does not exist: a search block takes search.KEY or search.space.SECTION.FIELD")
+    if head in WHOLE_BLOCKS:
+        return f"override key {brief(key)} does not exist: {head} is set as a whole block, e.g. {WHOLE_BLOCKS[head]}"
+    return key_problem(key, "override") or f"override key {brief(key)} does not exist"
 
 
 def set_key(tree: dict, key: str, value: Any) -> str | None:

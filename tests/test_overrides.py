@@ -73,6 +73,17 @@ def test_malformed_overrides_are_named(items, expected):
     assert expected in str(err.value) and items[-1].partition("=")[0] in str(err.value)
 
 
+@pytest.mark.parametrize("item, block", [("tune.train.lr=[1.0e-3, 3.0e-3]", "tune"),
+                                         ("scale.model.d_model=[32, 64, 128]", "scale")])
+def test_tune_and_scale_are_overridden_whole(tmp_path, item, block):
+    with pytest.raises(SpecError) as err:
+        overrides.load_spec_with(write(tmp_path, SPEC), [item])
+    assert str(err.value) == (f"override key '{item.partition('=')[0]}' does not exist: {block} is set as a whole "
+                              f"block, e.g. {overrides.WHOLE_BLOCKS[block]}")
+    spec, _, _ = overrides.load_spec_with(write(tmp_path, SPEC), [overrides.WHOLE_BLOCKS[block].strip("'")])
+    assert getattr(spec.sweeps, block) is not None                    # what the message suggests works
+
+
 def test_every_kind_of_key_lands_where_the_file_would_have_it():
     raw = copy.deepcopy(SPEC) | {"variants": {"baseline": {}}}
     tree = merged(["seeds=[3]", "train.steps=5", "model.attention.impl=naive", "grid.model.positional=[rope]",
