@@ -35,9 +35,14 @@ EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
 
 
 class DuplicateKey(yaml.YAMLError):
-    def __init__(self, key: Any, first: yaml.Mark, again: yaml.Mark):
+    def __init__(self, keys: tuple[Any, Any], first: yaml.Mark, again: yaml.Mark):
         super().__init__()
-        self.problem = f"the key {brief(key)} is given twice (lines {first.line + 1} and {again.line + 1})"
+        lines = f"(lines {first.line + 1} and {again.line + 1})"
+        if type(keys[0]) is type(keys[1]):
+            self.problem = f"the key {brief(keys[1])} is given twice {lines}"
+        else:  # 1, 1.0 and true are one key of a Python mapping: the last would silently win
+            self.problem = (f"the keys {brief(keys[0])} and {brief(keys[1])} {lines} are one key once read (true "
+                            "is 1, and 1.0 is 1): give one, or quote them to keep them apart as strings")
         self.problem_mark = again
 
 
@@ -45,17 +50,17 @@ class SpecLoader(yaml.SafeLoader):
     """yaml.SafeLoader that refuses duplicate keys and reads 1e-3 as a number."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: dict[Any, yaml.Mark] = {}
+        seen: dict[Any, tuple[Any, yaml.Mark]] = {}
         for key_node, _ in node.value:
             if key_node.tag == MERGE_TAG:  # `<<: *base` then an explicit key overrides it: that is allowed
                 continue
             key = self.construct_object(key_node, deep=True)
             try:
-                first = seen.setdefault(key, key_node.start_mark)
+                first, mark = seen.setdefault(key, (key, key_node.start_mark))
             except TypeError:  # an unhashable key: the base class says so
                 continue
-            if first is not key_node.start_mark:
-                raise DuplicateKey(key, first, key_node.start_mark)
+            if mark is not key_node.start_mark:
+                raise DuplicateKey((first, key), mark, key_node.start_mark)
         return super().construct_mapping(node, deep)
 
 
