@@ -26,7 +26,7 @@ from experiments.schema import (COMPONENT_FIELDS, DATA, LIMITS, MODEL, NAME_MAX_
                                 TrainSettings, is_number, key_problem, label, repeats)
 from experiments.search import space
 from experiments.specfile import read_yaml
-from registry import FAMILIES, SpecError, brief, choices_hint, cut, load_all
+from registry import FAMILIES, SpecError, bool_hint, brief, choices_hint, cut, load_all
 
 TOP_LEVEL = ("experiment", "seeds", "data", "model", "train", "sample", "grid", "variants", "search", "tune", "scale")
 # Execution details that do not change what a run computes are left out of its id.
@@ -333,7 +333,8 @@ def section_values(tree: dict, problems: list[str]) -> dict[str, dict[str, Any]]
     start: dict[str, Any] = {}
     if preset is not None:
         if not isinstance(preset, str) or preset not in PRESETS:
-            problems.append(f"model.preset = {brief(preset)} is not a preset{choices_hint(preset, PRESETS, 'presets')}")
+            problems.append(f"model.preset = {brief(preset)} is not a preset{choices_hint(preset, PRESETS, 'presets')}"
+                            f"{bool_hint(preset)}")
         else:
             start = dict(PRESETS[preset])
     resolved = {}

@@ -13,7 +13,7 @@ from experiments import metrics
 from experiments.schema import LIMITS, SECTIONS, is_component, key_problem, positive_int, repeats
 from experiments.schema import label as spec_label
 from experiments.search.study import STORAGE_ENV, has_password, storage_problems
-from registry import FAMILIES, brief, choices_hint, close_matches, cut, load_all, type_problem
+from registry import FAMILIES, bool_hint, brief, choices_hint, close_matches, cut, load_all, type_problem
 
 SEARCH_KEYS = ("trials", "metric", "direction", "sampler", "pruner", "storage", "space")
 SAMPLERS = ("tpe", "random", "grid")
@@ -376,11 +376,11 @@ def value_problems(key: str, value: Any, base: dict, space: dict) -> list[str]:
     if component:
         if not isinstance(value, (str, dict)):
             return [f"{where} = {brief(value)} must be a registered {family} name or {{name: ..., option: ...}} "
-                    f"(registered: {', '.join(FAMILIES[family].names())})"]
+                    f"(registered: {', '.join(FAMILIES[family].names())}){bool_hint(value)}"]
         return FAMILIES[family].check(value, where)
     if (section, field) == ("model", "preset"):
         if not isinstance(value, str) or value not in PRESETS:
-            return [f"{where} = {brief(value)} is not a preset{choices_hint(value, PRESETS, 'presets')}"]
+            return [f"{where} = {brief(value)} is not a preset{choices_hint(value, PRESETS, 'presets')}{bool_hint(value)}"]
         return []
     problem = SECTIONS[section][field].problem(value, f"{section}.{field}")
     return [f"{where}: {problem}"] if problem else []
