@@ -105,6 +105,26 @@ def choices_hint(word: Any, choices: Any, label: str = "valid") -> str:
     return f"{close_matches(str(word), choices) or ' —'} {label}: {', '.join(choices)}"
 
 
+def takes_string(annotation: Any) -> bool:
+    """Whether `annotation` (as type_problem reads it) accepts some string."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return takes_string(typing.get_args(annotation)[0])
+    if origin is Literal:
+        return any(isinstance(c, str) for c in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        return any(takes_string(a) for a in typing.get_args(annotation))
+    return annotation is str
+
+
+def bool_hint(value: Any, annotation: Any = str) -> str:
+    """A note for a boolean given where a string is wanted: YAML 1.1 reads `experiment: yes` or
+    `positional: no` as true and false, which the user never meant. '' for anything else."""
+    if isinstance(value, bool) and takes_string(annotation):
+        return " (YAML reads yes/no/on/off/true/false as booleans: quote it)"
+    return ""
+
+
 def type_problem(value: Any, annotation: Any) -> str | None:
     """Why `value` does not fit `annotation` (int, float, bool, str, dict, list[X], Literal, unions), or
     None. The one type check of the lab: component options here, spec fields (experiments/schema.py)
@@ -193,7 +213,7 @@ class Registry:
 
     def unknown(self, name: Any, path: str | None) -> str:
         where = f" at {path}" if path else ""
-        return f"unknown {self.family} {brief(name)}{where}{choices_hint(name, self.names(), 'registered')}"
+        return f"unknown {self.family} {brief(name)}{where}{choices_hint(name, self.names(), 'registered')}{bool_hint(name)}"
 
     def __iter__(self):
         return iter(self.names())
@@ -248,7 +268,8 @@ class Registry:
                 problems.append(f"unknown option {brief(key)} for {self.family} '{name}' at {where}{hint}"
                                 f" valid options: {valid}")
             elif (want := type_problem(value, allowed[key].annotation)) is not None:
-                problems.append(f"{where}.{key} = {brief(value)} for {self.family} '{name}' must be {want}")
+                problems.append(f"{where}.{key} = {brief(value)} for {self.family} '{name}' must be {want}"
+                                f"{bool_hint(value, allowed[key].annotation)}")
         cls = self.get(name)
         if not problems and dims is not None and hasattr(cls, "check_dims"):
             options = {k: p.default for k, p in allowed.items()} | given

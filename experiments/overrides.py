@@ -6,6 +6,7 @@ as the same edit of the file would. Values are YAML: 100, 3.0e-4, 3e-4, [0, 1], 
 base: 500}, true, null ("KEY=" is null too).
 
     seeds, experiment, grid, variants, search     a whole top-level entry: seeds=[0], grid={}
+    tune, scale                                   only whole: 'tune={train.lr: [1.0e-3, 3.0e-3]}'
     data, model, train, sample                    a whole section: train= (null) is its defaults
     data.F, model.F, train.F, sample.F            a field: model.attention={name: grouped_query, n_kv_heads: 2}
     model.COMPONENT.OPTION, data.tokenizer.OPTION one option of a component, its name kept: model.attention.impl=naive
@@ -27,11 +28,15 @@ import yaml
 from components.model import PRESETS
 from experiments import specfile
 from experiments.schema import LIMITS, SECTIONS, key_problem
+from experiments.search import space
 from experiments.spec import Spec, parse_spec, read_yaml
 from experiments.specfile import count_values
 from registry import SpecError, brief, cut
 
 COMMAND = "python -m experiments.run"
+# Blocks whose keys are dotted spec keys themselves, so `tune.train.lr=...` could not say where it ends.
+WHOLE_BLOCKS = {"tune": "'tune={train.lr: [1.0e-3, 3.0e-3]}'",
+                "scale": "'scale={model.d_model: [32, 64, 128], model.n_layers: [1, 2, 3]}'"}
 
 
 # -- parsing -------------------------------------------------------------------------------------
@@ -95,8 +100,10 @@ def locate(key: str) -> list[str] | str:
         return ["search", "space", ".".join(rest[1:])]
     if head == "search":
         return ["search", rest[0]] if len(rest) == 1 else (
-            f"override key {key!r} does not exist: a search block takes search.KEY or search.space.SECTION.FIELD")
-    return key_problem(key, "override") or f"override key {key!r} does not exist"
+            f"override key {brief(key)} does not exist: a search block takes search.KEY or search.space.SECTION.FIELD")
+    if head in WHOLE_BLOCKS:
+        return f"override key {brief(key)} does not exist: {head} is set as a whole block, e.g. {WHOLE_BLOCKS[head]}"
+    return key_problem(key, "override") or f"override key {brief(key)} does not exist"
 
 
 def set_key(tree: dict, key: str, value: Any) -> str | None:
@@ -155,8 +162,8 @@ def load_spec_with(path: str | Path, items: list[str]) -> tuple[Spec, Any, dict[
 
 def override_notes(original: Any, overrides: dict[str, Any], spec: Spec, limit: int = 10) -> list[str]:
     """Overrides that do less than they seem to: a component option that the runs whose variant or grid
-    axis names that component never get, and one that changes no run at all (checked by parsing the spec
-    without it: up to `limit` overrides and 1,000 runs)."""
+    axis names that component never get, and one that changes no run and no search setting (checked by
+    parsing the spec without it: up to `limit` overrides and 1,000 runs)."""
     notes = []
     for key, value in overrides.items():
         path = locate(key)
@@ -167,17 +174,24 @@ def override_notes(original: Any, overrides: dict[str, Any], spec: Spec, limit: 
                 notes.append(f"{key}={flow(value)} does not reach {', '.join(missed[:5])}{' ...' * (len(missed) > 5)}: "
                              f"their variant or grid axis sets model.{path[1]} itself; give the option there "
                              f"(e.g. variants.NAME.model.{path[1]}={{name: ..., {path[2]}: {flow(value)}}})")
-    runs = [r.to_dict() for r in spec.runs]  # all of each run: some keys (train.device) are not in its id
-    for key in list(overrides) if len(overrides) <= limit and len(runs) <= 1000 else []:
+    done = effect(spec)
+    for key in list(overrides) if len(overrides) <= limit and len(spec.runs) <= 1000 else []:
         tree, _ = apply_overrides(original, {k: v for k, v in overrides.items() if k != key})
         try:
-            unchanged = [r.to_dict() for r in parse_spec(tree).runs] == runs
+            unchanged = effect(parse_spec(tree)) == done
         except SpecError:  # the spec needs this override to be valid: it does something
             continue
         if unchanged:
             notes.append(f"{key}={flow(overrides[key])} changes no run: every run already has that value, or the "
                          "spec's own fields, variants or grid set what it would change")
     return notes
+
+
+def effect(spec: Spec) -> tuple[list[dict[str, Any]], Any]:
+    """What a spec does: all of each run (some keys, train.device, are not in its id), and its search
+    block with the defaults filled in (search.trials changes the study, not the base runs)."""
+    search = space.parse_block(spec.search, spec.base)[0] if spec.search is not None else None
+    return [r.to_dict() for r in spec.runs], search
 
 
 def describe(original: Any, overrides: dict[str, Any]) -> str:

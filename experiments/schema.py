@@ -14,7 +14,7 @@ import math
 import re
 from typing import Any, Callable, Literal
 
-from registry import Range, brief, close_matches, cut, type_problem
+from registry import FAMILIES, Range, bool_hint, brief, choices_hint, close_matches, cut, type_problem
 
 COMPONENT_FIELDS = ("positional", "attention", "norm", "block", "feedforward", "head")
 Component = str | dict  # a registered name, or {name: ..., option: ...}; the family's registry checks both
@@ -40,6 +40,7 @@ class Field:
     length: int | None = None    # a list's length
     rule: str = ""               # how a valid value reads in messages; derived from type and range when empty
     check: Callable[[Any], str | None] | None = None  # a further rule: why a typed value is wrong, or None
+    family: str | None = None    # a component's registry: its names are listed when the value is not one
 
     def valid(self, value: Any) -> bool:
         if type_problem(value, self.type) is not None:
@@ -59,7 +60,9 @@ class Field:
         if any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
             return f"{path} = {brief(value)} is not finite: it must be {self.describe()}"
         why = self.check(value) if self.check and type_problem(value, self.type) is None else None
-        return f"{path} = {brief(value)} {why + '; it ' if why else ''}must be {self.describe()}"
+        names = FAMILIES[self.family].names() if self.family else []
+        return (f"{path} = {brief(value)} {why + '; it ' if why else ''}must be {self.describe()}"
+                f"{choices_hint(value, names, 'registered') if names else ''}{bool_hint(value, self.type)}")
 
     def describe(self) -> str:
         return self.rule or describe_type(self.type, self.range)
@@ -90,7 +93,7 @@ def one_of(default: str, doc: str, *choices: str) -> Field:
 
 def component(family: str, default: str, doc: str) -> Field:
     # Names and options are checked by the family's registry, not here.
-    return Field(default, Component, doc, rule=f"a registered {family} name or {{name: ..., option: ...}}")
+    return Field(default, Component, doc, rule=f"a registered {family} name or {{name: ..., option: ...}}", family=family)
 
 
 AT_LEAST_0 = Range(0)
@@ -279,6 +282,26 @@ def key_problem(key: str, where: str) -> str | None:
 
 def is_component(section: str, field: str) -> bool:
     return (section == "model" and field in COMPONENT_FIELDS) or (section, field) == ("data", "tokenizer")
+
+
+def value_key(value: Any) -> Any:
+    """A value as a hashable key under which numbers compare by value (1 and 1.0 are one value) but
+    true is not 1, nor '1' 1: what a list of candidate values (grid, tune, search) must not repeat.
+    Run ids keep hashing the value as written."""
+    if isinstance(value, bool):
+        return ("bool", value)
+    if isinstance(value, (int, float)):
+        return ("number", value)
+    if isinstance(value, dict):
+        return ("mapping", frozenset((value_key(k), value_key(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return ("list", tuple(map(value_key, value)))
+    return (type(value).__name__, value if isinstance(value, (str, type(None))) else repr(value))  # a date, a !!set
+
+
+def repeats(values: list) -> bool:
+    """Whether a list of candidate values holds one value twice (value_key's sense)."""
+    return len({value_key(v) for v in values}) < len(values)
 
 
 def label(value: Any) -> str:

@@ -23,10 +23,10 @@ from components.model import PRESETS
 from experiments import sweeps as sweep_blocks
 from experiments.budget import warmup_steps, warmup_too_long
 from experiments.schema import (COMPONENT_FIELDS, DATA, LIMITS, MODEL, NAME_MAX_CHARS, SECTIONS, TOP, TRAIN,
-                                TrainSettings, is_number, key_problem, label)
+                                TrainSettings, is_number, key_problem, label, repeats)
 from experiments.search import space
 from experiments.specfile import read_yaml
-from registry import FAMILIES, SpecError, brief, choices_hint, cut, load_all
+from registry import FAMILIES, SpecError, bool_hint, brief, choices_hint, cut, load_all
 
 TOP_LEVEL = ("experiment", "seeds", "data", "model", "train", "sample", "grid", "variants", "search", "tune", "scale")
 # Execution details that do not change what a run computes are left out of its id.
@@ -148,7 +148,7 @@ def checked_grid(grid: dict, problems: list[str]) -> dict:
         problem = key_problem(str(key), "grid")
         if not isinstance(values, list) or not values:
             problem = problem or f"grid.{cut(key)} = {brief(values)} must be a non-empty list of values"
-        elif len({json.dumps(v, sort_keys=True, default=str) for v in values}) < len(values):
+        elif repeats(values):
             problem = problem or (f"grid.{cut(key)} = {brief(values)} lists a value twice: each value must "
                                   "appear once (the same value twice would be the same runs)")
         if problem:
@@ -333,7 +333,8 @@ def section_values(tree: dict, problems: list[str]) -> dict[str, dict[str, Any]]
     start: dict[str, Any] = {}
     if preset is not None:
         if not isinstance(preset, str) or preset not in PRESETS:
-            problems.append(f"model.preset = {brief(preset)} is not a preset{choices_hint(preset, PRESETS, 'presets')}")
+            problems.append(f"model.preset = {brief(preset)} is not a preset{choices_hint(preset, PRESETS, 'presets')}"
+                            f"{bool_hint(preset)}")
         else:
             start = dict(PRESETS[preset])
     resolved = {}

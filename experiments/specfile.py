@@ -4,6 +4,7 @@ PyYAML's safe loader (no tags that build objects), with what people write and at
 
 * a key given twice in one mapping is an error (PyYAML would keep the last one silently);
 * ``1e-3`` and ``3e-4`` are numbers (YAML 1.1 wants ``1.0e-3`` and reads ``1e-3`` as a string);
+* ``1:30`` and ``010`` are strings, not YAML 1.1's base-60 90 and octal 8;
 * a file larger than LIMITS["spec_bytes"] is refused before it is parsed, and a document whose
   values, aliases expanded, number more than LIMITS["spec_values"] after it is (a YAML alias bomb is
   a few lines that expand to billions of values; a document that contains itself never ends);
@@ -22,14 +23,26 @@ from experiments.schema import LIMITS
 from registry import SpecError, brief
 
 MERGE_TAG = "tag:yaml.org,2002:merge"
+INT_TAG, FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+# YAML 1.1's numbers less its base-60 ones (1:30 is 90, a time written as a number) and its octal ones
+# (010 is 8): both stay strings, which every number field refuses. Hex and binary (0x10, 0b101) say
+# what they are, so they stay numbers.
+INT = re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$")
+FLOAT = re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
+                   r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
 # YAML 1.2's floats without a dot (1e-3, 2E+5, 1.5e3): YAML 1.1's resolver requires the dot and a signed exponent.
 EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
 
 
 class DuplicateKey(yaml.YAMLError):
-    def __init__(self, key: Any, first: yaml.Mark, again: yaml.Mark):
+    def __init__(self, keys: tuple[Any, Any], first: yaml.Mark, again: yaml.Mark):
         super().__init__()
-        self.problem = f"the key {brief(key)} is given twice (lines {first.line + 1} and {again.line + 1})"
+        lines = f"(lines {first.line + 1} and {again.line + 1})"
+        if type(keys[0]) is type(keys[1]):
+            self.problem = f"the key {brief(keys[1])} is given twice {lines}"
+        else:  # 1, 1.0 and true are one key of a Python mapping: the last would silently win
+            self.problem = (f"the keys {brief(keys[0])} and {brief(keys[1])} {lines} are one key once read (true "
+                            "is 1, and 1.0 is 1): give one, or quote them to keep them apart as strings")
         self.problem_mark = again
 
 
@@ -37,21 +50,25 @@ class SpecLoader(yaml.SafeLoader):
     """yaml.SafeLoader that refuses duplicate keys and reads 1e-3 as a number."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: dict[Any, yaml.Mark] = {}
+        seen: dict[Any, tuple[Any, yaml.Mark]] = {}
         for key_node, _ in node.value:
             if key_node.tag == MERGE_TAG:  # `<<: *base` then an explicit key overrides it: that is allowed
                 continue
             key = self.construct_object(key_node, deep=True)
             try:
-                first = seen.setdefault(key, key_node.start_mark)
+                first, mark = seen.setdefault(key, (key, key_node.start_mark))
             except TypeError:  # an unhashable key: the base class says so
                 continue
-            if first is not key_node.start_mark:
-                raise DuplicateKey(key, first, key_node.start_mark)
+            if mark is not key_node.start_mark:
+                raise DuplicateKey((first, key), mark, key_node.start_mark)
         return super().construct_mapping(node, deep)
 
 
-SpecLoader.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_FLOAT, list("-+0123456789"))
+SpecLoader.yaml_implicit_resolvers = {first: [(tag, rx) for tag, rx in resolvers if tag not in (INT_TAG, FLOAT_TAG)]
+                                      for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+SpecLoader.add_implicit_resolver(INT_TAG, INT, list("-+0123456789"))
+SpecLoader.add_implicit_resolver(FLOAT_TAG, FLOAT, list("-+0123456789."))
+SpecLoader.add_implicit_resolver(FLOAT_TAG, EXPONENT_FLOAT, list("-+0123456789"))
 
 
 def read_yaml(path: str | Path) -> Any:

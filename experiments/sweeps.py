@@ -20,7 +20,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from experiments.schema import SCALE_FIELDS, SCALE_MIN_SIZES, TUNE_MIN_VALUES, key_problem
+from experiments import metrics
+from experiments.schema import SCALE_FIELDS, SCALE_MIN_SIZES, TUNE_MIN_VALUES, key_problem, repeats
+from experiments.search.space import scored_text_problem
+from registry import brief, cut
 
 
 @dataclasses.dataclass
@@ -61,18 +64,23 @@ def parse(raw: dict, grid: dict, variants: dict, problems: list[str]) -> Sweeps:
 def parse_tune(tune: Any, problems: list[str]) -> dict[str, Any] | None:
     example = "e.g. tune: {train.lr: [1.0e-3, 3.0e-3, 1.0e-2]}"
     if not isinstance(tune, dict) or len(tune) != 1:
-        problems.append(f"tune = {tune!r} must be a mapping of exactly one spec key to a list of values, {example}")
+        problems.append(f"tune = {brief(tune)} must be a mapping of exactly one spec key to a list of values, {example}")
         return None
     (key, values), = tune.items()
     if problem := key_problem(str(key), "tune"):
         problems.append(problem)
         return None
+    # The report picks each variant's best value by its final validation bpb, as a search of val_bpb would.
+    if why := scored_text_problem(".".join(str(key).split(".")[:2]), metrics.VAL_BPB, "values"):
+        problems.append(f"tune.{cut(key)} = {brief(values)} cannot be tuned: a tune picks each variant's best value by its "
+                        f"validation bpb, and {why}")
+        return None
     if not isinstance(values, list) or len(values) < TUNE_MIN_VALUES:
-        problems.append(f"tune.{key} = {values!r} must be a list of at least {TUNE_MIN_VALUES} values to "
+        problems.append(f"tune.{key} = {brief(values)} must be a list of at least {TUNE_MIN_VALUES} values to "
                         f"choose from, {example}")
         return None
-    if len(set(map(repr, values))) < len(values):
-        problems.append(f"tune.{key} = {values!r} lists a value twice")
+    if repeats(values):
+        problems.append(f"tune.{key} = {brief(values)} lists a value twice")
         return None
     return {"key": str(key), "values": list(values)}
 
@@ -80,13 +88,13 @@ def parse_tune(tune: Any, problems: list[str]) -> dict[str, Any] | None:
 def parse_scale(scale: Any, problems: list[str]) -> dict[str, Any] | None:
     example = "e.g. scale: {model.d_model: [32, 64, 128], model.n_layers: [1, 2, 3]}"
     if not isinstance(scale, dict) or not scale:
-        problems.append(f"scale = {scale!r} must be a mapping of size keys ({', '.join(SCALE_FIELDS)}) to "
+        problems.append(f"scale = {brief(scale)} must be a mapping of size keys ({', '.join(SCALE_FIELDS)}) to "
                         f"lists of values, one value per size, {example}")
         return None
-    found = [f"scale key {k!r} is not a size field: scale takes {', '.join(SCALE_FIELDS)}"
+    found = [f"scale key {brief(k)} is not a size field: scale takes {', '.join(SCALE_FIELDS)}"
              for k in scale if k not in SCALE_FIELDS]
     lists = {str(k): v for k, v in scale.items() if k in SCALE_FIELDS}
-    found += [f"scale.{k} = {v!r} must be a list of values, one per size" for k, v in lists.items()
+    found += [f"scale.{k} = {brief(v)} must be a list of values, one per size" for k, v in lists.items()
               if not isinstance(v, list)]
     lengths = {len(v) for v in lists.values() if isinstance(v, list)}
     if not found and len(lengths) > 1:
@@ -96,8 +104,8 @@ def parse_scale(scale: Any, problems: list[str]) -> dict[str, Any] | None:
         found.append(f"scale gives {min(lengths)} sizes; a fit of L(C) = E + A*C^-alpha needs at least "
                      f"{SCALE_MIN_SIZES} (it has 3 parameters), {example}")
     axis = next(iter(lists), None)
-    if not found and len(set(map(repr, lists[axis]))) < len(lists[axis]):
-        found.append(f"scale.{axis} = {lists[axis]!r} repeats a value: the first scale key names the sizes, "
+    if not found and repeats(lists[axis]):
+        found.append(f"scale.{axis} = {brief(lists[axis])} repeats a value: the first scale key names the sizes, "
                      "so its values must differ (list another key first)")
     if found:
         problems += found

@@ -54,6 +54,12 @@ def test_values_are_yaml_and_3e_4_is_a_number():
     assert type(parsed["train.steps"]) is int and type(parsed["train.lr"]) is float
 
 
+def test_yaml_1_1_base_60_and_octal_numbers_stay_text():
+    """1:30 is not 90, nor 010 8: the field's type check refuses them; hex says what it is."""
+    assert overrides.parse_overrides(["train.lr=1:30", "train.steps=010", "seeds=[0x10]"]) == {
+        "train.lr": "1:30", "train.steps": "010", "seeds": [16]}
+
+
 @pytest.mark.parametrize("items, expected", [
     (["train.steps"], "must be KEY=VALUE"),
     (["=3"], "must be KEY=VALUE"),
@@ -65,6 +71,17 @@ def test_malformed_overrides_are_named(items, expected):
     with pytest.raises(SpecError) as err:
         overrides.parse_overrides(items)
     assert expected in str(err.value) and items[-1].partition("=")[0] in str(err.value)
+
+
+@pytest.mark.parametrize("item, block", [("tune.train.lr=[1.0e-3, 3.0e-3]", "tune"),
+                                         ("scale.model.d_model=[32, 64, 128]", "scale")])
+def test_tune_and_scale_are_overridden_whole(tmp_path, item, block):
+    with pytest.raises(SpecError) as err:
+        overrides.load_spec_with(write(tmp_path, SPEC), [item])
+    assert str(err.value) == (f"override key '{item.partition('=')[0]}' does not exist: {block} is set as a whole "
+                              f"block, e.g. {overrides.WHOLE_BLOCKS[block]}")
+    spec, _, _ = overrides.load_spec_with(write(tmp_path, SPEC), [overrides.WHOLE_BLOCKS[block].strip("'")])
+    assert getattr(spec.sweeps, block) is not None                    # what the message suggests works
 
 
 def test_every_kind_of_key_lands_where_the_file_would_have_it():
@@ -286,3 +303,15 @@ def test_a_device_this_machine_lacks_is_refused_before_any_run(tmp_path, capsys,
     assert run.main([str(write(tmp_path, SPEC)), "train.device=mps", "--results", str(tmp_path / "r")]) == 2
     assert "error: device mps (train.device or --device) is not here" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("items", [["search.trials=40", "search.sampler=random"],
+                                   ["search.space.model.n_layers={int: [1, 2]}"], ["search="]])
+def test_an_override_of_the_search_block_is_not_said_to_change_nothing(items):
+    search = Path(__file__).parent.parent / "specs" / "search_heads_layers.yaml"
+    spec, original, changes = overrides.load_spec_with(search, items)
+    assert overrides.override_notes(original, changes, spec) == []
+    spec, original, changes = overrides.load_spec_with(search, ["search.trials=12"])  # the spec's own value
+    assert overrides.override_notes(original, changes, spec) == [
+        "search.trials=12 changes no run: every run already has that value, or the spec's own fields, variants or "
+        "grid set what it would change"]

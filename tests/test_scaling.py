@@ -137,3 +137,11 @@ def test_the_multiplier_interval_covers_the_truth(tmp_path, seeds, at_least):
         draws = better.boot_multiplier
         percentile_covered += percentile(draws, 0.025) < 2.0 < percentile(draws, 0.975)
     assert covered / 200 >= at_least > percentile_covered / 200
+
+
+def test_a_long_scale_list_is_quoted_briefly():
+    """3,000 sizes with a repeat: the message quotes a few, not the whole list."""
+    with pytest.raises(SpecError) as err:
+        parse_spec({"experiment": "s", "scale": {"model.d_model": [64] * 3000}})
+    assert "scale.model.d_model = [64, 64, 64, 64, 64, 64, 64, 64, ...] repeats a value" in str(err.value)
+    assert len(str(err.value)) < 300

@@ -99,6 +99,13 @@ def one_thread(lab_cache):
     ({"trials": 3}, "search.space is missing"),
     ({"space": {"model.n_heads": 4}}, "search.space.model.n_heads = 4 must be a list of values (categorical) or a range"),
     ({"space": {"model.n_heads": [0, 2]}}, "search.space.model.n_heads: model.n_heads = 0 must be a positive integer"),
+    ({"space": {"train.lr": [1, 1.0]}}, "search.space.train.lr = [1, 1.0] lists a value twice"),  # one number
+    ({"space": {"model.n_layers": {"int": [1, 2], "step": 5}}}, "with step 5: the step is larger than high - low = 1"),
+    ({"space": {"model.n_layers": {"int": [1, 10], "step": 2}}}, "is not a multiple of the step; give high 9 or 11"),
+    ({"space": {"train.lr": {"float": [0.1, 1.0], "step": 0.2}}}, "high - low = 0.9 is not a multiple of the step; "
+                                                                  "give high 0.9 or 1.1"),
+    ({"space": {"train.lr": {"float": [1e-3, 1e-3], "log": True}}},
+     "search.space.train.lr.float = [0.001, 0.001] holds one value (low = high), so every trial would train the same"),
     ({"space": {"model.n_layers": {"float": [1, 4]}}}, "search.space.model.n_layers: model.n_layers = 1.0 must be a positive integer"),
     ({"space": {"model.n_layers": {"int": [1, 4], "lg": True}}}, "unknown key 'lg' in search.space.model.n_layers — did you mean 'log'?"),
     ({"space": {"model.n_layers": {"int": [1, 4], "float": [1, 2]}}}, "must name exactly one of int or float"),
@@ -106,6 +113,8 @@ def one_thread(lab_cache):
     ({"space": {"model.preset": ["tiny", "tiyn"]}}, "search.space.model.preset = 'tiyn' is not a preset — did you mean 'tiny'?"),
     ({"sampler": "grid", "space": {"train.lr": {"float": [1.0e-4, 1.0e-3]}}}, "search.space.train.lr is a continuous range"),
     ({"storage": "not a url", "space": {"model.n_heads": [1, 2]}}, "search.storage = 'not a url' is not a database URL"),
+    ({"storage": "sqlite:///:memory:", "space": {"model.n_heads": [1, 2]}},
+     "search.storage = 'sqlite:///:memory:' is an in-memory SQLite database: the study would vanish"),
     ([1, 2], "search must be a mapping"),
 ])
 def test_search_block_problems_name_the_field_and_the_choices(block, expected):
@@ -154,6 +163,16 @@ def test_unreachable_storage_exits_2_without_traceback_or_results(tmp_path, caps
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert ("cannot open the Optuna storage" in err) or ("is not a database URL" in err)
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("url", ["sqlite:///", "sqlite://", "sqlite:///:memory:", "sqlite:///file:s?mode=memory&uri=true"])
+def test_an_in_memory_study_is_refused(tmp_path, capsys, url):
+    spec = write(tmp_path, make({"trials": 2, "space": {"model.n_heads": [1, 2]}}))
+    assert main([str(spec), "--results", str(tmp_path / "results"), "--storage", url, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --storage = 'sqlite:") and err.count("\n") == 1
+    assert "is an in-memory SQLite database: the study would vanish when this process ends" in err
     assert not (tmp_path / "results").exists()
 
 

@@ -210,3 +210,25 @@ def test_rope_checks_the_head_size_the_attention_builds(attention, n_heads, head
     with pytest.raises(SpecError) as err:
         parse_spec(raw)
     assert f"rope turns pairs of features, so it needs an even head size, and the heads are {head_dim} wide" in str(err.value)
+
+
+def test_numbers_repeat_by_value_but_true_is_not_1():
+    from experiments.schema import repeats
+
+    assert repeats([1, 1.0]) and repeats([{"name": "rope", "base": 500}, {"name": "rope", "base": 500.0}])
+    assert not repeats([True, 1]) and not repeats(["1", 1]) and not repeats([None, 0, False, ""])
+    assert not repeats([[1, 2], [2, 1]]) and repeats([[1, 2.0], [1.0, 2]])
+
+
+def test_a_boolean_where_a_string_is_wanted_says_yaml_read_yes_or_no():
+    from registry import bool_hint
+
+    hint = "(YAML reads yes/no/on/off/true/false as booleans: quote it)"
+    with pytest.raises(SpecError) as err:
+        parse_spec({"experiment": "t", "model": {"preset": False, "attention": {"name": "multi_head", "impl": True}},
+                    "train": {"device": True}})
+    for field in ("model.preset = False is not a preset", "impl = True for attention 'multi_head' must be",
+                  "train.device = True must be auto"):
+        assert field in str(err.value) and str(err.value).split(field)[1].split(";")[0].endswith(hint)
+    assert bool_hint(True, str | None) and bool_hint(False, dict | str) and not bool_hint(True, int)
+    assert not bool_hint("yes", str) and not bool_hint(1, str) and not bool_hint(True, bool)

@@ -195,6 +195,8 @@ def test_a_tune_spec_runs_every_value_and_writes_a_report_naming_each_best(tmp_p
     ({"train.lr": [1e-3, 1e-2], "train.warmup": [1, 2]}, "exactly one spec key"),
     ({"train.lrr": [1e-3, 1e-2]}, "did you mean 'lr'"),
     ({"train.lr": [1e-3, -1.0]}, "train.lr = -1.0 must be a positive number"),
+    ({"data.corpus": ["embedded", "shakespeare"]}, "cannot be tuned: a tune picks each variant's best value by its validation bpb, and it changes the text itself"),
+    ({"data.test_fraction": [0.0, 0.1]}, "the held-out test text, so the values would not be scored alike"),
 ])
 def test_bad_tune_blocks_are_refused(tune, message):
     from registry import SpecError
@@ -208,3 +210,9 @@ def test_a_variant_that_sets_the_tuned_key_is_refused():
 
     with pytest.raises(SpecError, match="variants.fast sets train.lr, which tune runs over"):
         parse_spec({"experiment": "t", "variants": {"fast": {"train.lr": 1e-2}}, "tune": {"train.lr": [1e-3, 3e-3]}})
+
+
+@pytest.mark.parametrize("key, values", [("data.tokenizer", ["char", "byte"]), ("model.context_length", [32, 64])])
+def test_a_tune_may_vary_what_bits_per_byte_compare_fairly(key, values):
+    """As a search of val_bpb may: each run's whole validation text, in bits per byte."""
+    assert parse_spec({"experiment": "t", "tune": {key: values}}).sweeps.tune["values"] == values

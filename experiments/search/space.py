@@ -10,10 +10,10 @@ from typing import Any
 
 from components.model import PRESETS
 from experiments import metrics
-from experiments.schema import LIMITS, SECTIONS, is_component, key_problem, positive_int
+from experiments.schema import LIMITS, SECTIONS, is_component, key_problem, positive_int, repeats
 from experiments.schema import label as spec_label
 from experiments.search.study import STORAGE_ENV, has_password, storage_problems
-from registry import FAMILIES, brief, choices_hint, close_matches, cut, load_all, type_problem
+from registry import FAMILIES, bool_hint, brief, choices_hint, close_matches, cut, load_all, type_problem
 
 SEARCH_KEYS = ("trials", "metric", "direction", "sampler", "pruner", "storage", "space")
 SAMPLERS = ("tpe", "random", "grid")
@@ -199,12 +199,12 @@ def searched_fields(key: str, value: Any, base: dict) -> list[str]:
     return [head, "model.context_length"] if len(lengths) > 1 else [head]
 
 
-def scored_text_problem(field: str, metric: str) -> str | None:
-    """Why searching `field` would score the trials of a `metric` search on different text, or in different
-    units, and what to do instead; None when it may be searched."""
+def scored_text_problem(field: str, metric: str, compared: str = "trials") -> str | None:
+    """Why varying `field` would score the `compared` (a search's trials, a tune's values) by `metric` on
+    different text, or in different units, and what to do instead; None when it may vary."""
     section = field.split(".")[0]
     if field in SCORED_TEXT:
-        return (f"it changes {SCORED_TEXT[field]}, so the trials would not be scored alike; set it once in the "
+        return (f"it changes {SCORED_TEXT[field]}, so the {compared} would not be scored alike; set it once in the "
                 f"spec's {section}: section")
     if field == PER_TOKEN and METRICS[metric][0].endswith("_loss"):
         return (f"it changes the unit of {metric}, a loss per token of each tokenizer; search it with metric: "
@@ -212,7 +212,7 @@ def scored_text_problem(field: str, metric: str) -> str | None:
     if field in WINDOWS and METRICS[metric][0] in metrics.SAMPLED:
         instead = "val_bpb" if field == PER_TOKEN else "val_bpb or val_loss"
         return (f"{metric} is read off the periodic evaluations' sampled windows, and it changes {WINDOWS[field]}, "
-                f"so the trials would not be scored alike; search it with metric: {instead} (each finished run's "
+                f"so the {compared} would not be scored alike; search it with metric: {instead} (each finished run's "
                 f"whole validation text), or set it once in the spec's {section}: section")
     return None
 
@@ -270,8 +270,7 @@ def parse_space(space: Any, base: dict) -> tuple[list[Param], list[str]]:
                 problems.append(f"{where} = [] must be a non-empty list of values")
                 continue
             found = [p for v in value for p in value_problems(key, v, base, space)]
-            labels = [encode(v) for v in value]
-            if len(set(map(repr, labels))) < len(labels):
+            if repeats([encode(v) for v in value]):  # as Optuna stores them: two that read alike collide
                 found.append(f"{where} = {brief(value)} lists a value twice")
             problems += found
             if not found:
@@ -327,11 +326,35 @@ def parse_range(key: str, value: dict, base: dict, space: dict) -> tuple[Param |
         problems.append(f"{where}: log: true needs low > 0, got {brief(low)}")
     if log and step not in (None, 1):
         problems.append(f"{where}: log: true and step cannot be used together")
+    problems += span_problems(f"{where}.{kind}", bounds, None if log else step)
     for bound in (low, high):  # a float range suggests floats: the field must take them
         problems += value_problems(key, float(bound) if kind == "float" else bound, base, space)
     if problems:
         return None, list(dict.fromkeys(problems))
     return Param(key, kind, low=low, high=high, step=step, log=log), []
+
+
+def span_problems(where: str, bounds: list, step: Any) -> list[str]:
+    """A range that holds one value (every trial would train the same), or whose step does not end on
+    high (Optuna would trim the range with a warning, or to [low, low] for a step wider than it)."""
+    low, high = bounds
+    if low > high:  # said already
+        return []
+    if low == high:
+        return [f"{where} = {brief(bounds)} holds one value (low = high), so every trial would train the same: "
+                "give a wider range, or set the value once in the spec"]
+    if step is None:
+        return []
+    span = high - low
+    count = span // step if isinstance(span, int) and isinstance(step, int) else math.floor(span / step + 1e-9)
+    if count == 0:
+        return [f"{where} = {brief(bounds)} with step {brief(step)}: the step is larger than high - low = "
+                f"{span:.12g}, so the range would hold low alone: give a smaller step or a wider range"]
+    below = low + count * step
+    if math.isclose(below, high, rel_tol=1e-9, abs_tol=1e-12 * abs(step)):
+        return []
+    return [f"{where} = {brief(bounds)} with step {brief(step)}: high - low = {span:.12g} is not a multiple of "
+            f"the step; give high {below:.12g} or {below + step:.12g}"]
 
 
 def value_problems(key: str, value: Any, base: dict, space: dict) -> list[str]:
@@ -353,11 +376,11 @@ def value_problems(key: str, value: Any, base: dict, space: dict) -> list[str]:
     if component:
         if not isinstance(value, (str, dict)):
             return [f"{where} = {brief(value)} must be a registered {family} name or {{name: ..., option: ...}} "
-                    f"(registered: {', '.join(FAMILIES[family].names())})"]
+                    f"(registered: {', '.join(FAMILIES[family].names())}){bool_hint(value)}"]
         return FAMILIES[family].check(value, where)
     if (section, field) == ("model", "preset"):
         if not isinstance(value, str) or value not in PRESETS:
-            return [f"{where} = {brief(value)} is not a preset{choices_hint(value, PRESETS, 'presets')}"]
+            return [f"{where} = {brief(value)} is not a preset{choices_hint(value, PRESETS, 'presets')}{bool_hint(value)}"]
         return []
     problem = SECTIONS[section][field].problem(value, f"{section}.{field}")
     return [f"{where}: {problem}"] if problem else []

@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
-from registry import SpecError
+from registry import SpecError, brief
 
 HEARTBEAT_ENV = "LAB_SEARCH_HEARTBEAT_S"
 STORAGE_ENV = "LAB_STORAGE_URL"  # the storage URL, password included, kept off command lines and out of results/
@@ -94,16 +94,21 @@ def heartbeat_settings() -> tuple[int, int]:
 def storage_problems(url: Any, where: str) -> list[str]:
     """Whether a storage URL can be read as one (the database itself is only tried when opened)."""
     if not isinstance(url, str) or not url:
-        return [f"{where} = {url!r} must be a database URL such as sqlite:///study.db or "
+        return [f"{where} = {brief(url)} must be a database URL such as sqlite:///study.db or "
                 "postgresql+psycopg2://user:password@host:5432/db (or null for the default)"]
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     try:
-        make_url(url)
+        parsed = make_url(url)
     except ArgumentError:
-        return [f"{where} = {url!r} is not a database URL: write it as dialect+driver://user:password@host:port/db, "
+        return [f"{where} = {brief(url)} is not a database URL: write it as dialect+driver://user:password@host:port/db, "
                 "e.g. sqlite:///study.db or postgresql+psycopg2://lab@localhost:5432/lab"]
+    if parsed.get_backend_name() == "sqlite" and (parsed.database in (None, "", ":memory:", "file::memory:")
+                                                  or parsed.query.get("mode") == "memory"):
+        return [f"{where} = {brief(url)} is an in-memory SQLite database: the study would vanish when this process "
+                "ends (and --workers could not share it); name a file, e.g. sqlite:///study.db, or leave it out "
+                "for results/<experiment>/study.db"]
     return []
 
 
