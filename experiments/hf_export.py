@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from experiments import files
+from experiments import files, interrupts
 from experiments.checkpoint import check_run_dir, load_run, read_run_spec
 from registry import Registry, SpecError, cut
 
@@ -229,7 +229,7 @@ def export_hf(run_dir: str | Path, out: str | Path) -> dict[str, Any]:
     data = save(hf_tensors(model, tied), metadata={"format": "pt"})
 
     def write(folder: Path) -> str:
-        files.write_json(folder / MARK, {"run": str(run_dir.resolve())})
+        files.write_json(folder / MARK, {"run": str(run_dir.resolve()), "complete": True})
         files.write_json(folder / "config.json", config)
         (folder / "model.safetensors").write_bytes(data)
         note = write_tokenizer(folder, tokenizer, run_dir, spec["model"]["context_length"])
@@ -242,12 +242,14 @@ def export_hf(run_dir: str | Path, out: str | Path) -> dict[str, Any]:
 
 def write_staged(out: Path, write: Callable[[Path], str]) -> str:
     """`write(folder)` into a new folder `out/.export.<random>.tmp`, then each file it wrote moved into
-    `out` (a rename, replacing ours from an earlier export). An OSError becomes CannotWrite, after the
-    staging folder and every folder made for `out` are removed again."""
+    `out` (publish). An OSError becomes CannotWrite, after the staging folder and every folder made for
+    `out` are removed again."""
     made = [p for p in (out, *out.parents) if not p.exists()]  # the folders mkdir will make, deepest first
     stage = out / f".export.{secrets.token_hex(4)}.tmp"
     try:
         out.mkdir(parents=True, exist_ok=True)
+        for old in out.glob(".export.*.tmp"):  # staging folders of exports a kill cut short
+            shutil.rmtree(old, ignore_errors=True)
         stage.mkdir()
         note = write(stage)
         written = sorted(p.name for p in stage.iterdir())
@@ -257,8 +259,7 @@ def write_staged(out: Path, write: Callable[[Path], str]) -> str:
                             "one an earlier export wrote)")
         if blocked := [out / name for name in written if (out / name).is_dir()]:
             raise IsADirectoryError(errno.EISDIR, "a folder is in the way", str(blocked[0]))
-        for name in written:
-            os.replace(stage / name, out / name)
+        publish(stage, out, written)
         stage.rmdir()
         return note
     except BaseException as err:  # a failure, or Ctrl-C: nothing half-written stays
@@ -269,6 +270,23 @@ def write_staged(out: Path, write: Callable[[Path], str]) -> str:
         if isinstance(err, OSError):
             raise CannotWrite(cannot_write_message(err, out, stage)) from None
         raise
+
+
+def publish(stage: Path, out: Path, written: list[str]) -> None:
+    """Move the staged files into `out`, replacing an earlier export's, with Ctrl-C held. A kill part way
+    must not leave one run's card and tokenizer beside another's weights that still load: the mark first
+    says the folder is incomplete and config.json (without which nothing loads it) goes, then the files,
+    config.json and the complete mark last."""
+    last = [name for name in ("config.json", MARK) if name in written]
+    with interrupts.ctrl_c_held():
+        files.write_json(out / MARK, {"complete": False})
+        try:
+            (out / "config.json").unlink(missing_ok=True)
+            for name in [n for n in written if n not in last] + last:
+                os.replace(stage / name, out / name)
+        except OSError as err:
+            raise CannotWrite(cannot_write_message(err, out, stage).replace(
+                "Nothing was written", "The export there is incomplete (no config.json: nothing loads it)")) from None
 
 
 def cannot_write_message(err: OSError, out: Path, stage: Path) -> str:

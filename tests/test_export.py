@@ -217,3 +217,32 @@ def test_a_runs_file_given_for_its_folder_is_named_a_file(exported, tmp_path: Pa
     out, err = capsys.readouterr()
     assert out == "" and err.startswith(f"error: {str(summary)!r} is a file, not a run folder") and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_an_export_cut_short_while_publishing_cannot_be_loaded_and_is_redone_whole(exported, tmp_path: Path,
+                                                                                   capsys, monkeypatch) -> None:
+    """One run's card and tokenizer beside another's weights that still load: what a kill between the renames
+    left. Now config.json (without which nothing loads the folder) goes first and comes back last, the mark
+    says the folder is incomplete until then, and the next export clears a killed one's staging folder."""
+    (a, _), (b, _) = exported["baseline"], exported["untied"]
+    out = tmp_path / "out"
+    assert export.main([str(a), "--out", str(out)]) == 0
+    (out / ".export.dead.tmp").mkdir()                   # a kill -9 during an earlier export's writes
+    renames = []
+    real = hf_export.os.replace
+
+    def cut_short(src, dst):  # the third rename into --out: the incomplete mark, one file, then this
+        renames.append(dst) if Path(dst).parent == out else None
+        if len(renames) == 3 and Path(dst).parent == out:
+            raise OSError(5, "Input/output error", str(dst))
+        real(src, dst)
+    monkeypatch.setattr(hf_export.os, "replace", cut_short)
+    assert export.main([str(b), "--out", str(out)]) == 1
+    assert "The export there is incomplete (no config.json: nothing loads it)" in capsys.readouterr().err
+    assert not (out / "config.json").exists() and json.loads((out / hf_export.MARK).read_text()) == {"complete": False}
+    with pytest.raises((OSError, RuntimeError, ValueError)):  # it does not load as some model
+        transformers.GPT2LMHeadModel.from_pretrained(out)
+    monkeypatch.setattr(hf_export.os, "replace", real)
+    assert export.main([str(b), "--out", str(out)]) == 0
+    assert json.loads((out / hf_export.MARK).read_text())["complete"] is True
+    assert not list(out.glob(".export.*.tmp")) and (out / "config.json").is_file()
