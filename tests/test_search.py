@@ -274,6 +274,16 @@ def test_invalid_combinations_are_pruned_and_a_changed_study_is_refused(tmp_path
     raw["search"]["direction"] = "maximize"
     assert main([str(write(tmp_path, raw)), "--results", str(results), "--no-report"]) == 2
     assert "was created to minimize, but the spec asks to maximize" in capsys.readouterr().err
+    raw["search"]["direction"] = "minimize"
+    raw["train"]["lr"] = 2e-3                                     # the base spec edited: other runs
+    raw["train"]["device"] = "auto"                               # (the device alone changes no run)
+    assert main([str(write(tmp_path, raw)), "--results", str(results), "--no-report"]) == 2
+    err = capsys.readouterr().err
+    assert "holds trials of another version of the spec (it differs in train.lr, train.min_lr)" in err
+    assert "Traceback" not in err
+    del raw["train"]["lr"]
+    raw["search"]["trials"] = 3                                   # the search block alone: the same runs
+    assert main([str(write(tmp_path, raw)), "--results", str(results), "--no-report"]) == 0
 
 
 def test_the_pruner_stops_a_trial_at_an_evaluation(tmp_path, one_thread, monkeypatch):

@@ -7,6 +7,7 @@ Optuna is imported inside the functions: importing this module costs nothing.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 import time
@@ -256,6 +257,7 @@ def open_study(plan):
                                f"{study.direction.name.lower()}, but the spec asks to {plan.direction}: use "
                                "another experiment name, or delete the study (optuna delete-study "
                                f"--study-name {plan.study_name} --storage URL)")
+        check_base(study, plan)
         dists = {p.key: distribution(p) for p in plan.params}
         trials = study.get_trials(deepcopy=False)
         if trials:  # a resumed study: a sampler seeded as before would replay the draws already made
@@ -269,11 +271,40 @@ def open_study(plan):
                         f"where {name} is {dist}, and the spec now makes it {dists[name]}: a study keeps "
                         "one space; use another experiment name, or delete the study (optuna delete-study "
                         f"--study-name {plan.study_name} --storage URL)")
-        for key in ("mode", "space"):
+        for key, value in (("mode", plan.search_record()["mode"]), ("space", plan.search_record()["space"]),
+                           ("base_runs", base_runs(plan.spec))):
             if key not in study.user_attrs:
                 with contextlib.suppress(Exception):
-                    study.set_user_attr(key, plan.search_record()[key])
+                    study.set_user_attr(key, value)
     return study
+
+
+def base_runs(spec) -> list[dict[str, Any]]:
+    """What the spec's runs compute before a trial's values apply (their identities, as JSON keeps them):
+    the same for every edit that changes no run (the search block, the device), different otherwise."""
+    return json.loads(json.dumps([r.identity() for r in spec.runs_for({}, "base")], sort_keys=True, default=str))
+
+
+def check_base(study, plan) -> None:
+    """StorageError when the study's trials were run from another version of the spec (an edited train.lr,
+    say): resuming would count them as this spec's and train nothing. Studies older than the record pass."""
+    recorded, now = study.user_attrs.get("base_runs"), base_runs(plan.spec)
+    if recorded is None or recorded == now:
+        return
+    changed = sorted(set(flat(recorded[0]).items()) ^ set(flat(now[0]).items())) if recorded and now else []
+    keys = list(dict.fromkeys(k for k, _ in changed)) or ["seeds"]
+    raise StorageError(f"the study '{plan.study_name}' in {mask(plan.storage_record)} holds trials of another "
+                       f"version of the spec (it differs in {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}): "
+                       "its trials' runs are not this spec's, and resuming would train nothing; use another "
+                       f"experiment name, or delete the study (optuna delete-study --study-name {plan.study_name} "
+                       "--storage URL) and its folder")
+
+
+def flat(tree: Any, prefix: str = "") -> dict[str, str]:
+    """Nested dicts as dotted keys -> the JSON of each leaf."""
+    if not isinstance(tree, dict):
+        return {prefix: json.dumps(tree, sort_keys=True)}
+    return {k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}.{key}" if prefix else key).items()}
 
 
 class Heartbeat:
