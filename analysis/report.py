@@ -10,6 +10,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -430,6 +431,7 @@ def write_report(exp_dir: Path, consecutive: bool = False, out: Path | None = No
     the end, so a failure or Ctrl-C part way leaves the previous report and plots as they were.
     Raises analysis.tables.ExperimentError when exp_dir is not an experiment folder.
     """
+    read_at = time.time()  # the report's time: a run that finishes while it is drawn makes it stale
     exp = load_experiment(Path(exp_dir))
     out = exp.path if out is None else Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -439,6 +441,7 @@ def write_report(exp_dir: Path, consecutive: bool = False, out: Path | None = No
         plots = make_plots(exp, staging / "plots")
         (staging / "report.md").write_text(build_report(exp, plots, consecutive), encoding="utf-8")
         _publish(staging, out, plots)
+        os.utime(out / "report.md", (read_at, read_at))  # records.report_is_stale compares summaries' times
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out / "report.md"

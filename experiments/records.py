@@ -173,7 +173,8 @@ def write_report(exp_dir: Path) -> Path | None:
 
 
 def report_is_stale(exp_dir: Path) -> bool:
-    """Whether a run finished after report.md was written (or there is none)."""
+    """Whether a run finished after report.md's analysis read the runs (its time: analysis/report.py), or
+    there is none."""
     report = exp_dir / "report.md"
     if not report.exists():
         return True

@@ -858,3 +858,29 @@ def test_out_never_takes_another_experiments_folder_or_the_current_one(tmp_path:
     assert sorted(p.name for p in two.iterdir()) == before and not (tmp_path / "report.md").exists()
     assert main([str(one), "--out", str(one)]) == 0 and main([str(one), "--out", str(tmp_path / "new")]) == 0
     assert (tmp_path / "new" / "report.md").read_text().startswith("# one")
+
+
+def test_a_run_that_finishes_while_the_report_is_drawn_leaves_it_stale(tmp_path: Path, monkeypatch) -> None:
+    """The report was dated by its publication, after the runs were read: a run finished in between was in
+    no report, yet the report looked newer than every summary and a rerun never wrote it again."""
+    import os
+    import time
+
+    from analysis import report
+    from experiments.records import report_is_stale
+
+    exp_dir = build_experiment(tmp_path, "late", [Run("a", s, 1.5 + 0.01 * s) for s in range(2)])
+    summary = next(exp_dir.glob("runs/*/summary.json"))
+    real = report.load_experiment
+
+    def read_then_a_run_finishes(path):
+        exp = real(path)
+        time.sleep(0.05)
+        os.utime(summary)  # a runner writes a summary now
+        return exp
+    monkeypatch.setattr(report, "load_experiment", read_then_a_run_finishes)
+    write_report(exp_dir)
+    assert report_is_stale(exp_dir)
+    monkeypatch.setattr(report, "load_experiment", real)
+    write_report(exp_dir)
+    assert not report_is_stale(exp_dir)
