@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -75,7 +76,10 @@ class Board:
 
         self.run_id, self.broken = run.run_id, False
         self.dir = board_dir(run_dir, run.variant, run.seed)
-        # purge_step: TensorBoard drops what an earlier attempt wrote from this step on.
+        # purge_step: TensorBoard drops what an earlier attempt wrote from this step on; a run that starts
+        # from step 0 again (killed before its first checkpoint, a checkpoint set aside) drops it all.
+        if resumed_at is None:
+            shutil.rmtree(self.dir, ignore_errors=True)
         self.writer = SummaryWriter(str(self.dir), purge_step=None if resumed_at is None else resumed_at + 1,
                                     flush_secs=FLUSH_S)
         hparams = {"run_id": run.run_id, "variant": run.variant, "seed": run.seed,

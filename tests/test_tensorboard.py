@@ -83,6 +83,10 @@ def test_events_are_live_at_each_evaluation_and_a_resume_purges_the_rest(tmp_pat
     start = hparams_data(acc, "_hparams_/session_start_info").session_start_info
     assert start.hparams["model.attention"].string_value == "grouped_query(n_kv_heads=2)"
     assert start.hparams["train.lr"].number_value == pytest.approx(0.01)
+    again = Board(run, tmp_path, resumed_at=None)  # trained again from step 0 (its checkpoint set aside, say)
+    again.evaluation(row(0, 3.0))
+    again.close("failed", 0)
+    assert curve(accumulator(folder), "val/bpb") == [(0, 3.0)]  # one curve, not the earlier attempt's beside it
 
 
 def test_a_pruned_run_ends_its_session_and_a_writer_error_never_stops_a_run(tmp_path, capsys):
