@@ -162,9 +162,9 @@ def optimizer_problem(optimizer, saved: Any) -> str | None:
 def set_aside(path: Path, tag: str) -> Path:
     """Rename a checkpoint and its record to <stem>.<tag><suffix>, out of the run's way but kept; the new path."""
     kept = path.with_name(f"{path.stem}.{tag}{path.suffix}")
+    path.replace(kept)  # the checkpoint first: a kill between the two never leaves it without its record
     if checksum_path(path).exists():
         checksum_path(path).replace(checksum_path(kept))
-    path.replace(kept)
     return kept
 
 
