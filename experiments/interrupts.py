@@ -26,11 +26,20 @@ def quiet_while_loading(message: str) -> None:
     signal.signal(signal.SIGINT, interrupted)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a scheduler's stop, `docker stop`, `timeout`), taken as Ctrl-C: the same clean stop."""
+
+
+def terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def run_main(main: Callable[[], int], message: str) -> int:
-    """`main()`'s exit status; Ctrl-C during it prints `message` and gives 130; a reader that closed
-    the pipe on stdout (`... | head -1`) ends the command quietly with 141, as SIGPIPE would."""
-    with contextlib.suppress(ValueError):  # not the main thread: the handler stays as it is
+    """`main()`'s exit status; Ctrl-C (or SIGTERM) during it prints `message` and gives 130; a reader that
+    closed the pipe on stdout (`... | head -1`) ends the command quietly with 141, as SIGPIPE would."""
+    with contextlib.suppress(ValueError):  # not the main thread: the handlers stay as they are
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, terminated)
     try:
         return main()
     except KeyboardInterrupt:
@@ -53,18 +62,20 @@ def stdout_is_a_pipe() -> bool:
 
 @contextlib.contextmanager
 def ctrl_c_held() -> Iterator[None]:
-    """Hold Ctrl-C until the block ends, then deliver it: around work that must not stop half way (a
-    checkpoint's torch.save, whose C++ writer aborts the process if its callback raises; the renames
+    """Hold Ctrl-C (and SIGTERM) until the block ends, then deliver it: around work that must not stop half
+    way (a checkpoint's torch.save, whose C++ writer aborts the process if its callback raises; the renames
     that put a new report in place). Only the main thread receives signals; a handler set outside
     Python (getsignal: None) cannot be put back, so it is left alone."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
+    held = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not None]
+    if threading.current_thread() is not threading.main_thread() or not held:
         yield
         return
     pressed: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    previous = {s: signal.signal(s, lambda signum, frame: pressed.append(signum)) for s in held}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     if pressed:
-        signal.raise_signal(signal.SIGINT)  # to the handler that was in place: a KeyboardInterrupt, usually
+        signal.raise_signal(pressed[0])  # to the handler that was in place: a KeyboardInterrupt, usually

@@ -57,3 +57,39 @@ def test_ctrl_c_while_a_command_loads_is_one_line(module):
 def test_ctrl_c_while_a_command_works_is_one_line(module):
     proc = command(WHILE_WORKING, module)
     assert (proc.returncode, proc.stderr) == (130, COMMANDS[module] + "\n")
+
+
+# SIGTERM (kill, a scheduler's stop) as the command starts its work: the same clean stop as Ctrl-C.
+TERMINATED_WHILE_WORKING = """
+import argparse, os, runpy, signal, sys, time
+def term(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+argparse.ArgumentParser.parse_args = argparse.ArgumentParser.parse_intermixed_args = term
+sys.argv = sys.argv[1:]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("module", ["experiments.run", "analysis"])
+def test_sigterm_while_a_command_works_is_one_line(module):
+    proc = command(TERMINATED_WHILE_WORKING, module)
+    assert (proc.returncode, proc.stderr) == (130, COMMANDS[module] + "\n")
+
+
+def test_a_sigterm_during_held_work_is_delivered_once_the_work_is_done():
+    import os
+    import signal
+
+    from experiments import interrupts
+
+    previous = signal.signal(signal.SIGTERM, interrupts.terminated)
+    done = []
+    try:
+        with pytest.raises(interrupts.Terminated):
+            with interrupts.ctrl_c_held():
+                os.kill(os.getpid(), signal.SIGTERM)
+                done.append("the save")  # not cut short by the signal
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert done == ["the save"]

@@ -16,6 +16,7 @@ import time
 import warnings
 from pathlib import Path
 
+from experiments import interrupts
 from experiments.records import read_summary, report_is_stale, text_table, write_report, write_spec_record
 from experiments.runner import bind_data, dry_run_table
 from experiments.search.plan import WORKER_ENV, Plan, make_plan
@@ -132,9 +133,10 @@ def spawn_workers(plan: Plan, workers: int) -> int:
           + (f", on GPUs {', '.join(gpus[i % len(gpus)] for i in range(workers))}" if gpus else ""), flush=True)
     try:
         codes = [p.wait() for p in procs]
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         # Ctrl-C in a terminal reaches the workers too; give them time to queue their trials again.
-        deadline = time.monotonic() + 20
+        # A SIGTERM reached this process alone: the workers are told at once.
+        deadline = time.monotonic() + (0 if isinstance(stop, interrupts.Terminated) else 20)
         for p in procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(timeout=max(0.1, deadline - time.monotonic()))
