@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from experiments import files, metrics
 from experiments.overrides import same_spec_record
 from experiments.schema import TRAIN, is_number, label
-from registry import cut
+from registry import SpecError, cut
 
 if TYPE_CHECKING:
     from experiments.spec import RunSpec, Spec
@@ -73,6 +73,10 @@ def start_experiment(exp_dir: Path, spec: Spec, spec_text: str, runs: list[RunSp
     experiment.json (the plan), each written only when it changed, so a finished experiment on
     read-only storage can be listed again. A folder this call created is removed again when the
     writes fail (a full disk, say): nothing is left half-made."""
+    if busy := another_plan_running(exp_dir, runs):
+        raise SpecError(f"another spec is running as experiment '{spec.experiment}' in {cut(str(exp_dir.parent))!r} "
+                        f"(its run {busy} is training now) and this spec plans other runs: two plans cannot share "
+                        "one experiment folder. Wait for it to end, or give this spec an experiment name of its own")
     created = next((p for p in reversed([exp_dir, *exp_dir.parents]) if not p.exists()), None)
     try:
         exp_dir.mkdir(parents=True, exist_ok=True)
@@ -83,6 +87,18 @@ def start_experiment(exp_dir: Path, spec: Spec, spec_text: str, runs: list[RunSp
         if created is not None:  # the first folder this call made, and everything in it
             shutil.rmtree(created, ignore_errors=True)
         raise
+
+
+def another_plan_running(exp_dir: Path, runs: list[RunSpec]) -> str | None:
+    """A run of experiment.json's plan that a live process is training, when that plan is not this one's
+    (another spec under the same name); None otherwise. Two commands of one spec share the work instead."""
+    try:
+        planned = {e["run_id"] for e in files.read_json(exp_dir / "experiment.json")["runs"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if planned == {r.run_id for r in runs}:
+        return None
+    return next((rid for rid in sorted(planned) if files.RunLock(exp_dir / "runs" / rid).held_elsewhere()), None)
 
 
 def write_spec_record(exp_dir: Path, spec_text: str) -> None:

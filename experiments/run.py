@@ -124,6 +124,9 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
         if ddp.is_writer():
             start_experiment(exp_dir, spec, spec_text, spec.runs)
         return run_all(exp_dir, runs, datasets, args)
+    except SpecError as err:  # another spec is running under this experiment's name
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     finally:
         ddp.close()
 
@@ -147,6 +150,10 @@ def run_all(exp_dir: Path, runs: list[RunSpec], datasets: dict, args: argparse.N
     rows = rebuild_runs_csv(exp_dir)
     shown = {r.run_id for r in runs}
     print(text_table([{k: r.get(k) for k in SHOWN_COLUMNS} for r in rows if r["run_id"] in shown]))
+    if missing := shown - {r["run_id"] for r in rows}:
+        print(f"warning: experiment.json now holds another plan: another spec started as '{exp_dir.name}' while "
+              f"this one ran. This command's {len(missing)} run(s) are in {exp_dir / 'runs'}, but runs.csv and "
+              "the report follow the other spec; give each spec an experiment name of its own", file=sys.stderr)
     print(f"{tally(outcomes)} in {time.perf_counter() - t0:.1f} s -> {exp_dir / 'runs.csv'}")
     if old := runs_not_in_plan(exp_dir):
         print(f"note: {len(old)} run folder(s) under {exp_dir / 'runs'} are not in the current spec (an earlier "

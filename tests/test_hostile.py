@@ -518,3 +518,24 @@ def test_an_empty_results_or_a_foreign_folder_of_the_experiments_name_is_refused
         assert "holds notes.md, which the lab does not write" in err and "Traceback" not in err
     assert [p.name for p in foreign.iterdir()] == ["notes.md"]
     assert main(spec, tmp_path / "r") == 0 and main(spec, tmp_path / "r") == 0  # its own folder: fine, again
+
+
+def test_a_second_spec_under_a_running_experiments_name_is_refused(tmp_path, corpus, capsys):
+    """Its experiment.json replaced the running one's plan: that runner then disowned its own runs."""
+    spec = write_spec(tmp_path / "s.yaml", corpus)
+    assert main(spec, tmp_path / "r") == 0
+    [run_dir] = (tmp_path / "r" / "t" / "runs").iterdir()
+    (run_dir / "summary.json").unlink()              # unfinished again, and a live process holds it
+    lock = files.RunLock(run_dir)
+    assert lock.acquire()
+    try:
+        plan = (tmp_path / "r" / "t" / "experiment.json").read_text()
+        edited = write_spec(tmp_path / "e.yaml", corpus, train={**TRAIN, "lr": 1e-3})
+        assert main(edited, tmp_path / "r") == 2
+        err = capsys.readouterr().err
+        assert "another spec is running as experiment 't'" in err and run_dir.name in err and "Traceback" not in err
+        assert (tmp_path / "r" / "t" / "experiment.json").read_text() == plan
+        assert main(spec, tmp_path / "r") == 0      # the same spec shares the work: its run is elsewhere
+        assert "1 running elsewhere" in capsys.readouterr().out
+    finally:
+        lock.release()
