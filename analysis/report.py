@@ -438,6 +438,7 @@ def write_report(exp_dir: Path, consecutive: bool = False, out: Path | None = No
     files.remove_stale_leftovers(out)  # staging folders of analyses a kill -9 cut short
     staging = Path(tempfile.mkdtemp(prefix=".analysis.", suffix=".tmp", dir=out))
     try:
+        files.own(staging)
         plots = make_plots(exp, staging / "plots")
         (staging / "report.md").write_text(build_report(exp, plots, consecutive), encoding="utf-8")
         _publish(staging, out, plots)

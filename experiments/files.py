@@ -66,14 +66,38 @@ def remove_leftovers(folder: Path) -> None:
 STALE_TMP_S = 3600  # a temporary file or folder untouched this long is a crash's: a write in progress keeps it fresh
 
 
+OWNER = "owner.json"  # in a staging folder: the host and pid writing it
+
+
+def own(folder: Path) -> None:
+    """Name this process as the writer of a staging folder, so that one it leaves behind when killed is
+    removed at once by the next (remove_stale_leftovers) rather than after an hour."""
+    write_json(folder / OWNER, {"host": socket.gethostname(), "pid": os.getpid()})
+
+
+def owner_dead(folder: Path) -> bool:
+    """Whether a staging folder's writer (own) was a process of this host that no longer runs."""
+    try:
+        owner = json.loads((folder / OWNER).read_text(encoding="utf-8"))
+        if owner["host"] != socket.gethostname():
+            return False
+        os.kill(int(owner["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError, KeyError, TypeError):  # no owner named, or alive under another user
+        return False
+    return False
+
+
 def remove_stale_leftovers(folder: Path, older_than: float = STALE_TMP_S) -> None:
     """Delete the temporary files and folders (`.<name>.*.tmp`) in a folder no lock guards (an
     experiment's own: runs.csv, experiment.json, the analysis's staging folder) once they have not
-    been touched for `older_than` seconds: another process's write in progress is left alone."""
+    been touched for `older_than` seconds, or at once when their writer died (own): another process's
+    write in progress is left alone."""
     now = time.time()
     for tmp in folder.glob(f".*{TMP_SUFFIX}"):
         with contextlib.suppress(OSError):
-            if now - tmp.lstat().st_mtime <= older_than:
+            if now - tmp.lstat().st_mtime <= older_than and not (tmp.is_dir() and owner_dead(tmp)):
                 continue
             if tmp.is_dir() and not tmp.is_symlink():
                 shutil.rmtree(tmp)

@@ -884,3 +884,23 @@ def test_a_run_that_finishes_while_the_report_is_drawn_leaves_it_stale(tmp_path:
     monkeypatch.setattr(report, "load_experiment", real)
     write_report(exp_dir)
     assert not report_is_stale(exp_dir)
+
+
+def test_a_killed_analysis_staging_folder_is_removed_by_the_next_at_once(tmp_path: Path) -> None:
+    """They piled up for an hour each; one whose writer lives (or that names none) is left alone."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from experiments import files
+
+    exp_dir = build_experiment(tmp_path, "k", [Run("a", s, 1.5 + 0.01 * s) for s in range(2)])
+    ended = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                               text=True).stdout)
+    for name, pid in ((".analysis.dead.tmp", ended), (".analysis.live.tmp", os.getpid()), (".analysis.old.tmp", None)):
+        (exp_dir / name).mkdir()
+        if pid is not None:  # None: no owner named (an older lab's), left to the hour rule
+            files.write_json(exp_dir / name / files.OWNER, {"host": socket.gethostname(), "pid": pid})
+    write_report(exp_dir)
+    assert sorted(p.name for p in exp_dir.glob(".analysis.*.tmp")) == [".analysis.live.tmp", ".analysis.old.tmp"]
