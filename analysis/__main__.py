@@ -25,9 +25,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-LAB_FILES = ("experiment.json", "runs.csv", "spec.yaml", "checkpoint.pt", "summary.json")  # results folders
-
-
 def out_problem(experiment: Path, out: str | None) -> str | None:
     """Why --out cannot take this experiment's report (empty, a file, another experiment's or a run's
     folder, whose report.md a rerun would then never repair), or None."""
@@ -38,7 +35,9 @@ def out_problem(experiment: Path, out: str | None) -> str | None:
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
         return f"{out!r} is a file, not a folder."
-    if folder.resolve() != experiment.resolve() and (lab := [n for n in LAB_FILES if (folder / n).exists()]):
+    from experiments.files import RESULTS_MARKS
+
+    if folder.resolve() != experiment.resolve() and (lab := [n for n in RESULTS_MARKS if (folder / n).exists()]):
         return (f"{out!r} is a folder of the lab's results (it holds {lab[0]}), not {experiment}'s: its report "
                 "would be replaced by this one. Give a folder of its own, or leave --out out to write into "
                 f"{experiment}.")

@@ -10,7 +10,6 @@ import math
 import os
 import shutil
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -431,7 +430,9 @@ def write_report(exp_dir: Path, consecutive: bool = False, out: Path | None = No
     the end, so a failure or Ctrl-C part way leaves the previous report and plots as they were.
     Raises analysis.tables.ExperimentError when exp_dir is not an experiment folder.
     """
-    read_at = time.time()  # the report's time: a run that finishes while it is drawn makes it stale
+    # The report's time: the newest summary it read (the file system's clock, as the runs' summaries
+    # have), so that a run finishing while it is drawn leaves it stale (records.report_is_stale).
+    read_at = max((p.stat().st_mtime for p in Path(exp_dir).glob("runs/*/summary.json")), default=None)
     exp = load_experiment(Path(exp_dir))
     out = exp.path if out is None else Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -442,7 +443,8 @@ def write_report(exp_dir: Path, consecutive: bool = False, out: Path | None = No
         plots = make_plots(exp, staging / "plots")
         (staging / "report.md").write_text(build_report(exp, plots, consecutive), encoding="utf-8")
         _publish(staging, out, plots)
-        os.utime(out / "report.md", (read_at, read_at))  # records.report_is_stale compares summaries' times
+        if read_at is not None:
+            os.utime(out / "report.md", (read_at, read_at))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out / "report.md"

@@ -24,7 +24,8 @@ SWAP_ALL_UP_TO seeds, a fixed random sample beyond). The statistic is the paired
 mean: a swap that mixes two arms whose best values differ scores some seeds far from their best, which
 spreads its Δ, and |mean Δ| alone ranked such swaps above a real difference (swap_p). The 95% interval
 is every shift δ of the arm's scores that the test does not reject: a constant added to all of an arm's
-runs of a seed moves no choice, so each swap's t is a closed form in δ and the interval is exact too.
+runs of a seed moves no choice, so each swap's t is a closed form in δ, and the interval (read on a
+fine grid of δ, each end then found by bisection) is exact too, up to that search.
 The smallest p is 2 / 2^n (the identity and the swap of every seed), and Holm's correction over the
 arms (that of every other table, analysis/stats.py) multiplies it by up to their number, so a verdict
 needs at least seeds_for_a_yes(arms compared) seeds: 6 for one, 7 for two or three, 8 for four to six.

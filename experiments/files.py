@@ -66,21 +66,30 @@ def remove_leftovers(folder: Path) -> None:
 STALE_TMP_S = 3600  # a temporary file or folder untouched this long is a crash's: a write in progress keeps it fresh
 
 
-OWNER = "owner.json"  # in a staging folder: the host and pid writing it
+RESULTS_MARKS = ("experiment.json", "runs.csv", "spec.yaml", "checkpoint.pt", "summary.json")  # an experiment's or run's folder
+OWNER = "owner.json"  # in a staging folder: the host, pid namespace and pid writing it
+
+
+def pid_namespace() -> int | None:
+    """This process's pid namespace (containers sharing a host name do not share it), None where unknown."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
 
 
 def own(folder: Path) -> None:
     """Name this process as the writer of a staging folder, so that one it leaves behind when killed is
     removed at once by the next (remove_stale_leftovers) rather than after an hour."""
-    write_json(folder / OWNER, {"host": socket.gethostname(), "pid": os.getpid()})
+    write_json(folder / OWNER, {"host": socket.gethostname(), "pid_ns": pid_namespace(), "pid": os.getpid()})
 
 
 def owner_dead(folder: Path) -> bool:
     """Whether a staging folder's writer (own) was a process of this host that no longer runs."""
     try:
         owner = json.loads((folder / OWNER).read_text(encoding="utf-8"))
-        if owner["host"] != socket.gethostname():
-            return False
+        if owner["host"] != socket.gethostname() or owner.get("pid_ns") != pid_namespace():
+            return False  # another machine's or container's process: its pid means nothing here
         os.kill(int(owner["pid"]), 0)
     except ProcessLookupError:
         return True

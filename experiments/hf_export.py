@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import secrets
 import shutil
@@ -198,7 +199,6 @@ def write_tokenizer(out: Path, tokenizer: Any, run_dir: Path, context_length: in
 
 # -- export --------------------------------------------------------------------------------------
 MARK = ".lab_export.json"  # in every export folder: its files are ours to replace on the next export
-LAB_FILES = ("spec.yaml", "experiment.json", "checkpoint.pt", "summary.json")  # a run's or an experiment's folder
 
 
 class CannotWrite(Exception):
@@ -218,7 +218,7 @@ def export_hf(run_dir: str | Path, out: str | Path) -> dict[str, Any]:
         raise SpecError([f"run {run_dir.name} cannot be exported to GPT-2: {p}" for p in problems])
     if out.exists() and not out.is_dir():
         raise SpecError(f"--out {str(out)!r} is a file, not a folder")
-    if lab := [name for name in LAB_FILES if (out / name).exists()]:
+    if lab := [name for name in files.RESULTS_MARKS if (out / name).exists()]:
         raise SpecError(f"--out {cut(str(out))!r} is a folder of the lab's results (it holds {lab[0]}): an export "
                         "there would replace its files; give a folder of its own")
     save = safetensors_save()
@@ -248,18 +248,19 @@ def write_staged(out: Path, write: Callable[[Path], str]) -> str:
     stage = out / f".export.{secrets.token_hex(4)}.tmp"
     try:
         out.mkdir(parents=True, exist_ok=True)
-        for old in out.glob(".export.*.tmp"):  # staging folders of exports a kill cut short
-            shutil.rmtree(old, ignore_errors=True)
+        files.remove_stale_leftovers(out)  # staging folders of exports a kill cut short
         stage.mkdir()
+        files.own(stage)
         note = write(stage)
-        written = sorted(p.name for p in stage.iterdir())
-        if not (out / MARK).is_file() and (foreign := [name for name in written if (out / name).exists()]):
+        written = sorted(p.name for p in stage.iterdir() if p.name != files.OWNER)
+        if not earlier_export(out, written) and (foreign := [name for name in written if (out / name).exists()]):
             raise SpecError(f"--out {cut(str(out))!r} already holds {', '.join(foreign)}, which no export of this "
                             "lab wrote there, and an export replaces its files: give a new or empty folder (or "
                             "one an earlier export wrote)")
         if blocked := [out / name for name in written if (out / name).is_dir()]:
             raise IsADirectoryError(errno.EISDIR, "a folder is in the way", str(blocked[0]))
         publish(stage, out, written)
+        (stage / files.OWNER).unlink()
         stage.rmdir()
         return note
     except BaseException as err:  # a failure, or Ctrl-C: nothing half-written stays
@@ -270,6 +271,19 @@ def write_staged(out: Path, write: Callable[[Path], str]) -> str:
         if isinstance(err, OSError):
             raise CannotWrite(cannot_write_message(err, out, stage)) from None
         raise
+
+
+def earlier_export(out: Path, written: list[str]) -> bool:
+    """Whether `out` holds an export of this lab, whose files are ours to replace: its mark, or (an export
+    made before the mark) a GPT-2 config.json among nothing but the names an export writes."""
+    if (out / MARK).is_file():
+        return True
+    try:
+        names = {p.name for p in out.iterdir() if not p.name.startswith(".")}
+        config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return names <= set(written) and isinstance(config, dict) and config.get("architectures") == ["GPT2LMHeadModel"]
 
 
 def publish(stage: Path, out: Path, written: list[str]) -> None:

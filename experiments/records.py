@@ -52,8 +52,8 @@ EXPERIMENT_FILES = {"spec.yaml", "experiment.json", "runs.csv", "runs", "report.
 
 def results_problem(results: str, experiment: str) -> str | None:
     """Why --results cannot take this experiment, or None: an empty --results (the current folder), or an
-    experiment folder there holding files the lab does not write (a source folder of the same name, say),
-    which would get the lab's files mixed into its own."""
+    experiment folder there without the lab's spec.yaml or experiment.json that holds files the lab does
+    not write (a source folder of the same name, say), which would get the lab's files mixed into its own."""
     if not results.strip():
         return "--results is empty (an unset shell variable?): give the results folder (default: results)"
     folder = Path(results) / experiment
@@ -61,6 +61,8 @@ def results_problem(results: str, experiment: str) -> str | None:
         entries = sorted(e.name for e in folder.iterdir() if not e.name.startswith(".")) if folder.is_dir() else []
     except OSError:
         return None  # unreadable: the first write says so
+    if {"spec.yaml", "experiment.json"} & set(entries):  # the lab's, whatever else it holds (a study, notes)
+        return None
     if foreign := [name for name in entries if name not in EXPERIMENT_FILES and not name.startswith("study.db-")]:
         return (f"{cut(str(folder))!r} already exists and holds {', '.join(foreign[:3])}{' ...' * (len(foreign) > 3)}, "
                 "which the lab does not write: it is not an experiment folder of the lab, and its files would be "

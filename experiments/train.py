@@ -143,7 +143,10 @@ class Trainer:
             return None
         try:
             state = checkpoint.load(self.checkpoint_path)
-            if (rules := state.get("rules", 1)) != metrics.RULES_VERSION:
+            if type(rules := state.get("rules", 1)) is not int:
+                raise checkpoint.DamagedCheckpoint(f"{self.checkpoint_path.name}: its rules version {rules!r} is "
+                                                   "not a whole number")
+            if rules != metrics.RULES_VERSION:
                 return self.set_aside_checkpoint(state, rules)
             missing = CHECKPOINT_KEYS - set(state)
             problem = (f"it lacks {sorted(missing)}" if missing

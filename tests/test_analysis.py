@@ -901,6 +901,7 @@ def test_a_killed_analysis_staging_folder_is_removed_by_the_next_at_once(tmp_pat
     for name, pid in ((".analysis.dead.tmp", ended), (".analysis.live.tmp", os.getpid()), (".analysis.old.tmp", None)):
         (exp_dir / name).mkdir()
         if pid is not None:  # None: no owner named (an older lab's), left to the hour rule
-            files.write_json(exp_dir / name / files.OWNER, {"host": socket.gethostname(), "pid": pid})
+            files.write_json(exp_dir / name / files.OWNER, {"host": socket.gethostname(),
+                                                            "pid_ns": files.pid_namespace(), "pid": pid})
     write_report(exp_dir)
     assert sorted(p.name for p in exp_dir.glob(".analysis.*.tmp")) == [".analysis.live.tmp", ".analysis.old.tmp"]

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from experiments import export, hf_export
+from experiments import export, files, hf_export
 from experiments.checkpoint import load_run
 from tiny_runs import tiny_runs
 
@@ -209,6 +212,8 @@ def test_an_out_holding_files_no_export_wrote_is_refused_and_left_as_it_was(expo
         assert sorted(p.name for p in lab_folder.iterdir()) == before
     assert export.main([str(run_dir), "--out", str(earlier)]) == 0  # an earlier export's folder: ours to replace
     assert (earlier / hf_export.MARK).is_file()
+    (earlier / hf_export.MARK).unlink()                              # one made before exports were marked
+    assert export.main([str(run_dir), "--out", str(earlier)]) == 0 and (earlier / hf_export.MARK).is_file()
 
 
 def test_a_runs_file_given_for_its_folder_is_named_a_file(exported, tmp_path: Path, capsys) -> None:
@@ -228,6 +233,9 @@ def test_an_export_cut_short_while_publishing_cannot_be_loaded_and_is_redone_who
     out = tmp_path / "out"
     assert export.main([str(a), "--out", str(out)]) == 0
     (out / ".export.dead.tmp").mkdir()                   # a kill -9 during an earlier export's writes
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    files.write_json(out / ".export.dead.tmp" / files.OWNER, {"host": socket.gethostname(),
+                                                              "pid_ns": files.pid_namespace(), "pid": int(ended.stdout)})
     renames = []
     real = hf_export.os.replace
 

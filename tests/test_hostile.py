@@ -539,3 +539,12 @@ def test_a_second_spec_under_a_running_experiments_name_is_refused(tmp_path, cor
         assert "1 running elsewhere" in capsys.readouterr().out
     finally:
         lock.release()
+
+
+def test_a_lab_experiment_folder_holding_other_files_is_still_rerun(tmp_path, corpus, capsys):
+    """A study file the spec names, notes, an export: the folder is the lab's (spec.yaml, experiment.json)."""
+    spec = write_spec(tmp_path / "s.yaml", corpus)
+    assert main(spec, tmp_path / "r") == 0
+    (tmp_path / "r" / "t" / "optuna.db").write_text("")
+    (tmp_path / "r" / "t" / "notes.md").write_text("mine\n")
+    assert main(spec, tmp_path / "r") == 0

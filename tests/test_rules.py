@@ -63,3 +63,15 @@ def test_finished_runs_under_different_rules_are_named_by_the_command_and_the_re
     report = write_report(exp_dir).read_text()
     assert "**Training rules.** 1 of 2 finished run(s) followed the lab's training rules v1" in report
     assert f"{record['variant']} seed {record['seed']}" in report
+
+
+def test_a_checkpoint_whose_rules_are_not_a_number_is_damaged_not_a_crash(tmp_path, corpus, capsys):
+    spec = write_spec(tmp_path / "s.yaml", corpus)
+    assert main(spec, tmp_path / "r") == 0
+    run_dir = only_run(tmp_path / "r")
+    state = checkpoint.load(run_dir / "checkpoint.pt")
+    checkpoint.save(run_dir / "checkpoint.pt", state | {"rules": "a/b"})  # would name a file in another folder
+    (run_dir / "summary.json").unlink()
+    capsys.readouterr()
+    assert main(spec, tmp_path / "r") == 0
+    assert "its rules version 'a/b' is not a whole number; training it again from step 0" in capsys.readouterr().err

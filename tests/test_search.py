@@ -102,6 +102,7 @@ def one_thread(lab_cache):
     ({"space": {"train.lr": [1, 1.0]}}, "search.space.train.lr = [1, 1.0] lists a value twice"),  # one number
     ({"space": {"model.n_layers": {"int": [1, 2], "step": 5}}}, "with step 5: the step is larger than high - low = 1"),
     ({"space": {"model.n_layers": {"int": [1, 10], "step": 2}}}, "is not a multiple of the step; give high 9 or 11"),
+    ({"space": {"train.lr": {"float": [0.0, 0.001], "step": 1.0e-320}}}, "the step is too small for the range"),
     ({"space": {"train.lr": {"float": [0.1, 1.0], "step": 0.2}}}, "high - low = 0.9 is not a multiple of the step; "
                                                                   "give high 0.9 or 1.1"),
     ({"space": {"train.lr": {"float": [1e-3, 1e-3], "log": True}}},

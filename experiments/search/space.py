@@ -346,6 +346,9 @@ def span_problems(where: str, bounds: list, step: Any) -> list[str]:
     if step is None:
         return []
     span = high - low
+    if not math.isfinite(span / step) or span / step > 1e12:  # 1e-320: the count overflows, no grid is that fine
+        return [f"{where} = {brief(bounds)} with step {brief(step)}: the step is too small for the range (more than "
+                "1e12 points): give a larger step, or none"]
     count = span // step if isinstance(span, int) and isinstance(step, int) else math.floor(span / step + 1e-9)
     if count == 0:
         return [f"{where} = {brief(bounds)} with step {brief(step)}: the step is larger than high - low = "
