@@ -113,9 +113,8 @@ def _caveats(exp: Experiment) -> list[str]:
 def _rules_note(exp: Experiment) -> str | None:
     """Finished runs that followed training rules other than this code's (experiments/metrics.py)."""
     done = done_runs(exp)
-    rules = done[metrics.TRAINING_RULES] if metrics.TRAINING_RULES in done.columns else pd.Series(1, done.index)
-    versions = {f"{r} seed {int(s)}": int(v) if v == v else 1 for r, s, v in zip(done["variant"], done["seed"], rules)}
-    note = metrics.rules_note(versions)
+    rules = done[metrics.TRAINING_RULES] if metrics.TRAINING_RULES in done.columns else [None] * len(done)
+    note = metrics.rules_note({f"{r} seed {int(s)}": v for r, s, v in zip(done["variant"], done["seed"], rules)})
     return note and "**Training rules.** " + note
 
 

@@ -3,6 +3,8 @@ summary.json, and their units. Training writes them, the runner and the search r
 analysis tables them."""
 from __future__ import annotations
 
+from typing import Any
+
 # metrics.csv: one row per evaluation
 STEP, TOKENS, LR, ELAPSED = "step", "tokens", "lr", "elapsed_s"
 BYTES, FLOPS = "bytes", "flops"            # training text (UTF-8 bytes of the targets) and FLOPs so far
@@ -46,9 +48,16 @@ RULES_CHANGES = {2: "the learning rate ends on min_lr at the last step (one step
                     "the run's own batch before)"}
 
 
-def rules_note(versions: dict[str, int]) -> str | None:
-    """A warning when finished runs (name -> rules version) followed different training rules: which ones
-    differ from this code's, what changed, and what to do; None when they all followed the same rules."""
+def rules_version(recorded: Any) -> int:
+    """A summary's recorded rules version as a number: one recorded before versions were (none, NaN) is 1."""
+    return 1 if recorded is None or recorded != recorded else int(recorded)
+
+
+def rules_note(recorded: dict[str, Any]) -> str | None:
+    """A warning when finished runs (name -> the rules version its summary records) followed different
+    training rules: which ones differ from this code's, what changed, and what to do; None when they all
+    followed the same rules."""
+    versions = {name: rules_version(v) for name, v in recorded.items()}
     older = sorted(name for name, v in versions.items() if v != RULES_VERSION)
     if len(set(versions.values())) < 2:
         return None

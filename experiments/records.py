@@ -159,9 +159,8 @@ def rebuild_runs_csv(exp_dir: Path) -> list[dict[str, Any]]:
 
 
 def rules_note(rows: list[dict[str, Any]]) -> str | None:
-    """metrics.rules_note over the finished runs of runs.csv's rows (a summary without the field: version 1)."""
-    done = {r["run_id"]: r.get(metrics.TRAINING_RULES) or 1 for r in rows if r["status"] == "done"}
-    return metrics.rules_note(done)
+    """metrics.rules_note over the finished runs of runs.csv's rows."""
+    return metrics.rules_note({r["run_id"]: r.get(metrics.TRAINING_RULES) for r in rows if r["status"] == "done"})
 
 
 def runs_not_in_plan(exp_dir: Path) -> list[str]:

@@ -147,7 +147,8 @@ class Trainer:
                 raise checkpoint.DamagedCheckpoint(f"{self.checkpoint_path.name}: its rules version {rules!r} is "
                                                    "not a whole number")
             if rules != metrics.RULES_VERSION:
-                return self.set_aside_checkpoint(state, rules)
+                self.set_aside_checkpoint(state, rules)
+                return None
             missing = CHECKPOINT_KEYS - set(state)
             problem = (f"it lacks {sorted(missing)}" if missing
                        else checkpoint.fitting_problem(self.model, state["model"])
@@ -161,7 +162,7 @@ class Trainer:
             return None
         return state
 
-    def set_aside_checkpoint(self, state: dict[str, Any], rules: Any) -> None:
+    def set_aside_checkpoint(self, state: dict[str, Any], rules: int) -> None:
         """A checkpoint written under other training rules (metrics.RULES_VERSION): the run starts again from
         step 0 rather than finish under two sets of rules; the checkpoint is kept beside it, renamed."""
         kept = checkpoint.set_aside(self.checkpoint_path, f"rules{rules}")
@@ -169,7 +170,6 @@ class Trainer:
                           f"not this code's v{metrics.RULES_VERSION}; kept as {kept.name}")
         print(f"warning: run {self.run.run_id}: {self.discarded}; training it again from step 0, so that it "
               "follows one set of rules", file=sys.stderr, flush=True)
-        return None
 
     def resume(self) -> bool:
         if not self.writer:  # the other ranks get rank 0's state through share_state

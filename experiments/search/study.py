@@ -257,7 +257,8 @@ def open_study(plan):
                                f"{study.direction.name.lower()}, but the spec asks to {plan.direction}: use "
                                "another experiment name, or delete the study (optuna delete-study "
                                f"--study-name {plan.study_name} --storage URL)")
-        check_base(study, plan)
+        record, base = plan.search_record(), base_runs(plan.spec)
+        check_base(study, plan, base)
         dists = {p.key: distribution(p) for p in plan.params}
         trials = study.get_trials(deepcopy=False)
         if trials:  # a resumed study: a sampler seeded as before would replay the draws already made
@@ -271,8 +272,7 @@ def open_study(plan):
                         f"where {name} is {dist}, and the spec now makes it {dists[name]}: a study keeps "
                         "one space; use another experiment name, or delete the study (optuna delete-study "
                         f"--study-name {plan.study_name} --storage URL)")
-        for key, value in (("mode", plan.search_record()["mode"]), ("space", plan.search_record()["space"]),
-                           ("base_runs", base_runs(plan.spec))):
+        for key, value in (("mode", record["mode"]), ("space", record["space"]), ("base_runs", base)):
             if key not in study.user_attrs:
                 with contextlib.suppress(Exception):
                     study.set_user_attr(key, value)
@@ -285,10 +285,11 @@ def base_runs(spec) -> list[dict[str, Any]]:
     return json.loads(json.dumps([r.identity() for r in spec.runs_for({}, "base")], sort_keys=True, default=str))
 
 
-def check_base(study, plan) -> None:
-    """StorageError when the study's trials were run from another version of the spec (an edited train.lr,
-    say): resuming would count them as this spec's and train nothing. Studies older than the record pass."""
-    recorded, now = study.user_attrs.get("base_runs"), base_runs(plan.spec)
+def check_base(study, plan, now: list[dict[str, Any]]) -> None:
+    """StorageError when the study's trials were run from another version of the spec than the one whose
+    base_runs are `now` (an edited train.lr, say): resuming would count them as this spec's and train
+    nothing. Studies older than the record pass."""
+    recorded = study.user_attrs.get("base_runs")
     if recorded is None or recorded == now:
         return
     changed = sorted(set(flat(recorded[0]).items()) ^ set(flat(now[0]).items())) if recorded and now else []
